@@ -38,7 +38,7 @@ def skip_or_fail(reason: str) -> None:
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        skip_or_fail(f"{name} not found on PATH (apt-get install prometheus prometheus-alertmanager)")
+        skip_or_fail(f"{name} not on PATH: apt-get install prometheus prometheus-alertmanager")
     assert path is not None
     return path
 
@@ -65,7 +65,7 @@ def pg_admin_dsn() -> Iterator[str]:
     server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="ce-test-pg-")))
     try:
         server.start()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no database here"
+    except Exception as exc:  # any failure here means "no database"
         skip_or_fail(f"no PostgreSQL reachable and the embedded one failed to start: {exc}")
     try:
         yield server.dsn()

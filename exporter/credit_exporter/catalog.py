@@ -108,7 +108,7 @@ def _m(
     return Metric(name, type_, unit, help_, labels, source, group, budget, note, buckets)
 
 
-C, G, H, I = MetricType.COUNTER, MetricType.GAUGE, MetricType.HISTOGRAM, MetricType.INFO
+C, G, H, INFO = MetricType.COUNTER, MetricType.GAUGE, MetricType.HISTOGRAM, MetricType.INFO
 ST, EV, EX = Source.STATE, Source.EVENTS, Source.EXPORTER
 ORG = "organization"
 MODEL = "gen_ai_request_model"
@@ -222,15 +222,15 @@ METRICS: tuple[Metric, ...] = (
        (ORG, "agent"), ST, Group.REVENUE,
        100, "~100 paid agents"),
     # --- state: allocations, balances, budgets, plan --------------------------
-    _m("credit_organization_info", I, "",
+    _m("credit_organization_info", INFO, "",
        "Organization metadata: display name and plan. Always 1.",
        (ORG, "organization_name", "plan"), ST, Group.STATE,
        1, "1 per organization"),
-    _m("credit_project_info", I, "",
+    _m("credit_project_info", INFO, "",
        "Project metadata: display name and chart colour. Always 1.",
        (ORG, "project", "project_name", "color"), ST, Group.STATE,
        50, "50 projects"),
-    _m("credit_agent_info", I, "",
+    _m("credit_agent_info", INFO, "",
        "Agent metadata: display name, project, default model and whether access is paid. "
        "Always 1.",
        (ORG, "project", "agent", "agent_name", MODEL, "paid"), ST, Group.STATE,
@@ -303,7 +303,7 @@ METRICS: tuple[Metric, ...] = (
        (ORG,), ST, Group.STATE,
        1, "1 per organization"),
     # --- the exporter itself ----------------------------------------------------
-    _m("credit_build_info", I, "",
+    _m("credit_build_info", INFO, "",
        "Build information of the running exporter. Always 1.",
        ("version", "revision", "python_version"), EX, Group.EXPORTER,
        1, "1 per process"),
