@@ -1,0 +1,3 @@
+from credit_exporter.cli import main
+
+raise SystemExit(main())

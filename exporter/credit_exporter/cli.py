@@ -1,0 +1,169 @@
+"""The ``credit-exporter`` command: demo, run, check-config, catalog.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (config, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from credit_exporter import catalog
+from credit_exporter.config import Config, ConfigError, load_config
+from credit_exporter.db import Database, QueryError
+
+EXIT_BAD_INPUT = 2
+DEFAULT_LISTEN = "127.0.0.1:9187"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_CONFIG = REPO_ROOT / "config.example.yaml"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
+    )
+    # the pool logs every failed attempt; db.py reports outages once, without noise
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+
+
+def _print_config_error(path: str | Path, error: ConfigError) -> int:
+    print(f"{path}: invalid configuration:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    sys.stdout.write(catalog.to_json() if args.format == "json" else catalog.to_markdown())
+    return 0
+
+
+async def _check_queries(config: Config) -> int:
+    databases = {name: Database(name, db) for name, db in config.databases.items()}
+    failures = 0
+    try:
+        for name, query in config.queries.items():
+            started = time.monotonic()
+            try:
+                result = await databases[query.database].fetch(query.sql, query.timeout)
+                from credit_exporter.sources.state import convert
+
+                conversion = convert(result, query.metrics)
+            except QueryError as error:
+                failures += 1
+                print(f"FAIL {name}: {error.reason}: {error}")
+                continue
+            elapsed = time.monotonic() - started
+            dropped = sum(conversion.dropped.values())
+            note = f", {dropped} rows dropped ({dict(conversion.dropped)})" if dropped else ""
+            print(f"ok   {name}: {len(result.rows)} rows in {elapsed * 1000:.0f} ms{note}")
+    finally:
+        for database in databases.values():
+            await database.close()
+    return 1 if failures else 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as error:
+        return _print_config_error(args.file, error)
+    print(f"{args.file}: valid ({len(config.queries)} queries, {len(config.databases)} databases)")
+    if not args.connect:
+        return 0
+    return asyncio.run(_check_queries(config))
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _run(config: Config, config_path: Path, listen: str) -> None:
+    from credit_exporter.server import Exporter, serve
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    exporter = Exporter(config, config_path)
+    await serve(exporter, listen, stop)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        return _print_config_error(args.config, error)
+    asyncio.run(_run(config, Path(args.config), args.listen))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    from credit_exporter.demo.runner import DemoOptions, run_demo
+
+    options = DemoOptions(
+        listen=args.listen,
+        dsn=args.dsn,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        days=args.days,
+        seed=args.seed,
+        fresh=args.fresh,
+        config_path=Path(args.config) if args.config else EXAMPLE_CONFIG,
+    )
+    try:
+        return asyncio.run(run_demo(options))
+    except ConfigError as error:
+        return _print_config_error(options.config_path, error)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credit-exporter",
+        description="Prometheus metrics for AI platforms that meter usage in credits.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="serve metrics from generated demo data")
+    demo.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    demo.add_argument("--dsn", help="load the demo into this database instead of an embedded one")
+    demo.add_argument("--data-dir", help="embedded PostgreSQL directory (default: user cache)")
+    demo.add_argument("--days", type=int, default=90, help="days of history (default 90)")
+    demo.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    demo.add_argument("--fresh", action="store_true", help="reload the data even if present")
+    demo.add_argument("--config", help="config to serve (default: config.example.yaml)")
+    demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="serve metrics from a billing database (production)")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    check.add_argument(
+        "--connect", action="store_true", help="also run every query once, read-only"
+    )
+    check.set_defaults(func=cmd_check_config)
+
+    cat = sub.add_parser("catalog", help="print the metric catalogue")
+    cat.add_argument("--format", choices=["json", "markdown"], default="json")
+    cat.set_defaults(func=cmd_catalog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

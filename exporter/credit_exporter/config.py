@@ -1,0 +1,257 @@
+"""The YAML configuration: its model, and its validation against the catalogue.
+
+Every problem is reported as ``key.path: problem`` so a user can find it in
+their file; ``load_config`` raises ``ConfigError`` carrying all of them.
+Secrets (DSNs) are resolved only when a connection is made, never stored in an
+error message, and never rendered by ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from credit_exporter import catalog
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+
+def parse_duration(value: object) -> float:
+    """Parse a Prometheus-style duration (``500ms``, ``30s``, ``1h30m``) into seconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"must be a duration like 30s, 5m or 1h30m, got {value!r}")
+    if isinstance(value, int | float):
+        raise ValueError(f"must be a duration with a unit (e.g. {value}s), got a bare number")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"must be a duration like 30s, 5m or 1h30m, got {value!r}")
+    if total <= 0:
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return total
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Strict):
+    """Where and how to connect. Exactly one of dsn, dsn_env, dsn_file."""
+
+    dsn: str | None = Field(default=None, repr=False)
+    dsn_env: str | None = None
+    dsn_file: Path | None = None
+    statement_timeout: Duration = 10.0
+    connect_timeout: Duration = 5.0
+    pool_size: int = Field(default=4, ge=1, le=64)
+    application_name: str = "credit-exporter"
+
+    @model_validator(mode="after")
+    def _exactly_one_dsn_source(self) -> DatabaseConfig:
+        given = [k for k in ("dsn", "dsn_env", "dsn_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of dsn, dsn_env, dsn_file"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+    def resolve_dsn(self) -> str:
+        """Return the connection string; raises ConfigError without revealing it."""
+        if self.dsn is not None:
+            return self.dsn
+        if self.dsn_env is not None:
+            value = os.environ.get(self.dsn_env)
+            if not value:
+                raise ConfigError([f"dsn_env: environment variable {self.dsn_env} is not set"])
+            return value
+        assert self.dsn_file is not None
+        try:
+            return self.dsn_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"dsn_file: cannot read {self.dsn_file}: {exc.strerror}"]) from None
+
+
+class MetricMapping(_Strict):
+    """How one metric is read from a query's rows."""
+
+    metric: str
+    value: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _list_means_same_name(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError("a list of labels must hold column names (strings)")
+            if len(set(value)) != len(value):
+                raise ValueError("a label is listed twice")
+            return {item: item for item in value}
+        return value
+
+
+class QueryConfig(_Strict):
+    """A state query: its rows become gauge series, replaced on every poll."""
+
+    database: str
+    sql: str = Field(min_length=1)
+    interval: Duration = 30.0
+    timeout: Duration = 10.0
+    metrics: list[MetricMapping] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> QueryConfig:
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
+            )
+        return self
+
+
+class Config(_Strict):
+    databases: dict[Annotated[str, Field(pattern=NAME_PATTERN)], DatabaseConfig] = Field(
+        min_length=1
+    )
+    queries: dict[Annotated[str, Field(pattern=NAME_PATTERN)], QueryConfig] = Field(
+        default_factory=dict
+    )
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` are ``key.path: problem`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _pydantic_problems(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        # pydantic appends "[key]" for dict keys that fail their pattern
+        loc = tuple(p for p in item["loc"] if p != "[key]")
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "string_pattern_mismatch":
+            message = "names must match [a-z][a-z0-9_]*"
+        message = message.removeprefix("Value error, ")
+        problems.append(f"{_format_location(loc)}: {message}")
+    return problems
+
+
+def _catalogue_problems(config: Config) -> list[str]:
+    """What pydantic cannot know: references, the catalogue, duplicate series."""
+    problems: list[str] = []
+    fed_by: dict[str, str] = {}
+    for qname, query in config.queries.items():
+        where = f"queries.{qname}"
+        if query.database not in config.databases:
+            known = ", ".join(sorted(config.databases))
+            problems.append(f"{where}.database: unknown database {query.database!r} ({known})")
+        for index, mapping in enumerate(query.metrics):
+            at = f"{where}.metrics[{index}]"
+            metric = catalog.BY_NAME.get(mapping.metric)
+            if metric is None:
+                problems.append(f"{at}.metric: unknown metric {mapping.metric!r}")
+                continue
+            if metric.source is not catalog.Source.STATE:
+                kind = (
+                    "the exporter's own metric"
+                    if metric.source is catalog.Source.EXPORTER
+                    else f"a {metric.type.value} fed by usage event streams"
+                )
+                problems.append(
+                    f"{at}.metric: {metric.name} is {kind}; a state query can only feed gauges"
+                )
+                continue
+            if mapping.metric in fed_by:
+                problems.append(
+                    f"{at}.metric: {metric.name} is already fed by queries.{fed_by[mapping.metric]}"
+                    " (two queries would produce duplicate series)"
+                )
+            fed_by.setdefault(mapping.metric, qname)
+            expected, given = set(metric.labels), set(mapping.labels)
+            if missing := sorted(expected - given):
+                problems.append(f"{at}.labels: missing {', '.join(missing)} for {metric.name}")
+            if extra := sorted(given - expected):
+                allowed = ", ".join(metric.labels) or "none"
+                problems.append(
+                    f"{at}.labels: {', '.join(extra)} not a label of {metric.name}"
+                    f" (its labels: {allowed})"
+                )
+            columns = list(mapping.labels.values())
+            if len(set(columns)) != len(columns):
+                problems.append(f"{at}.labels: two labels read the same column")
+            if metric.type is catalog.MetricType.INFO:
+                if mapping.value is not None:
+                    problems.append(f"{at}.value: {metric.name} is an _info metric, always 1")
+            elif mapping.value is None:
+                problems.append(f"{at}.value: required (the column holding the sample value)")
+            elif mapping.value in columns:
+                problems.append(f"{at}.value: column {mapping.value!r} is also used as a label")
+    return problems
+
+
+def parse_config(data: Mapping[str, Any] | None) -> Config:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(["(top level): must be a mapping with databases and queries"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc)) from None
+    if problems := _catalogue_problems(config):
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: {problem}{where}"]) from None
+    return parse_config(data)

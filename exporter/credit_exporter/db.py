@@ -1,0 +1,172 @@
+"""Connections to a billing database: a bounded pool, read-only transactions,
+server-side statement timeouts, and errors classified by reason.
+
+The pool never blocks start-up: a database that is down at start or goes down
+later turns into ``QueryError(reason="connection")`` for the query that needed
+it, and the next run tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from credit_exporter.config import ConfigError, DatabaseConfig
+
+log = logging.getLogger(__name__)
+
+
+class QueryError(Exception):
+    """A query run that failed; ``reason`` is one of timeout, connection, sql, validation."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Result:
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+def classify(exc: BaseException) -> QueryError:
+    """Map a psycopg or pool exception onto an error reason.
+
+    The message is the server's primary message only: psycopg never puts the
+    password into it, and the DSN is not included.
+    """
+    if isinstance(exc, QueryError):
+        return exc
+    if isinstance(exc, psycopg.errors.QueryCanceled | asyncio.TimeoutError | TimeoutError):
+        return QueryError("timeout", "statement timeout or run timeout exceeded")
+    if isinstance(exc, PoolTimeout):
+        return QueryError("connection", "no database connection available (database down?)")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
+        return QueryError("connection", _first_line(exc) or "connection failed")
+    if isinstance(exc, psycopg.Error):
+        diag = getattr(exc, "diag", None)
+        primary = diag.message_primary if diag is not None else None
+        return QueryError("sql", primary or _first_line(exc) or type(exc).__name__)
+    return QueryError("sql", f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+
+
+class Database:
+    """One configured database and its connection pool.
+
+    psycopg_pool's own background reconnect backs off exponentially, so after a
+    long outage it can stay away for minutes once the database is back. The
+    pool is therefore dropped on the first connection error and rebuilt on a
+    later run, with our own backoff capped at ``max_backoff`` (the caller sets
+    it below its shortest query interval, so recovery takes at most one
+    interval).
+    """
+
+    def __init__(self, name: str, config: DatabaseConfig, max_backoff: float = 5.0) -> None:
+        self.name = name
+        self.config = config
+        self.max_backoff = max_backoff
+        self._pool: AsyncConnectionPool | None = None
+        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._next_attempt = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._pool is not None
+
+    async def _open_pool(self, timeout: float) -> AsyncConnectionPool:
+        async with self._lock:
+            if self._pool is not None:
+                return self._pool
+            now = time.monotonic()
+            if now < self._next_attempt:
+                raise QueryError(
+                    "connection",
+                    f"database {self.name} unreachable; next attempt in "
+                    f"{self._next_attempt - now:.1f}s",
+                )
+            try:
+                dsn = self.config.resolve_dsn()
+            except ConfigError as exc:
+                raise QueryError("connection", f"databases.{self.name}.{exc}") from None
+            pool = AsyncConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=self.config.pool_size,
+                kwargs={
+                    "application_name": self.config.application_name,
+                    "connect_timeout": max(1, round(self.config.connect_timeout)),
+                    "autocommit": False,
+                },
+                check=AsyncConnectionPool.check_connection,
+                reconnect_timeout=max(1.0, self.config.connect_timeout),
+                name=f"credit-exporter-{self.name}",
+                open=False,
+            )
+            try:
+                await pool.open(wait=True, timeout=min(timeout, self.config.connect_timeout))
+            except Exception as exc:
+                await pool.close(timeout=0)
+                self._failures += 1
+                delay = min(self.max_backoff, 0.5 * 2 ** (self._failures - 1))
+                self._next_attempt = time.monotonic() + delay
+                if self._failures == 1:
+                    log.warning("database %s unreachable: %s", self.name, classify(exc))
+                raise classify(exc) from None
+            if self._failures:
+                log.info("database %s reachable again", self.name)
+            self._failures = 0
+            self._pool = pool
+            return pool
+
+    async def _discard_pool(self) -> None:
+        async with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close(timeout=0)
+
+    async def close(self) -> None:
+        await self._discard_pool()
+
+    async def fetch(
+        self, query: str, timeout: float, params: Sequence[Any] | None = None
+    ) -> Result:
+        """Run one read-only query with a server-side timeout; classify failures."""
+        deadline = time.monotonic() + timeout
+        statement_timeout_ms = int(min(timeout, self.config.statement_timeout) * 1000)
+        try:
+            async with asyncio.timeout(timeout + 1.0):
+                pool = await self._open_pool(timeout)
+                async with pool.connection(timeout=timeout) as conn, conn.transaction():
+                    await conn.execute("SET TRANSACTION READ ONLY")
+                    remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                    await conn.execute(
+                        sql.SQL("SET LOCAL statement_timeout = {}").format(
+                            sql.Literal(min(statement_timeout_ms, remaining_ms))
+                        )
+                    )
+                    async with conn.cursor() as cur:
+                        await cur.execute(query, params)  # type: ignore[arg-type]
+                        if cur.description is None:
+                            raise QueryError("validation", "the query returned no result set")
+                        columns = tuple(col.name for col in cur.description)
+                        rows = await cur.fetchall()
+        except Exception as exc:
+            error = classify(exc)
+            if error.reason == "connection":
+                await self._discard_pool()
+            raise error from None
+        return Result(columns, rows)

@@ -1,0 +1,67 @@
+"""Render /metrics once per poll, not per scrape.
+
+A scrape only copies bytes that were rendered (and gzipped) when the last poll
+published; any number of concurrent scrapers cost no database time and almost
+no CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from credit_exporter.health import Health
+
+# The classic text format every Prometheus (2.x and 3.x) parses; all catalogue
+# names are valid classic names, so no escaping scheme needs negotiating.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    body: bytes
+    gzipped: bytes
+
+
+def _series_per_metric(body: bytes) -> dict[str, int]:
+    """Count series per metric family from the text exposition (HELP/TYPE aside)."""
+    counts: dict[str, int] = {}
+    family = ""
+    for line in body.split(b"\n"):
+        if line.startswith(b"# TYPE "):
+            family = line.split(b" ", 3)[2].decode()
+            counts[family] = 0
+        elif line and not line.startswith(b"#"):
+            counts[family] = counts.get(family, 0) + 1
+    return counts
+
+
+class Exposition:
+    """The current /metrics body; ``render`` replaces it."""
+
+    def __init__(self, registry: CollectorRegistry, health: Health) -> None:
+        self._registry = registry
+        self._health = health
+        self.current = Rendered(b"", gzip.compress(b""))
+
+    def render(self) -> Rendered:
+        body = generate_latest(self._registry)
+        rendered = Rendered(body, gzip.compress(body, compresslevel=5))
+        # sizes describe the body just rendered; they appear in the next one
+        self._health.exposition_bytes.set(len(body))
+        for family, count in _series_per_metric(body).items():
+            if family.startswith("credit_"):
+                self._health.exposition_series.labels(family).set(count)
+        self.current = rendered
+        return rendered
+
+    async def render_on_poll(self, polled: asyncio.Event) -> None:
+        """Re-render whenever a poll has published, coalescing bursts, until cancelled."""
+        while True:
+            await polled.wait()
+            polled.clear()
+            await asyncio.to_thread(self.render)

@@ -1,0 +1,138 @@
+"""The exporter's own health: per-query status and the self-metrics of the catalogue."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from credit_exporter import __version__, catalog
+
+ERROR_REASONS = ("timeout", "connection", "sql", "validation")
+
+
+def _help(name: str) -> str:
+    return catalog.get(name).help
+
+
+@dataclass
+class QueryStatus:
+    """What the landing page and readiness know about one query."""
+
+    name: str
+    interval: float
+    up: bool = False
+    ever_succeeded: bool = False
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_reason: str | None = None
+    last_duration: float | None = None
+    rows: int | None = None
+
+
+class Health:
+    """Self-metrics registered in the exporter's registry, plus per-query status."""
+
+    def __init__(self, registry: CollectorRegistry, revision: str = "unknown") -> None:
+        self.queries: dict[str, QueryStatus] = {}
+        self.build = Info("credit_build", _help("credit_build_info"), registry=registry)
+        self.build.info(
+            {"version": __version__, "revision": revision,
+             "python_version": platform.python_version()}
+        )  # fmt: skip
+        self.up = Gauge(
+            "credit_exporter_query_up", _help("credit_exporter_query_up"), ["query"],
+            registry=registry,
+        )  # fmt: skip
+        self.last_success = Gauge(
+            "credit_exporter_query_last_success_timestamp_seconds",
+            _help("credit_exporter_query_last_success_timestamp_seconds"),
+            ["query"], registry=registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "credit_exporter_query_duration_seconds",
+            _help("credit_exporter_query_duration_seconds"),
+            ["query"], buckets=catalog.QUERY_DURATION_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.rows = Gauge(
+            "credit_exporter_query_rows", _help("credit_exporter_query_rows"), ["query"],
+            registry=registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "credit_exporter_query_errors_total", _help("credit_exporter_query_errors_total"),
+            ["query", "reason"], registry=registry,
+        )  # fmt: skip
+        self.dropped_rows = Counter(
+            "credit_exporter_dropped_rows_total", _help("credit_exporter_dropped_rows_total"),
+            ["query", "reason"], registry=registry,
+        )  # fmt: skip
+        self.dropped_series = Counter(
+            "credit_exporter_dropped_series_total",
+            _help("credit_exporter_dropped_series_total"),
+            ["metric", "reason"], registry=registry,
+        )  # fmt: skip
+        self.exposition_bytes = Gauge(
+            "credit_exporter_exposition_bytes", _help("credit_exporter_exposition_bytes"),
+            registry=registry,
+        )  # fmt: skip
+        self.exposition_series = Gauge(
+            "credit_exporter_exposition_series", _help("credit_exporter_exposition_series"),
+            ["metric"], registry=registry,
+        )  # fmt: skip
+        self.reload_ok = Gauge(
+            "credit_exporter_config_last_reload_successful",
+            _help("credit_exporter_config_last_reload_successful"),
+            registry=registry,
+        )  # fmt: skip
+        self.reload_time = Gauge(
+            "credit_exporter_config_last_reload_success_timestamp_seconds",
+            _help("credit_exporter_config_last_reload_success_timestamp_seconds"),
+            registry=registry,
+        )  # fmt: skip
+
+    def register_query(self, name: str, interval: float) -> None:
+        """Create the query's series up front so a never-succeeding query shows up=0."""
+        self.queries[name] = QueryStatus(name=name, interval=interval)
+        self.up.labels(name).set(0)
+        self.duration.labels(name)
+        for reason in ERROR_REASONS:
+            self.errors.labels(name, reason)
+
+    def forget_query(self, name: str) -> None:
+        self.queries.pop(name, None)
+        for metric in (self.up, self.last_success, self.duration, self.rows):
+            with contextlib.suppress(KeyError):
+                metric.remove(name)
+        for reason in ERROR_REASONS:
+            with contextlib.suppress(KeyError):
+                self.errors.remove(name, reason)
+
+    def succeeded(self, name: str, duration: float, rows: int) -> None:
+        status = self.queries[name]
+        status.up, status.ever_succeeded = True, True
+        status.last_success, status.last_duration, status.rows = time.time(), duration, rows
+        status.last_error = status.last_error_reason = None
+        self.up.labels(name).set(1)
+        self.last_success.labels(name).set(status.last_success)
+        self.duration.labels(name).observe(duration)
+        self.rows.labels(name).set(rows)
+
+    def failed(self, name: str, duration: float, reason: str, message: str) -> None:
+        status = self.queries[name]
+        status.up, status.last_duration = False, duration
+        status.last_error, status.last_error_reason = message, reason
+        self.up.labels(name).set(0)
+        self.duration.labels(name).observe(duration)
+        self.errors.labels(name, reason).inc()
+
+    def config_loaded(self, ok: bool) -> None:
+        self.reload_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_time.set(time.time())
+
+    @property
+    def ready(self) -> bool:
+        return all(status.ever_succeeded for status in self.queries.values())

@@ -1,0 +1,126 @@
+"""Test support: run the real exporter as a subprocess and read its /metrics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from credit_exporter.demo.embedded import free_port
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read(), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers
+
+
+def http_post(url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def parse_samples(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def select(samples: Samples, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Series of ``name`` whose labels include ``labels``."""
+    return {
+        key: value
+        for (sample_name, key), value in samples.items()
+        if sample_name == name and all(dict(key).get(k) == v for k, v in labels.items())
+    }
+
+
+@dataclass
+class ExporterProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    config_path: Path
+    log_path: Path
+
+    def metrics_text(self) -> str:
+        status, body, _ = http_get(f"{self.url}/metrics")
+        assert status == 200, status
+        return body.decode()
+
+    def samples(self) -> Samples:
+        return parse_samples(self.metrics_text())
+
+    def value(self, name: str, **labels: str) -> float | None:
+        found = select(self.samples(), name, **labels)
+        assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
+        return next(iter(found.values()), None)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_exporter(
+    config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
+) -> ExporterProcess:
+    """Start ``credit-exporter run`` on a free loopback port; wait until it serves."""
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log_path = workdir / f"exporter-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "credit_exporter", "run", "--config", str(config_path),
+         "--listen", f"127.0.0.1:{port}", "--log-level", "debug"],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    exporter = ExporterProcess(process, f"http://127.0.0.1:{port}", config_path, log_path)
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"exporter exited {process.returncode}:\n{exporter.log()}")
+        try:
+            return http_get(f"{exporter.url}/-/healthy")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(serving, 20, "the exporter to serve")
+    return exporter

@@ -1,0 +1,174 @@
+"""Config validation: every bad config names the key and the problem, exit code 2."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from credit_exporter import catalog
+from credit_exporter.config import ConfigError, load_config, parse_config, parse_duration
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+
+GOOD: dict[str, Any] = {
+    "databases": {"billing": {"dsn_env": "CREDIT_EXPORTER_DSN", "statement_timeout": "10s"}},
+    "queries": {
+        "pools": {
+            "database": "billing",
+            "interval": "30s",
+            "timeout": "10s",
+            "sql": "SELECT 'acme' AS organization, 'plan' AS pool, 1 AS allocation",
+            "metrics": [
+                {
+                    "metric": "credit_allocation_credits",
+                    "value": "allocation",
+                    "labels": ["organization", "pool"],
+                }
+            ],
+        }
+    },
+}
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    """GOOD with the value at a dotted path replaced (None deletes it)."""
+    data = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    if value is None:
+        del node[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return data
+
+
+M0 = "queries.pools.metrics.0"
+
+BAD_CASES = [
+    ("unknown top-level key", _with("scrape", {}), "scrape", "unknown key"),
+    ("unknown database key", _with("databases.billing.passwd", "x"),
+     "databases.billing.passwd", "unknown key"),
+    ("unknown query key", _with("queries.pools.every", "5s"), "queries.pools.every", "unknown key"),
+    ("no databases", _with("databases", {}), "databases", "at least 1"),
+    ("two DSN sources", _with("databases.billing.dsn", "postgresql://x"),
+     "databases.billing", "exactly one of dsn, dsn_env, dsn_file"),
+    ("no DSN source", _with("databases.billing.dsn_env", None),
+     "databases.billing", "exactly one of dsn, dsn_env, dsn_file"),
+    ("pool size zero", _with("databases.billing.pool_size", 0),
+     "databases.billing.pool_size", "greater than or equal to 1"),
+    ("bad duration unit", _with("queries.pools.interval", "30 seconds"),
+     "queries.pools.interval", "duration"),
+    ("bare number duration", _with("queries.pools.timeout", 10),
+     "queries.pools.timeout", "unit"),
+    ("zero duration", _with("databases.billing.statement_timeout", "0s"),
+     "databases.billing.statement_timeout", "positive"),
+    ("timeout above interval", _with("queries.pools.timeout", "1m"),
+     "queries.pools", "must not exceed interval"),
+    ("unknown database reference", _with("queries.pools.database", "ledger"),
+     "queries.pools.database", "unknown database 'ledger'"),
+    ("bad query name", {**GOOD, "queries": {"Pools!": GOOD["queries"]["pools"]}},
+     "queries.Pools!", "names must match"),
+    ("empty sql", _with("queries.pools.sql", ""), "queries.pools.sql", "at least 1"),
+    ("no metrics", _with("queries.pools.metrics", []), "queries.pools.metrics", "at least 1"),
+    ("unknown metric", _with(f"{M0}.metric", "credit_spend_credits"),
+     "queries.pools.metrics[0].metric", "unknown metric 'credit_spend_credits'"),
+    ("counter fed by a state query", _with(f"{M0}.metric", "credit_spent_credits_total"),
+     "queries.pools.metrics[0].metric", "a state query can only feed gauges"),
+    ("self-metric fed by a query", _with(f"{M0}.metric", "credit_exporter_query_up"),
+     "queries.pools.metrics[0].metric", "the exporter's own metric"),
+    ("missing label", _with(f"{M0}.labels", ["organization"]),
+     "queries.pools.metrics[0].labels", "missing pool"),
+    ("extra label", _with(f"{M0}.labels", ["organization", "pool", "plan"]),
+     "queries.pools.metrics[0].labels", "plan not a label of credit_allocation_credits"),
+    ("label listed twice", _with(f"{M0}.labels", ["organization", "pool", "pool"]),
+     "queries.pools.metrics[0].labels", "listed twice"),
+    ("two labels from one column", _with(f"{M0}.labels", {"organization": "o", "pool": "o"}),
+     "queries.pools.metrics[0].labels", "same column"),
+    ("missing value column", _with(f"{M0}.value", None),
+     "queries.pools.metrics[0].value", "required"),
+    ("value column is a label", _with(f"{M0}.value", "pool"),
+     "queries.pools.metrics[0].value", "also used as a label"),
+    ("duplicate series across queries",
+     _with("queries.pools2", GOOD["queries"]["pools"]),
+     "queries.pools2.metrics[0].metric", "already fed by queries.pools"),
+    ("value given for an info metric",
+     _with(f"{M0}", {"metric": "credit_organization_info", "value": "x",
+                     "labels": ["organization", "organization_name", "plan"]}),
+     "queries.pools.metrics[0].value", "_info metric"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "problem"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
+)
+def test_bad_config_names_the_key_and_the_problem(data: dict[str, Any], key: str, problem: str):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    matching = [p for p in caught.value.problems if p.startswith(f"{key}:")]
+    assert matching, f"no problem reported for {key}: {caught.value.problems}"
+    assert any(problem in p for p in matching), caught.value.problems
+
+
+def test_the_good_config_is_accepted() -> None:
+    config = parse_config(GOOD)
+    assert config.queries["pools"].interval == 30.0
+
+
+def test_a_top_level_list_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"\(top level\)"):
+        parse_config([1, 2])  # type: ignore[arg-type]
+
+
+def test_invalid_yaml_reports_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("databases:\n  billing: {dsn: [\n")
+    with pytest.raises(ConfigError, match="line"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("1d", 86400)]
+)
+def test_durations_use_the_prometheus_format(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_check_config_exits_2_and_prints_the_key_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_with(f"{M0}.metric", "credit_nope")))
+    run = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "check-config", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "queries.pools.metrics[0].metric: unknown metric 'credit_nope'" in run.stderr
+
+
+def test_check_config_never_prints_a_literal_dsn(tmp_path: Path) -> None:
+    secret = "s3cr3t-passw0rd"
+    data = _with("databases.billing", {"dsn": f"postgresql://u:{secret}@h/db", "pool_size": -1})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "check-config", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "databases.billing.pool_size" in run.stderr
+    assert secret not in run.stdout + run.stderr
+
+
+def test_example_config_is_valid_and_maps_every_state_metric() -> None:
+    config = load_config(EXAMPLE)
+    mapped = [m.metric for q in config.queries.values() for m in q.metrics]
+    assert sorted(mapped) == sorted(m.name for m in catalog.state_metrics())
