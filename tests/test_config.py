@@ -172,3 +172,56 @@ def test_example_config_is_valid_and_maps_every_state_metric() -> None:
     config = load_config(EXAMPLE)
     mapped = [m.metric for q in config.queries.values() for m in q.metrics]
     assert sorted(mapped) == sorted(m.name for m in catalog.state_metrics())
+
+
+def test_example_config_maps_every_counter_and_histogram_to_a_stream() -> None:
+    config = load_config(EXAMPLE)
+    mapped = [m.metric for s in config.streams.values() for m in s.metrics]
+    assert sorted(mapped) == sorted(m.name for m in catalog.event_metrics())
+
+
+STREAM = {
+    "database": "billing",
+    "time": "occurred_at",
+    "sql": "SELECT occurred_at, org, credits FROM usage_events",
+    "metrics": [
+        {
+            "metric": "credit_topup_credits_total",
+            "value": "credits",
+            "labels": {"organization": "org", "trigger": "org2"},
+        }
+    ],
+}
+
+STREAM_CASES = [
+    ("gauge fed by a stream", {"metric": "credit_balance_credits", "value": "credits",
+                               "labels": ["organization", "pool"]},
+     "streams.topups.metrics[0].metric", "a stream can only feed counters and histograms"),
+    ("histogram without a value", {"metric": "credit_response_duration_seconds",
+                                   "labels": ["organization", "gen_ai_request_model"]},
+     "streams.topups.metrics[0].value", "the column observed by the histogram"),
+    ("time column as a label", {"metric": "credit_topups_total",
+                                "labels": {"organization": "occurred_at", "trigger": "t"}},
+     "streams.topups.metrics[0].labels", "time column"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key", "problem"), [c[1:] for c in STREAM_CASES], ids=[c[0] for c in STREAM_CASES]
+)
+def test_bad_stream_names_the_key_and_the_problem(mapping, key: str, problem: str) -> None:
+    data = copy.deepcopy(GOOD) | {"streams": {"topups": {**STREAM, "metrics": [mapping]}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert any(p.startswith(f"{key}:") and problem in p for p in caught.value.problems), (
+        caught.value.problems
+    )
+
+
+def test_a_metric_fed_by_a_query_and_a_stream_is_a_duplicate() -> None:
+    stream = copy.deepcopy(STREAM)
+    data = copy.deepcopy(GOOD) | {"streams": {"topups": stream}}
+    parse_config(data)  # distinct metrics: fine
+    data["streams"]["dup"] = copy.deepcopy(STREAM)
+    with pytest.raises(ConfigError, match=r"streams.dup.metrics\[0\].metric: .*already fed by"):
+        parse_config(data)

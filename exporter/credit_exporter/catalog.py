@@ -214,7 +214,12 @@ METRICS: tuple[Metric, ...] = (
        (ORG, "agent", "kind"), EV, Group.REVENUE,
        200, "~100 paid agents x 2 kinds"),
     _m("credit_paid_agent_revenue_total", C, "currency",
-       "Net paid-agent revenue in the currency's major unit (refunds subtracted).",
+       "Paid-agent revenue charged, in the currency's major unit (gross; refunds are "
+       "credit_paid_agent_refunds_total, net = revenue - refunds).",
+       (ORG, "agent", "currency"), EV, Group.REVENUE,
+       200, "~100 paid agents x ~2 currencies"),
+    _m("credit_paid_agent_refunds_total", C, "currency",
+       "Paid-agent revenue refunded, in the currency's major unit.",
        (ORG, "agent", "currency"), EV, Group.REVENUE,
        200, "~100 paid agents x ~2 currencies"),
     _m("credit_paid_agent_subscribers", G, "",
@@ -332,10 +337,10 @@ METRICS: tuple[Metric, ...] = (
        ("query", "reason"), EX, Group.EXPORTER,
        300, "50 queries x ~6 reasons"),
     _m("credit_exporter_dropped_series_total", C, "",
-       "Series not exported because a limit was hit, by metric and reason "
-       "(series_limit, label_value_too_long).",
+       "Series not exported, or held at their previous value, by metric and reason "
+       "(series_limit, label_value_too_long, counter_decrease).",
        ("metric", "reason"), EX, Group.EXPORTER,
-       120, "60 metrics x 2 reasons"),
+       180, "60 metrics x 3 reasons"),
     _m("credit_exporter_exposition_bytes", G, "bytes",
        "Size of the last rendered /metrics body, uncompressed.",
        (), EX, Group.EXPORTER,

@@ -133,6 +133,32 @@ class QueryConfig(_Strict):
         return self
 
 
+class StreamConfig(_Strict):
+    """A usage event stream: its rows feed exact, absolute counters and histograms.
+
+    ``sql`` returns one row per event with the ``time`` column, the label
+    columns and the value columns; the engine wraps it (see docs/event-engine.md),
+    so it must be a plain SELECT without ORDER BY or LIMIT.
+    """
+
+    database: str
+    sql: str = Field(min_length=1)
+    time: str = Field(min_length=1)
+    interval: Duration = 15.0
+    timeout: Duration = 15.0
+    startup_timeout: Duration = 600.0
+    settle: Duration = 120.0
+    metrics: list[MetricMapping] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> StreamConfig:
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
+            )
+        return self
+
+
 class Config(_Strict):
     databases: dict[Annotated[str, Field(pattern=NAME_PATTERN)], DatabaseConfig] = Field(
         min_length=1
@@ -140,6 +166,15 @@ class Config(_Strict):
     queries: dict[Annotated[str, Field(pattern=NAME_PATTERN)], QueryConfig] = Field(
         default_factory=dict
     )
+    streams: dict[Annotated[str, Field(pattern=NAME_PATTERN)], StreamConfig] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _names_unique_across_queries_and_streams(self) -> Config:
+        if both := sorted(set(self.queries) & set(self.streams)):
+            raise ValueError(f"{', '.join(both)}: a query and a stream share a name")
+        return self
 
 
 class ConfigError(Exception):
@@ -202,22 +237,12 @@ def _catalogue_problems(config: Config) -> list[str]:
                 continue
             if mapping.metric in fed_by:
                 problems.append(
-                    f"{at}.metric: {metric.name} is already fed by queries.{fed_by[mapping.metric]}"
+                    f"{at}.metric: {metric.name} is already fed by {fed_by[mapping.metric]}"
                     " (two queries would produce duplicate series)"
                 )
-            fed_by.setdefault(mapping.metric, qname)
-            expected, given = set(metric.labels), set(mapping.labels)
-            if missing := sorted(expected - given):
-                problems.append(f"{at}.labels: missing {', '.join(missing)} for {metric.name}")
-            if extra := sorted(given - expected):
-                allowed = ", ".join(metric.labels) or "none"
-                problems.append(
-                    f"{at}.labels: {', '.join(extra)} not a label of {metric.name}"
-                    f" (its labels: {allowed})"
-                )
+            fed_by.setdefault(mapping.metric, f"queries.{qname}")
+            problems += _label_problems(at, metric, mapping)
             columns = list(mapping.labels.values())
-            if len(set(columns)) != len(columns):
-                problems.append(f"{at}.labels: two labels read the same column")
             if metric.type is catalog.MetricType.INFO:
                 if mapping.value is not None:
                     problems.append(f"{at}.value: {metric.name} is an _info metric, always 1")
@@ -225,6 +250,53 @@ def _catalogue_problems(config: Config) -> list[str]:
                 problems.append(f"{at}.value: required (the column holding the sample value)")
             elif mapping.value in columns:
                 problems.append(f"{at}.value: column {mapping.value!r} is also used as a label")
+    for sname, stream in config.streams.items():
+        where = f"streams.{sname}"
+        if stream.database not in config.databases:
+            known = ", ".join(sorted(config.databases))
+            problems.append(f"{where}.database: unknown database {stream.database!r} ({known})")
+        for index, mapping in enumerate(stream.metrics):
+            at = f"{where}.metrics[{index}]"
+            metric = catalog.BY_NAME.get(mapping.metric)
+            if metric is None:
+                problems.append(f"{at}.metric: unknown metric {mapping.metric!r}")
+                continue
+            if metric.source is not catalog.Source.EVENTS:
+                problems.append(
+                    f"{at}.metric: {metric.name} is a {metric.type.value} of source "
+                    f"{metric.source.value}; a stream can only feed counters and histograms"
+                )
+                continue
+            if mapping.metric in fed_by:
+                problems.append(
+                    f"{at}.metric: {metric.name} is already fed by {fed_by[mapping.metric]}"
+                    " (two sources would produce duplicate series)"
+                )
+            fed_by.setdefault(mapping.metric, f"streams.{sname}")
+            problems += _label_problems(at, metric, mapping)
+            columns = list(mapping.labels.values())
+            if stream.time in columns:
+                problems.append(f"{at}.labels: the time column {stream.time!r} cannot be a label")
+            if metric.type is catalog.MetricType.HISTOGRAM and mapping.value is None:
+                problems.append(f"{at}.value: required (the column observed by the histogram)")
+            elif mapping.value is not None and mapping.value in columns:
+                problems.append(f"{at}.value: column {mapping.value!r} is also used as a label")
+    return problems
+
+
+def _label_problems(at: str, metric: catalog.Metric, mapping: MetricMapping) -> list[str]:
+    problems = []
+    expected, given = set(metric.labels), set(mapping.labels)
+    if missing := sorted(expected - given):
+        problems.append(f"{at}.labels: missing {', '.join(missing)} for {metric.name}")
+    if extra := sorted(given - expected):
+        allowed = ", ".join(metric.labels) or "none"
+        problems.append(
+            f"{at}.labels: {', '.join(extra)} not a label of {metric.name} (its labels: {allowed})"
+        )
+    columns = list(mapping.labels.values())
+    if len(set(columns)) != len(columns):
+        problems.append(f"{at}.labels: two labels read the same column")
     return problems
 
 

@@ -9,9 +9,10 @@ it, and the next run tries again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +120,7 @@ class Database:
             try:
                 await pool.open(wait=True, timeout=min(timeout, self.config.connect_timeout))
             except Exception as exc:
-                await pool.close(timeout=0)
+                await pool.close(timeout=1)
                 self._failures += 1
                 delay = min(self.max_backoff, 0.5 * 2 ** (self._failures - 1))
                 self._next_attempt = time.monotonic() + delay
@@ -136,37 +137,50 @@ class Database:
         async with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close(timeout=0)
+            await pool.close(timeout=1)
 
     async def close(self) -> None:
         await self._discard_pool()
 
-    async def fetch(
-        self, query: str, timeout: float, params: Sequence[Any] | None = None
-    ) -> Result:
-        """Run one read-only query with a server-side timeout; classify failures."""
+    @contextlib.asynccontextmanager
+    async def read_only(
+        self, timeout: float, repeatable_read: bool = False
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A read-only transaction with a server-side statement timeout.
+
+        With ``repeatable_read`` every statement in it sees the same snapshot
+        (the event engine needs its horizon and its aggregate to agree).
+        Failures surface as ``QueryError`` with a reason.
+        """
         deadline = time.monotonic() + timeout
         statement_timeout_ms = int(min(timeout, self.config.statement_timeout) * 1000)
         try:
             async with asyncio.timeout(timeout + 1.0):
                 pool = await self._open_pool(timeout)
                 async with pool.connection(timeout=timeout) as conn, conn.transaction():
-                    await conn.execute("SET TRANSACTION READ ONLY")
+                    isolation = "REPEATABLE READ" if repeatable_read else "READ COMMITTED"
+                    await conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation} READ ONLY")
                     remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
                     await conn.execute(
                         sql.SQL("SET LOCAL statement_timeout = {}").format(
                             sql.Literal(min(statement_timeout_ms, remaining_ms))
                         )
                     )
-                    async with conn.cursor() as cur:
-                        await cur.execute(query, params)  # type: ignore[arg-type]
-                        if cur.description is None:
-                            raise QueryError("validation", "the query returned no result set")
-                        columns = tuple(col.name for col in cur.description)
-                        rows = await cur.fetchall()
+                    yield conn
         except Exception as exc:
             error = classify(exc)
             if error.reason == "connection":
                 await self._discard_pool()
             raise error from None
+
+    async def fetch(
+        self, query: str | sql.Composable, timeout: float, params: Any = None
+    ) -> Result:
+        """Run one read-only query; classify failures."""
+        async with self.read_only(timeout) as conn, conn.cursor() as cur:
+            await cur.execute(query, params)
+            if cur.description is None:
+                raise QueryError("validation", "the query returned no result set")
+            columns = tuple(col.name for col in cur.description)
+            rows = await cur.fetchall()
         return Result(columns, rows)

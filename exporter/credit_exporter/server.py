@@ -24,6 +24,7 @@ from credit_exporter.db import Database
 from credit_exporter.exposition import CONTENT_TYPE, Exposition
 from credit_exporter.health import Health
 from credit_exporter.metric_state import MetricState, StateCollector
+from credit_exporter.sources.events import EventStream, StreamCollector
 from credit_exporter.sources.state import StateQuery
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,21 @@ class Exporter:
         self.exposition = Exposition(self.registry, self.health)
         self.databases: dict[str, Database] = {}
         self.queries: dict[str, StateQuery] = {}
+        self.streams: dict[str, EventStream] = {}
+        self._stream_collector = StreamCollector(self.streams)
+        self.registry.register(self._stream_collector)
         self._polled = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._renderer: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._kept_streams: dict[str, EventStream] = {}
         self.health.config_loaded(True)
 
     # --- lifecycle -----------------------------------------------------------
     def _build(self, config: Config) -> None:
         for db_name, db_config in config.databases.items():
-            intervals = [q.interval for q in config.queries.values() if q.database == db_name]
+            sources = [*config.queries.values(), *config.streams.values()]
+            intervals = [q.interval for q in sources if q.database == db_name]
             self.databases[db_name] = Database(db_name, db_config, _max_backoff(intervals))
         for name, query_config in config.queries.items():
             if name not in self.health.queries:
@@ -73,11 +79,26 @@ class Exporter:
             self.queries[name] = StateQuery(
                 name, query_config, self.databases[query_config.database], self.state, self.health
             )
+        for name, stream_config in config.streams.items():
+            if name not in self.health.queries:
+                self.health.register_query(name, stream_config.interval)
+            previous = self._kept_streams.get(name)
+            if previous is not None and previous.config == stream_config:
+                # unchanged on reload: keep its base (no start-up aggregate again)
+                previous.database = self.databases[stream_config.database]
+                self.streams[name] = previous
+            else:
+                self.streams[name] = EventStream(
+                    name, stream_config, self.databases[stream_config.database], self.health
+                )
 
     def _start_tasks(self) -> None:
         self._tasks = [
             asyncio.create_task(query.run_forever(self._polled), name=f"query-{name}")
             for name, query in self.queries.items()
+        ] + [
+            asyncio.create_task(stream.run_forever(self._polled), name=f"stream-{name}")
+            for name, stream in self.streams.items()
         ]
 
     async def start(self) -> None:
@@ -95,7 +116,9 @@ class Exporter:
         self._tasks = []
         for database in self.databases.values():
             await database.close()
+        self._kept_streams = dict(self.streams)
         self.databases, self.queries = {}, {}
+        self.streams.clear()  # the collector holds this same dict
 
     async def stop(self) -> None:
         await self._stop_sources()
@@ -117,11 +140,14 @@ class Exporter:
                 log.error("reload rejected, keeping the running config: %s", exc)
                 return False, exc.problems
             await self._stop_sources()
-            for name in set(self.health.queries) - set(new_config.queries):
+            for name in (
+                set(self.health.queries) - set(new_config.queries) - set(new_config.streams)
+            ):
                 self.health.forget_query(name)
                 self.state.forget(name)
             self.config = new_config
             self._build(new_config)
+            self._kept_streams = {}
             self._start_tasks()
             self.health.config_loaded(True)
             self._polled.set()

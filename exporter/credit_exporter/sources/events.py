@@ -1,0 +1,383 @@
+"""Usage event streams -> exact, absolute, incremental counters and histograms.
+
+The design (docs/event-engine.md): rows are split by the stream's time column
+at a *horizon*. Rows before it are *settled* and summed once into a base kept
+in memory; rows at or after it are *live* and re-aggregated on every poll.
+Exported value = base + live. Each poll runs in one REPEATABLE READ snapshot:
+it computes the next horizon, then one aggregate over rows at or after the
+previous horizon, split by ``time < next horizon``; the settled part moves
+into the base. A poll therefore reads only the live window plus what settled
+since the last poll, whatever the table's size.
+
+The horizon trails ``now()`` by the stream's ``settle`` window, and is held
+further back to the start of the oldest open transaction in the database (when
+the exporter's role may see other sessions: pg_monitor), because a transaction
+still open may yet commit rows stamped at or after its start. A row is only
+missed if it commits more than ``settle`` after its time *and* its transaction
+was invisible to that check; the document quantifies this.
+
+Sums are exact: PostgreSQL sums numerics exactly, the base accumulates in
+``Decimal``, and floats appear only when /metrics is rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from psycopg import sql
+
+from credit_exporter import catalog
+from credit_exporter.config import MetricMapping, StreamConfig
+from credit_exporter.db import Database, QueryError
+from credit_exporter.health import Health
+from credit_exporter.metric_state import LabelValues
+from credit_exporter.sources.state import to_label
+
+log = logging.getLogger(__name__)
+
+# The oldest open transaction may hold the horizon back by at most this much:
+# a session left "idle in transaction" for hours must not make every poll
+# re-read hours of events. Past it, only ``settle`` protects late commits.
+MAX_GUARD_HOLD_SECONDS = 3600.0
+
+
+@dataclass
+class HistogramValue:
+    """Cumulative bucket counts (``le`` order, +Inf excluded), count and exact sum."""
+
+    buckets: list[int]
+    count: int = 0
+    total: Decimal = Decimal(0)
+
+    def add(self, other: HistogramValue) -> HistogramValue:
+        return HistogramValue(
+            [a + b for a, b in zip(self.buckets, other.buckets, strict=True)],
+            self.count + other.count,
+            self.total + other.total,
+        )
+
+
+Value = Decimal | HistogramValue
+Aggregates = dict[str, dict[LabelValues, Value]]
+
+
+def _add(target: Aggregates, source: Aggregates) -> None:
+    for metric, series in source.items():
+        into = target.setdefault(metric, {})
+        for labels, value in series.items():
+            present = into.get(labels)
+            if present is None:
+                into[labels] = value
+            elif isinstance(present, HistogramValue):
+                assert isinstance(value, HistogramValue)
+                into[labels] = present.add(value)
+            else:
+                assert isinstance(value, Decimal)
+                into[labels] = present + value
+
+
+@dataclass(frozen=True)
+class _MetricPlan:
+    mapping: MetricMapping
+    metric: catalog.Metric
+    label_columns: tuple[str, ...]  # in the catalogue's label order
+    grouping_mask: int
+    aggregate_columns: tuple[str, ...]  # result columns this metric reads
+
+
+@dataclass
+class StreamPlan:
+    """The SQL of one stream: one scan, one GROUPING SETS aggregate for every metric."""
+
+    config: StreamConfig
+    columns: list[str] = field(init=False)  # union of label columns, GROUPING() order
+    metrics: list[_MetricPlan] = field(init=False)
+    aggregates: list[tuple[str, sql.Composable]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        columns: list[str] = []
+        for mapping in self.config.metrics:
+            for column in mapping.labels.values():
+                if column not in columns:
+                    columns.append(column)
+        self.columns = columns
+        self.aggregates = [("__rows", sql.SQL("count(*)"))]
+        self.metrics = []
+        summed: dict[str, str] = {}
+        for index, mapping in enumerate(self.config.metrics):
+            metric = catalog.get(mapping.metric)
+            label_columns = tuple(mapping.labels[label] for label in metric.labels)
+            mask = sum(
+                1 << (len(columns) - 1 - i) for i, c in enumerate(columns) if c not in label_columns
+            )
+            if metric.type is catalog.MetricType.HISTOGRAM:
+                assert mapping.value is not None
+                observed = sql.Identifier(mapping.value)
+                names = []
+                for b, bound in enumerate(metric.buckets):
+                    name = f"__h{index}_b{b}"
+                    self.aggregates.append(
+                        (name, sql.SQL("count(*) FILTER (WHERE {} <= {})").format(
+                            observed, sql.Literal(Decimal(repr(bound))))),
+                    )  # fmt: skip
+                    names.append(name)
+                self.aggregates.append((f"__h{index}_count", sql.SQL("count({})").format(observed)))
+                self.aggregates.append((f"__h{index}_sum", sql.SQL("sum({})").format(observed)))
+                names += [f"__h{index}_count", f"__h{index}_sum"]
+                aggregate_columns = tuple(names)
+            elif mapping.value is None:
+                aggregate_columns = ("__rows",)
+            else:
+                if mapping.value not in summed:
+                    summed[mapping.value] = f"__s{len(summed)}"
+                    self.aggregates.append(
+                        (summed[mapping.value],
+                         sql.SQL("sum({})").format(sql.Identifier(mapping.value))),
+                    )  # fmt: skip
+                aggregate_columns = (summed[mapping.value],)
+            self.metrics.append(
+                _MetricPlan(mapping, metric, label_columns, mask, aggregate_columns)
+            )
+
+    def statement(self, bounded: bool) -> sql.Composed:
+        """The aggregate; ``bounded`` adds ``time >= %(since)s`` (every poll but the first)."""
+        time_column = sql.Identifier(self.config.time)
+        lower = sql.SQL("WHERE {} >= %(since)s").format(time_column) if bounded else sql.SQL("")
+        label_columns = [sql.Identifier(c) for c in self.columns]
+        sets = sql.SQL(", ").join(
+            sql.SQL("({})").format(
+                sql.SQL(", ").join(
+                    [sql.Identifier("__settled"), *[sql.Identifier(c) for c in plan.label_columns]]
+                )
+            )
+            for plan in self._distinct_sets()
+        )
+        grouping = (
+            sql.SQL("GROUPING({})").format(sql.SQL(", ").join(label_columns))
+            if label_columns
+            else sql.SQL("0")
+        )
+        select_list = sql.SQL(", ").join(
+            [
+                sql.Identifier("__settled"),
+                sql.SQL("{} AS __grouping").format(grouping),
+                *label_columns,
+                *[sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+                  for name, expr in self.aggregates],
+            ]
+        )  # fmt: skip
+        return sql.SQL(
+            "SELECT {select_list} FROM ("
+            "SELECT events.*, ({time} < %(horizon)s) AS __settled "
+            "FROM (\n{source}\n) AS events {lower}"
+            ") AS stream GROUP BY GROUPING SETS ({sets})"
+        ).format(
+            select_list=select_list,
+            time=sql.SQL("events.") + time_column,
+            source=sql.SQL(self.config.sql.strip().rstrip(";")),  # type: ignore[arg-type]
+            lower=lower,
+            sets=sets,
+        )
+
+    def _distinct_sets(self) -> list[_MetricPlan]:
+        seen: dict[int, _MetricPlan] = {}
+        for plan in self.metrics:
+            seen.setdefault(plan.grouping_mask, plan)
+        return list(seen.values())
+
+    def split(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> tuple[
+        Aggregates, Aggregates, int
+    ]:  # fmt: skip
+        """Result rows -> (settled, live) aggregates per metric, and null-label rows skipped."""
+        index = {name: i for i, name in enumerate(columns)}
+        settled: Aggregates = {p.metric.name: {} for p in self.metrics}
+        live: Aggregates = {p.metric.name: {} for p in self.metrics}
+        by_mask: dict[int, list[_MetricPlan]] = {}
+        for plan in self.metrics:
+            by_mask.setdefault(plan.grouping_mask, []).append(plan)
+        skipped = 0
+        for row in rows:
+            target = settled if row[index["__settled"]] else live
+            for plan in by_mask.get(row[index["__grouping"]], []):
+                try:
+                    labels = tuple(to_label(row[index[c]]) for c in plan.label_columns)
+                except ValueError:
+                    skipped += int(row[index["__rows"]])
+                    continue
+                target[plan.metric.name][labels] = self._value(plan, row, index)
+        return settled, live, skipped
+
+    @staticmethod
+    def _value(plan: _MetricPlan, row: tuple[Any, ...], index: dict[str, int]) -> Value:
+        cells = [row[index[c]] for c in plan.aggregate_columns]
+        if plan.metric.type is catalog.MetricType.HISTOGRAM:
+            *buckets, count, total = cells
+            return HistogramValue([int(b) for b in buckets], int(count), Decimal(total or 0))
+        return Decimal(cells[0] or 0)
+
+
+HORIZON_SQL = """
+SELECT now(),
+       greatest(
+         %(previous)s::timestamptz,
+         least(
+           now() - make_interval(secs => %(settle)s),
+           greatest(
+             now() - make_interval(secs => %(max_hold)s),
+             coalesce(
+               (SELECT min(xact_start) FROM pg_stat_activity
+                 WHERE datname = current_database()
+                   AND pid <> pg_backend_pid()
+                   AND backend_type = 'client backend'
+                   AND application_name IS DISTINCT FROM current_setting('application_name')),
+               now())
+           )
+         )
+       )
+"""
+
+class EventStream:
+    """One configured stream: base + live aggregates, advanced on every poll."""
+
+    def __init__(self, name: str, config: StreamConfig, database: Database, health: Health) -> None:
+        self.name = name
+        self.config = config
+        self.database = database
+        self.health = health
+        self.plan = StreamPlan(config)
+        self.horizon: datetime | None = None
+        self.base: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
+        self.live: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
+        # what /metrics shows: base + live, never below what it showed before
+        self.exported: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
+
+    async def poll(self) -> tuple[datetime, datetime, Aggregates, Aggregates, int]:
+        """One snapshot: (db now, new horizon, settled, live, rows skipped for a null label)."""
+        first = self.horizon is None
+        timeout = self.config.startup_timeout if first else self.config.timeout
+        params: dict[str, Any] = {
+            "previous": self.horizon,
+            "settle": self.config.settle,
+            "max_hold": max(self.config.settle, MAX_GUARD_HOLD_SECONDS),
+        }
+        async with self.database.read_only(timeout, repeatable_read=True) as conn:
+            cur = await conn.execute(HORIZON_SQL, params)
+            row = await cur.fetchone()
+            assert row is not None
+            db_now, horizon = row
+            cur = await conn.execute(
+                self.plan.statement(bounded=not first),
+                {"since": self.horizon, "horizon": horizon},
+            )
+            columns = tuple(c.name for c in cur.description or [])
+            rows = await cur.fetchall()
+        settled, live, skipped = self.plan.split(columns, rows)
+        return db_now, horizon, settled, live, skipped
+
+    async def run_once(self) -> bool:
+        started = time.monotonic()
+        try:
+            _, horizon, settled, live, skipped = await self.poll()
+        except QueryError as error:
+            self.health.failed(self.name, time.monotonic() - started, error.reason, str(error))
+            log.warning("stream %s failed (%s): %s", self.name, error.reason, error)
+            return False
+        _add(self.base, settled)
+        self.live = live
+        self.horizon = horizon
+        self.exported = self._never_decreasing(self.totals())
+        if skipped:
+            self.health.dropped_rows.labels(self.name, "null_label").inc(skipped)
+        live_series = sum(len(s) for s in live.values())
+        self.health.succeeded(self.name, time.monotonic() - started, live_series)
+        return True
+
+    def _never_decreasing(self, totals: Aggregates) -> Aggregates:
+        """Keep the previous value of any series that would go down, and say so.
+
+        Append-only rows can only make base + live grow; a decrease means rows
+        were deleted or updated under the exporter (or a value column went
+        negative). Prometheus would read it as a counter reset and rate() would
+        jump, so the series holds its value and the incident is counted.
+        """
+        for metric, series in totals.items():
+            previous = self.exported.get(metric, {})
+            for labels, value in series.items():
+                before = previous.get(labels)
+                if before is None:
+                    continue
+                went_down = (
+                    value.count < before.count or value.total < before.total
+                    if isinstance(value, HistogramValue) and isinstance(before, HistogramValue)
+                    else value < before  # type: ignore[operator]
+                )
+                if went_down:
+                    series[labels] = before
+                    self.health.dropped_series.labels(metric, "counter_decrease").inc()
+                    log.warning(
+                        "stream %s: %s%s would decrease; holding", self.name, metric, labels
+                    )
+            for labels, before in previous.items():
+                if labels not in series:  # a live series whose rows vanished
+                    series[labels] = before
+                    self.health.dropped_series.labels(metric, "counter_decrease").inc()
+        return totals
+
+    def totals(self) -> Aggregates:
+        """base + live, per metric and label set."""
+        merged: Aggregates = {name: dict(series) for name, series in self.base.items()}
+        _add(merged, self.live)
+        return merged
+
+    async def run_forever(self, on_poll: asyncio.Event) -> None:
+        next_run = time.monotonic()
+        while True:
+            await self.run_once()
+            on_poll.set()
+            next_run += self.config.interval
+            now = time.monotonic()
+            if next_run < now:
+                next_run = now + self.config.interval - (now - next_run) % self.config.interval
+            await asyncio.sleep(next_run - now)
+
+
+class StreamCollector(Collector):
+    """Exposes every stream's counters and histograms; floats appear only here."""
+
+    def __init__(self, streams: dict[str, EventStream]) -> None:
+        self.streams = streams
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        totals: Aggregates = {}
+        for stream in list(self.streams.values()):
+            _add(totals, stream.exported)
+        for metric in catalog.METRICS:
+            series = totals.get(metric.name)
+            if series is None:
+                continue
+            if metric.type is catalog.MetricType.HISTOGRAM:
+                family = HistogramMetricFamily(metric.name, metric.help, labels=metric.labels)
+                for labels, value in sorted(series.items()):
+                    assert isinstance(value, HistogramValue)
+                    buckets = [
+                        (f"{bound:g}" if bound != int(bound) else f"{bound:.1f}", float(count))
+                        for bound, count in zip(metric.buckets, value.buckets, strict=True)
+                    ]
+                    buckets.append(("+Inf", float(value.count)))
+                    family.add_metric(list(labels), buckets, float(value.total))
+                yield family
+            else:
+                counter = CounterMetricFamily(metric.name, metric.help, labels=metric.labels)
+                for labels, value in sorted(series.items()):
+                    assert isinstance(value, Decimal)
+                    counter.add_metric(list(labels), float(value))
+                yield counter

@@ -1,0 +1,391 @@
+"""The usage-event engine: exact, absolute, incremental counters and histograms.
+
+In-process streams against a real PostgreSQL for the fine-grained behaviours;
+the concurrent, restart and outage cases run real exporter processes
+(tests/test_events_stress.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from credit_exporter.catalog import LLM_LATENCY_BUCKETS
+from credit_exporter.config import parse_config
+from credit_exporter.db import Database
+from credit_exporter.health import Health
+from credit_exporter.sources.events import EventStream, HistogramValue
+
+SCHEMA = """
+CREATE TABLE ev (
+    id bigserial PRIMARY KEY,
+    occurred_at timestamptz NOT NULL DEFAULT now(),
+    org text NOT NULL,
+    agent text,
+    credits numeric(18, 6) NOT NULL,
+    latency numeric(10, 3),
+    playground boolean NOT NULL DEFAULT false
+);
+CREATE INDEX ev_occurred_at ON ev (occurred_at);
+"""
+
+STREAM_SQL = (
+    "SELECT occurred_at, org, coalesce(agent, '') AS agent, 'p' AS project, 'chat' AS st,"
+    " greatest(credits, 0) AS spent, greatest(-credits, 0) AS refunded,"
+    " CASE WHEN credits >= 0 THEN 1 ELSE 0 END AS request, latency"
+    " FROM ev WHERE NOT playground"
+)
+LABELS = {"organization": "org", "project": "project", "agent": "agent", "service_type": "st"}
+
+
+def stream_config(dsn: str, settle: str = "1s", sql: str = STREAM_SQL) -> Any:
+    return parse_config(
+        {
+            "databases": {"billing": {"dsn": dsn}},
+            "streams": {
+                "usage": {
+                    "database": "billing",
+                    "time": "occurred_at",
+                    "settle": settle,
+                    "interval": "1s",
+                    "timeout": "1s",
+                    "sql": sql,
+                    "metrics": [
+                        {"metric": "credit_spent_credits_total", "value": "spent",
+                         "labels": LABELS},
+                        {"metric": "credit_refunded_credits_total", "value": "refunded",
+                         "labels": LABELS},
+                        {"metric": "credit_requests_total", "value": "request", "labels": LABELS},
+                        {"metric": "credit_response_duration_seconds", "value": "latency",
+                         "labels": {"organization": "org", "gen_ai_request_model": "agent"}},
+                    ],
+                }
+            },
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture
+def ev_db(empty_db: str) -> str:
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    return empty_db
+
+
+class Harness:
+    """One in-process stream over ``ev`` with its own event loop thread-free runner."""
+
+    def __init__(self, dsn: str, settle: str = "1s", sql: str = STREAM_SQL) -> None:
+        self.dsn = dsn
+        config = stream_config(dsn, settle, sql)
+        self.health = Health(CollectorRegistry())
+        self.health.register_query("usage", 1)
+        self.loop = asyncio.new_event_loop()
+        self.database = Database("billing", config.databases["billing"])
+        self.stream = EventStream("usage", config.streams["usage"], self.database, self.health)
+
+    def poll(self) -> None:
+        assert self.loop.run_until_complete(self.stream.run_once()), self.health.queries
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.database.close())
+        self.loop.close()
+
+    def exported(self, metric: str) -> dict[tuple[str, ...], Any]:
+        return dict(self.stream.exported.get(metric, {}))
+
+    def spent_by_org(self) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for labels, value in self.exported("credit_spent_credits_total").items():
+            totals[labels[0]] = totals.get(labels[0], Decimal(0)) + value
+        return totals
+
+
+def sql_spent_by_org(dsn: str) -> dict[str, Decimal]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT org, sum(greatest(credits, 0)) FROM ev WHERE NOT playground GROUP BY org"
+        ).fetchall()
+    return dict(rows)
+
+
+def sql_refunded(dsn: str) -> Decimal:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(greatest(-credits, 0)), 0) FROM ev WHERE NOT playground"
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def insert(dsn: str, rows: list[tuple[str, str | None, str]], **extra: Any) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for org, agent, credits in rows:
+            conn.execute(
+                "INSERT INTO ev (org, agent, credits, latency, playground)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (org, agent, credits, extra.get("latency", 1.5), extra.get("playground", False)),
+            )
+
+
+@pytest.fixture
+def harness(ev_db: str):
+    made: list[Harness] = []
+
+    def make(settle: str = "1s", sql: str = STREAM_SQL) -> Harness:
+        made.append(Harness(ev_db, settle, sql))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_totals_equal_the_sql_sum_to_the_micro_credit(ev_db, harness) -> None:
+    # a big total made of many tiny amounts: float accumulation would drift
+    with psycopg.connect(ev_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ev (occurred_at, org, credits, latency)"
+            " SELECT now() - i * interval '1 second', 'acme', 1234567.000001 + (i % 7) * 0.000001,"
+            " 1 FROM generate_series(1, 5000) i"
+        )
+    h = harness()
+    h.poll()
+    assert h.spent_by_org() == sql_spent_by_org(ev_db)
+    # 5000 x 1234567.000001 + sum(i % 7 for i in 1..5000) = 14997 micro-credits
+    assert h.spent_by_org()["acme"] == Decimal("6172835000.019997")
+
+
+def test_playground_rows_are_never_counted(ev_db, harness) -> None:
+    insert(ev_db, [("acme", "bot", "5")])
+    insert(ev_db, [("acme", "bot", "100")], playground=True)
+    h = harness()
+    h.poll()
+    assert h.spent_by_org() == {"acme": Decimal(5)}
+
+
+def test_refunds_land_on_their_own_counter_and_spent_never_decreases(ev_db, harness) -> None:
+    insert(ev_db, [("acme", "bot", "10"), ("acme", "bot", "2.5")])
+    h = harness()
+    h.poll()
+    spent_before = h.spent_by_org()["acme"]
+    insert(ev_db, [("acme", "bot", "-4")])
+    h.poll()
+    assert h.spent_by_org()["acme"] == spent_before == Decimal("12.5")
+    refunded = sum(h.exported("credit_refunded_credits_total").values())
+    assert refunded == sql_refunded(ev_db) == Decimal(4)
+    # a refund is not a request
+    assert sum(h.exported("credit_requests_total").values()) == 2
+
+
+def test_new_rows_are_counted_on_the_next_poll(ev_db, harness) -> None:
+    h = harness()
+    h.poll()
+    assert h.spent_by_org() == {}
+    insert(ev_db, [("acme", "bot", "1"), ("globex", None, "2")])
+    h.poll()
+    assert h.spent_by_org() == {"acme": Decimal(1), "globex": Decimal(2)}
+
+
+def test_rows_move_from_live_to_settled_without_being_counted_twice(ev_db, harness) -> None:
+    insert(ev_db, [("acme", "bot", "3")])
+    h = harness(settle="1s")
+    h.poll()
+    assert h.stream.base["credit_spent_credits_total"] == {}  # still live
+    time.sleep(1.2)
+    h.poll()
+    base = h.stream.base["credit_spent_credits_total"]
+    assert sum(base.values()) == 3  # settled now
+    assert h.stream.live["credit_spent_credits_total"] == {}
+    h.poll()
+    assert h.spent_by_org() == {"acme": Decimal(3)}
+
+
+def test_a_fresh_stream_exports_the_same_totals_as_a_long_running_one(ev_db, harness) -> None:
+    first = harness(settle="1s")
+    for i in range(5):
+        insert(ev_db, [("acme", "bot", f"{i}.25"), ("globex", "x", "1")])
+        first.poll()
+        time.sleep(0.3)
+    first.poll()
+    second = harness(settle="1s")  # a restart, or a second replica started later
+    second.poll()
+    for metric in ("credit_spent_credits_total", "credit_requests_total"):
+        assert first.exported(metric) == second.exported(metric)
+    assert first.exported("credit_response_duration_seconds") == second.exported(
+        "credit_response_duration_seconds"
+    )
+
+
+def test_histogram_buckets_count_and_sum_equal_sql(ev_db, harness) -> None:
+    with psycopg.connect(ev_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ev (org, agent, credits, latency) SELECT 'acme', 'gpt-4o', 1,"
+            " (i % 100) * 0.137 FROM generate_series(1, 1000) i"
+        )
+    h = harness()
+    h.poll()
+    value = h.exported("credit_response_duration_seconds")[("acme", "gpt-4o")]
+    assert isinstance(value, HistogramValue)
+    with psycopg.connect(ev_db) as conn:
+        count, total = conn.execute("SELECT count(latency), sum(latency) FROM ev").fetchone()
+        for bound, counted in zip(LLM_LATENCY_BUCKETS, value.buckets, strict=True):
+            expected = conn.execute(
+                "SELECT count(*) FROM ev WHERE latency <= %s", (Decimal(repr(bound)),)
+            ).fetchone()[0]
+            assert counted == expected, bound
+    assert value.count == count and value.total == total
+
+
+def test_a_transaction_open_longer_than_settle_is_counted_once_it_commits(ev_db, harness) -> None:
+    """The late commit: id 1 and its timestamp are taken first, committed last."""
+    h = harness(settle="1s")
+    late = psycopg.connect(ev_db)
+    late.execute("INSERT INTO ev (org, agent, credits) VALUES ('acme', 'late', 7)")
+    insert(ev_db, [("acme", "bot", "1")])  # a later id, committed first
+    for _ in range(4):  # the horizon would pass the late row's timestamp by now
+        h.poll()
+        time.sleep(0.6)
+    assert h.spent_by_org() == {"acme": Decimal(1)}
+    late.commit()
+    late.close()
+    h.poll()
+    assert h.spent_by_org() == {"acme": Decimal(8)}
+    time.sleep(1.2)
+    h.poll()
+    h.poll()
+    assert h.spent_by_org() == sql_spent_by_org(ev_db) == {"acme": Decimal(8)}
+
+
+def test_rolled_back_rows_are_never_counted_and_leave_no_hole(ev_db, harness) -> None:
+    h = harness(settle="1s")
+    doomed = psycopg.connect(ev_db)
+    doomed.execute("INSERT INTO ev (org, agent, credits) VALUES ('acme', 'gone', 1000)")
+    insert(ev_db, [("acme", "bot", "2")])
+    h.poll()
+    doomed.rollback()
+    doomed.close()
+    insert(ev_db, [("acme", "bot", "3")])
+    time.sleep(1.2)
+    h.poll()
+    h.poll()
+    assert h.spent_by_org() == sql_spent_by_org(ev_db) == {"acme": Decimal(5)}
+
+
+def test_a_deleted_row_does_not_make_a_counter_go_backwards(ev_db, harness) -> None:
+    insert(ev_db, [("acme", "bot", "5"), ("acme", "bot", "6")])
+    h = harness()
+    h.poll()
+    with psycopg.connect(ev_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM ev WHERE credits = 6")
+    h.poll()
+    assert h.spent_by_org() == {"acme": Decimal(11)}  # held, not decreased
+    held = h.health.dropped_series.labels("credit_spent_credits_total", "counter_decrease")
+    assert held._value.get() >= 1
+
+
+def test_a_null_label_row_is_skipped_and_counted(ev_db, harness) -> None:
+    sql = STREAM_SQL.replace("coalesce(agent, '') AS agent", "agent")
+    insert(ev_db, [("acme", None, "5"), ("acme", "bot", "1")])
+    h = harness(sql=sql)
+    h.poll()
+    assert h.spent_by_org() == {"acme": Decimal(1)}
+    assert h.health.dropped_rows.labels("usage", "null_label")._value.get() >= 1
+
+
+def test_steady_state_poll_range_scans_the_time_index(ev_db, harness) -> None:
+    """The incremental query reads rows after the horizon through the index, never the table."""
+    with psycopg.connect(ev_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ev (occurred_at, org, agent, credits, latency)"
+            " SELECT now() - i * interval '1 second', 'org' || (i % 5), 'a' || (i % 9), 1, 1"
+            " FROM generate_series(1, 200000) i"
+        )
+        conn.execute("ANALYZE ev")
+    h = harness(settle="1m")
+    h.poll()
+    assert h.stream.horizon is not None
+    statement = h.stream.plan.statement(bounded=True).as_string(None)
+    with psycopg.connect(ev_db) as conn:
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + statement,
+                {"since": h.stream.horizon, "horizon": h.stream.horizon},
+            )
+        )
+    assert "Seq Scan on ev" not in plan, plan
+    assert "ev_occurred_at" in plan, plan
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("insert"), st.sampled_from(["acme", "globex"]),
+                      st.decimals(min_value=Decimal("-50"), max_value=Decimal("500"), places=6)),
+            st.tuples(st.just("rollback"), st.sampled_from(["acme", "globex"]),
+                      st.decimals(min_value=Decimal("0"), max_value=Decimal("500"), places=6)),
+            st.tuples(st.just("late"), st.sampled_from(["acme", "globex"]),
+                      st.decimals(min_value=Decimal("0"), max_value=Decimal("500"), places=6)),
+            st.tuples(st.just("restart"), st.just(""), st.just(Decimal(0))),
+            st.tuples(st.just("wait"), st.just(""), st.just(Decimal(0))),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)  # fmt: skip
+def test_counters_equal_sql_sums_after_every_step(make_database, steps) -> None:
+    """Property: inserts, refunds, rollbacks, late commits and restarts in any order."""
+    dsn = make_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    h = Harness(dsn, settle="1s")
+    pending: list[tuple[psycopg.Connection[Any], str]] = []
+    try:
+        h.poll()
+        for action, org, credits in steps:
+            # transactions opened in the previous step end now: committed late, or rolled back
+            for conn, fate in pending:
+                conn.commit() if fate == "late" else conn.rollback()
+                conn.close()
+            pending = []
+            if action == "insert":
+                insert(dsn, [(org, "bot", str(credits))])
+            elif action in ("rollback", "late"):
+                conn = psycopg.connect(dsn)
+                conn.execute(
+                    "INSERT INTO ev (org, agent, credits) VALUES (%s, 'bot', %s)", (org, credits)
+                )
+                pending.append((conn, action))
+            elif action == "restart":
+                h.close()
+                h = Harness(dsn, settle="1s")
+            elif action == "wait":
+                time.sleep(1.1)
+            h.poll()  # open transactions are invisible here, and must not be lost later
+            assert h.spent_by_org() == sql_spent_by_org(dsn), (action, org, credits)
+            refunded = sum(h.exported("credit_refunded_credits_total").values(), Decimal(0))
+            assert refunded == sql_refunded(dsn)
+        for conn, fate in pending:
+            conn.commit() if fate == "late" else conn.rollback()
+            conn.close()
+        pending = []
+        h.poll()
+        assert h.spent_by_org() == sql_spent_by_org(dsn)
+    finally:
+        for conn, _ in pending:
+            conn.close()
+        h.close()
