@@ -102,6 +102,7 @@ def start_exporter(
     config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
 ) -> ExporterProcess:
     """Start ``credit-exporter run`` on a free loopback port; wait until it serves."""
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
@@ -124,3 +125,94 @@ def start_exporter(
 
     wait_until(serving, 20, "the exporter to serve")
     return exporter
+
+
+@dataclass
+class PrometheusProcess:
+    """A real Prometheus (Debian's package) on loopback, for queries against real scrapes."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Instant query; returns the result vector (raises on a query error)."""
+        import json
+        import urllib.parse
+
+        status, body, _ = http_get(
+            f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        )
+        data = json.loads(body)
+        if status != 200 or data.get("status") != "success":
+            raise AssertionError(f"query failed ({status}): {promql}: {data.get('error')}")
+        return list(data["data"]["result"])
+
+    def api(self, path: str) -> Any:
+        import json
+
+        status, body, _ = http_get(f"{self.url}{path}")
+        assert status == 200, (status, body[:500])
+        return json.loads(body)["data"]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_prometheus(
+    workdir: Path,
+    targets: list[str],
+    rule_files: list[Path] | None = None,
+    alertmanager: str | None = None,
+    interval: str = "1s",
+    extra_args: list[str] | None = None,
+) -> PrometheusProcess:
+    """Start ``prometheus`` scraping ``targets`` (host:port) every ``interval``.
+
+    Skips (or fails under CREDIT_EXPORTER_REQUIRE_ALL=1) when the binary is missing.
+    """
+    from conftest import require_binary
+
+    binary = require_binary("prometheus")
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [
+            {"job_name": "credit-exporter", "static_configs": [{"targets": targets}]}
+        ],
+    }
+    if rule_files:
+        config["rule_files"] = [str(path) for path in rule_files]
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    process = subprocess.Popen(
+        [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
+         *(extra_args or [])],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    prometheus = PrometheusProcess(process, f"http://127.0.0.1:{port}", log_path)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"prometheus exited {process.returncode}:\n{prometheus.log()}")
+        try:
+            return http_get(f"{prometheus.url}/-/ready")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(ready, 30, "prometheus to be ready")
+    return prometheus
