@@ -136,14 +136,18 @@ class QueryConfig(_Strict):
 class StreamConfig(_Strict):
     """A usage event stream: its rows feed exact, absolute counters and histograms.
 
-    ``sql`` returns one row per event with the ``time`` column, the label
-    columns and the value columns; the engine wraps it (see docs/event-engine.md),
-    so it must be a plain SELECT without ORDER BY or LIMIT.
+    ``sql`` returns one row per event with the ``time`` column, the optional
+    ``key`` column, the label columns and the value columns; the engine wraps
+    it (see docs/event-engine.md), so it must be a plain SELECT without ORDER
+    BY or LIMIT. ``key`` is the insertion-order column (a bigserial id): with
+    it, rows inserted with old timestamps are still counted. Without it the
+    engine orders rows by ``time``, which must then be the insertion time.
     """
 
     database: str
     sql: str = Field(min_length=1)
     time: str = Field(min_length=1)
+    key: str | None = None
     interval: Duration = 15.0
     timeout: Duration = 15.0
     startup_timeout: Duration = 600.0
@@ -277,6 +281,8 @@ def _catalogue_problems(config: Config) -> list[str]:
             columns = list(mapping.labels.values())
             if stream.time in columns:
                 problems.append(f"{at}.labels: the time column {stream.time!r} cannot be a label")
+            if stream.key is not None and stream.key in columns:
+                problems.append(f"{at}.labels: the key column {stream.key!r} cannot be a label")
             if metric.type is catalog.MetricType.HISTOGRAM and mapping.value is None:
                 problems.append(f"{at}.value: required (the column observed by the histogram)")
             elif mapping.value is not None and mapping.value in columns:

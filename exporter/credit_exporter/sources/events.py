@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -148,10 +148,23 @@ class StreamPlan:
                 _MetricPlan(mapping, metric, label_columns, mask, aggregate_columns)
             )
 
+    @property
+    def order_column(self) -> str:
+        """The column rows are ordered by: the insertion key, else the time."""
+        return self.config.key or self.config.time
+
+    def top_statement(self) -> sql.Composed:
+        """The highest ordering value visible now (an index scan backwards, one row)."""
+        order = sql.Identifier(self.order_column)
+        return sql.SQL(
+            "SELECT events.{order} FROM (\n{source}\n) AS events"
+            " WHERE events.{order} IS NOT NULL ORDER BY events.{order} DESC LIMIT 1"
+        ).format(order=order, source=sql.SQL(self.config.sql.strip().rstrip(";")))  # type: ignore[arg-type]
+
     def statement(self, bounded: bool) -> sql.Composed:
-        """The aggregate; ``bounded`` adds ``time >= %(since)s`` (every poll but the first)."""
-        time_column = sql.Identifier(self.config.time)
-        lower = sql.SQL("WHERE {} >= %(since)s").format(time_column) if bounded else sql.SQL("")
+        """The aggregate; ``bounded`` adds ``order > %(since)s`` (every poll but the first)."""
+        time_column = sql.Identifier(self.order_column)
+        lower = sql.SQL("WHERE {} > %(since)s").format(time_column) if bounded else sql.SQL("")
         label_columns = [sql.Identifier(c) for c in self.columns]
         sets = sql.SQL(", ").join(
             sql.SQL("({})").format(
@@ -177,7 +190,7 @@ class StreamPlan:
         )  # fmt: skip
         return sql.SQL(
             "SELECT {select_list} FROM ("
-            "SELECT events.*, ({time} < %(horizon)s) AS __settled "
+            "SELECT events.*, ({time} <= %(horizon)s) AS __settled "
             "FROM (\n{source}\n) AS events {lower}"
             ") AS stream GROUP BY GROUPING SETS ({sets})"
         ).format(
@@ -225,25 +238,30 @@ class StreamPlan:
         return Decimal(cells[0] or 0)
 
 
-HORIZON_SQL = """
+ACTIVITY_SQL = """
 SELECT now(),
-       greatest(
-         %(previous)s::timestamptz,
-         least(
-           now() - make_interval(secs => %(settle)s),
-           greatest(
-             now() - make_interval(secs => %(max_hold)s),
-             coalesce(
-               (SELECT min(xact_start) FROM pg_stat_activity
-                 WHERE datname = current_database()
-                   AND pid <> pg_backend_pid()
-                   AND backend_type = 'client backend'
-                   AND application_name IS DISTINCT FROM current_setting('application_name')),
-               now())
-           )
-         )
-       )
+       (SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+          FROM pg_roles WHERE rolname = current_user),
+       coalesce(
+         (SELECT array_agg(pid::text || '@' || extract(epoch FROM xact_start)::text)
+            FROM pg_stat_activity
+           WHERE datname = current_database()
+             AND pid <> pg_backend_pid()
+             AND backend_type = 'client backend'
+             AND xact_start IS NOT NULL
+             AND application_name IS DISTINCT FROM current_setting('application_name')),
+         '{}')
 """
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A horizon that becomes safe once every transaction open after it was read has ended."""
+
+    value: Any  # the highest ordering value visible when read
+    open_transactions: frozenset[str]  # "pid@xact_start" read right after it
+    seen: float  # time.monotonic() when read
+
 
 class EventStream:
     """One configured stream: base + live aggregates, advanced on every poll."""
@@ -254,26 +272,70 @@ class EventStream:
         self.database = database
         self.health = health
         self.plan = StreamPlan(config)
-        self.horizon: datetime | None = None
+        self.horizon: Any = None  # rows with order value <= horizon are in the base
+        self.candidates: list[Candidate] = []
         self.base: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
         self.live: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
         # what /metrics shows: base + live, never below what it showed before
         self.exported: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
 
-    async def poll(self) -> tuple[datetime, datetime, Aggregates, Aggregates, int]:
-        """One snapshot: (db now, new horizon, settled, live, rows skipped for a null label)."""
+    async def _advance_horizon(self, timeout: float) -> Any:
+        """Read a new candidate, release the safe ones, return the new horizon.
+
+        Order matters: the top value is read first, the open transactions
+        after it (in a later transaction), so any transaction that could still
+        commit a row at or below the top value is in that set. A candidate is
+        released when none of its transactions is open any more (read before
+        the aggregate's snapshot is taken), or, when this role cannot see other
+        sessions, once ``settle`` has passed.
+        """
+        async with self.database.read_only(timeout) as conn:
+            cur = await conn.execute(self.plan.top_statement())
+            top = await cur.fetchone()
+        async with self.database.read_only(timeout) as conn:
+            cur = await conn.execute(ACTIVITY_SQL)
+            row = await cur.fetchone()
+        assert row is not None
+        db_now, can_see_all, open_list = row
+        open_now = frozenset(open_list)
+        now = time.monotonic()
+        if top is not None and (self.horizon is None or top[0] > self.horizon):
+            self.candidates.append(Candidate(top[0], open_now, now))
+        max_hold = max(self.config.settle, MAX_GUARD_HOLD_SECONDS)
+        released: list[Candidate] = []
+        for candidate in self.candidates:
+            age = now - candidate.seen
+            if can_see_all and not (candidate.open_transactions & open_now):
+                released.append(candidate)
+            elif age >= (max_hold if can_see_all else self.config.settle):
+                if can_see_all:
+                    log.warning(
+                        "stream %s: a transaction has been open for over %.0fs; rows it commits"
+                        " below the horizon will not be counted", self.name, max_hold,
+                    )  # fmt: skip
+                released.append(candidate)
+        horizon = self.horizon
+        if released:
+            value = max(c.value for c in released)
+            if self.config.key is None:
+                # ordered by time: also leave room for timestamps taken before BEGIN
+                cap = db_now - timedelta(seconds=self.config.settle)
+                value = min(value, cap)
+            if horizon is None or value > horizon:
+                horizon = value
+        self.candidates = [
+            c
+            for c in self.candidates
+            if c not in released and (horizon is None or c.value > horizon)
+        ]
+        return horizon
+
+    async def poll(self) -> tuple[Any, Aggregates, Aggregates, int]:
+        """One poll: (new horizon, settled, live, rows skipped for a null label)."""
         first = self.horizon is None
         timeout = self.config.startup_timeout if first else self.config.timeout
-        params: dict[str, Any] = {
-            "previous": self.horizon,
-            "settle": self.config.settle,
-            "max_hold": max(self.config.settle, MAX_GUARD_HOLD_SECONDS),
-        }
+        horizon = await self._advance_horizon(timeout)
         async with self.database.read_only(timeout, repeatable_read=True) as conn:
-            cur = await conn.execute(HORIZON_SQL, params)
-            row = await cur.fetchone()
-            assert row is not None
-            db_now, horizon = row
             cur = await conn.execute(
                 self.plan.statement(bounded=not first),
                 {"since": self.horizon, "horizon": horizon},
@@ -281,12 +343,12 @@ class EventStream:
             columns = tuple(c.name for c in cur.description or [])
             rows = await cur.fetchall()
         settled, live, skipped = self.plan.split(columns, rows)
-        return db_now, horizon, settled, live, skipped
+        return horizon, settled, live, skipped
 
     async def run_once(self) -> bool:
         started = time.monotonic()
         try:
-            _, horizon, settled, live, skipped = await self.poll()
+            horizon, settled, live, skipped = await self.poll()
         except QueryError as error:
             self.health.failed(self.name, time.monotonic() - started, error.reason, str(error))
             log.warning("stream %s failed (%s): %s", self.name, error.reason, error)
