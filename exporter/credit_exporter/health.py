@@ -7,11 +7,26 @@ import platform
 import time
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from credit_exporter import __version__, catalog
 
+# *_created samples are not in the catalogue and only confuse alert rules
+disable_created_metrics()
+
 ERROR_REASONS = ("timeout", "connection", "sql", "validation")
+# Created at 0 with their query, so increase() sees the first drop.
+DROPPED_ROW_REASONS = (
+    "null_label", "null_value", "not_a_number", "not_finite", "duplicate_series",
+    "label_value_too_long",
+)  # fmt: skip
 
 
 def _help(name: str) -> str:
@@ -100,6 +115,13 @@ class Health:
         self.duration.labels(name)
         for reason in ERROR_REASONS:
             self.errors.labels(name, reason)
+        for reason in DROPPED_ROW_REASONS:
+            self.dropped_rows.labels(name, reason)
+
+    def register_metric(self, metric: str, reasons: tuple[str, ...]) -> None:
+        """Create a metric's dropped-series counters at 0 (see DROPPED_ROW_REASONS)."""
+        for reason in reasons:
+            self.dropped_series.labels(metric, reason)
 
     def forget_query(self, name: str) -> None:
         self.queries.pop(name, None)

@@ -82,6 +82,8 @@ class Exporter:
         for name, stream_config in config.streams.items():
             if name not in self.health.queries:
                 self.health.register_query(name, stream_config.interval)
+            for mapping in stream_config.metrics:
+                self.health.register_metric(mapping.metric, ("counter_decrease",))
             previous = self._kept_streams.get(name)
             if previous is not None and previous.config == stream_config:
                 # unchanged on reload: keep its base (no start-up aggregate again)
