@@ -47,11 +47,16 @@ LABELS = {"organization": "org", "project": "project", "agent": "agent", "servic
 
 
 def stream_config(
-    dsn: str, settle: str = "1s", sql: str = STREAM_SQL, key: str | None = None
+    dsn: str,
+    settle: str = "1s",
+    sql: str = STREAM_SQL,
+    key: str | None = None,
+    database: dict[str, str] | None = None,
+    stream: dict[str, str] | None = None,
 ) -> Any:
     return parse_config(
         {
-            "databases": {"billing": {"dsn": dsn}},
+            "databases": {"billing": {"dsn": dsn, **(database or {})}},
             "streams": {
                 "usage": {
                     "database": "billing",
@@ -60,6 +65,7 @@ def stream_config(
                     "settle": settle,
                     "interval": "1s",
                     "timeout": "1s",
+                    **(stream or {}),
                     "sql": sql,
                     "metrics": [
                         {"metric": "credit_spent_credits_total", "value": "spent",
@@ -442,3 +448,24 @@ def test_with_no_open_transaction_the_live_window_is_empty(ev_db, harness) -> No
     assert h.stream.horizon == 2
     assert h.stream.live["credit_spent_credits_total"] == {}
     assert h.spent_by_org() == {"acme": Decimal(3)}
+
+
+def test_the_start_up_aggregate_is_not_capped_by_the_database_statement_timeout(ev_db):
+    """Start-up has its own startup_timeout: a 10M-row history takes minutes, not 10 s."""
+    insert(ev_db, [("acme", "bot", "1")] * 40)
+    slow = STREAM_SQL.replace("FROM ev WHERE", "FROM ev, LATERAL pg_sleep(0.05) WHERE")
+    parsed = stream_config(
+        ev_db, sql=slow, database={"statement_timeout": "1s"},
+        stream={"startup_timeout": "30s"},
+    )  # fmt: skip
+    health = Health(CollectorRegistry())
+    health.register_query("usage", 1)
+    database = Database("billing", parsed.databases["billing"])
+    stream = EventStream("usage", parsed.streams["usage"], database, health)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(stream.run_once()), health.queries["usage"].last_error
+        assert sum(stream.exported["credit_spent_credits_total"].values()) == 40
+    finally:
+        loop.run_until_complete(database.close())
+        loop.close()

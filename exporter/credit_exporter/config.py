@@ -115,6 +115,11 @@ class MetricMapping(_Strict):
         return value
 
 
+def _check_timeout_within_interval(timeout: float, interval: float) -> None:
+    if timeout > interval:
+        raise ValueError(f"timeout ({timeout:g}s) must not exceed interval ({interval:g}s)")
+
+
 class QueryConfig(_Strict):
     """A state query: its rows become gauge series, replaced on every poll."""
 
@@ -126,10 +131,7 @@ class QueryConfig(_Strict):
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> QueryConfig:
-        if self.timeout > self.interval:
-            raise ValueError(
-                f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
-            )
+        _check_timeout_within_interval(self.timeout, self.interval)
         return self
 
 
@@ -152,14 +154,13 @@ class StreamConfig(_Strict):
     timeout: Duration = 15.0
     startup_timeout: Duration = 600.0
     settle: Duration = 120.0
+    # PostgreSQL memory size for the start-up aggregate's sorts (SET LOCAL work_mem)
+    startup_work_mem: str = Field(default="64MB", pattern=r"^\d+\s*(kB|MB|GB)$")
     metrics: list[MetricMapping] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> StreamConfig:
-        if self.timeout > self.interval:
-            raise ValueError(
-                f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
-            )
+        _check_timeout_within_interval(self.timeout, self.interval)
         return self
 
 

@@ -144,16 +144,24 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read_only(
-        self, timeout: float, repeatable_read: bool = False
+        self,
+        timeout: float,
+        repeatable_read: bool = False,
+        settings: dict[str, str] | None = None,
+        beyond_statement_timeout: bool = False,
     ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A read-only transaction with a server-side statement timeout.
 
         With ``repeatable_read`` every statement in it sees the same snapshot
-        (the event engine needs its horizon and its aggregate to agree).
-        Failures surface as ``QueryError`` with a reason.
+        (the event engine needs its top key and its aggregate to agree).
+        ``settings`` are applied with SET LOCAL. The database's
+        ``statement_timeout`` caps every statement unless
+        ``beyond_statement_timeout`` (a stream's one start-up aggregate has its
+        own ``startup_timeout``). Failures surface as ``QueryError``.
         """
         deadline = time.monotonic() + timeout
-        statement_timeout_ms = int(min(timeout, self.config.statement_timeout) * 1000)
+        cap = timeout if beyond_statement_timeout else min(timeout, self.config.statement_timeout)
+        statement_timeout_ms = int(cap * 1000)
         try:
             async with asyncio.timeout(timeout + 1.0):
                 pool = await self._open_pool(timeout)
@@ -166,6 +174,12 @@ class Database:
                             sql.Literal(min(statement_timeout_ms, remaining_ms))
                         )
                     )
+                    for name, value in (settings or {}).items():
+                        await conn.execute(
+                            sql.SQL("SELECT set_config({}, {}, true)").format(
+                                sql.Literal(name), sql.Literal(value)
+                            )
+                        )
                     yield conn
         except Exception as exc:
             error = classify(exc)

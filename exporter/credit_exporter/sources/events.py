@@ -40,7 +40,7 @@ from credit_exporter.config import MetricMapping, StreamConfig
 from credit_exporter.db import Database, QueryError
 from credit_exporter.health import Health
 from credit_exporter.metric_state import LabelValues
-from credit_exporter.sources.state import to_label
+from credit_exporter.sources.state import poll_forever, to_label
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,16 @@ class EventStream:
         first = self.horizon is None
         timeout = self.config.startup_timeout if first else self.config.timeout
         horizon = await self._advance_horizon(timeout)
-        async with self.database.read_only(timeout, repeatable_read=True) as conn:
+        # The start-up aggregate is the one big statement: give it memory for its
+        # GROUPING SETS sorts and skip JIT (measured: JIT compiled ~270
+        # functions for ~9 s of a 31 s start-up on 1M rows; work_mem 256MB
+        # took it from 31 s to 18.5 s). Incremental polls read few rows.
+        settings = {"jit": "off"}
+        if first:
+            settings["work_mem"] = self.config.startup_work_mem
+        async with self.database.read_only(
+            timeout, repeatable_read=True, settings=settings, beyond_statement_timeout=first
+        ) as conn:
             cur = await conn.execute(
                 self.plan.statement(bounded=not first),
                 {"since": self.horizon, "horizon": horizon},
@@ -401,15 +410,7 @@ class EventStream:
         return merged
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
-        next_run = time.monotonic()
-        while True:
-            await self.run_once()
-            on_poll.set()
-            next_run += self.config.interval
-            now = time.monotonic()
-            if next_run < now:
-                next_run = now + self.config.interval - (now - next_run) % self.config.interval
-            await asyncio.sleep(next_run - now)
+        await poll_forever(self.run_once, self.config.interval, on_poll)
 
 
 class StreamCollector(Collector):

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -135,13 +136,19 @@ class StateQuery:
         return True
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
-        """Poll at a fixed cadence (not drifting with run time) until cancelled."""
-        next_run = time.monotonic()
-        while True:
-            await self.run_once()
-            on_poll.set()
-            next_run += self.config.interval
-            now = time.monotonic()
-            if next_run < now:  # a run overran its interval: skip the missed ticks
-                next_run = now + self.config.interval - (now - next_run) % self.config.interval
-            await asyncio.sleep(next_run - now)
+        await poll_forever(self.run_once, self.config.interval, on_poll)
+
+
+async def poll_forever(
+    run_once: Callable[[], Awaitable[bool]], interval: float, on_poll: asyncio.Event
+) -> None:
+    """Run at a fixed cadence (not drifting with run time) until cancelled."""
+    next_run = time.monotonic()
+    while True:
+        await run_once()
+        on_poll.set()
+        next_run += interval
+        now = time.monotonic()
+        if next_run < now:  # a run overran its interval: skip the missed ticks
+            next_run = now + interval - (now - next_run) % interval
+        await asyncio.sleep(next_run - now)
