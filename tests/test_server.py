@@ -4,7 +4,6 @@ isolation of failing queries, readiness, gzip, reload, and database outages."""
 from __future__ import annotations
 
 import gzip
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,22 +232,13 @@ def test_reload_keeps_the_running_config_when_the_new_one_is_invalid(
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL this test may stop and start: the outage tests need one of their own."""
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="ce-outage-")))
-    try:
-        server.start()
-    except Exception as exc:  # the wheel's binaries may not run on every platform
-        from conftest import skip_or_fail
-
-        skip_or_fail(f"embedded PostgreSQL failed to start: {exc}")
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+def own_postgres(stoppable_postgres: EmbeddedPostgres) -> EmbeddedPostgres:
+    with psycopg.connect(stoppable_postgres.dsn(), autocommit=True) as conn:
         conn.execute("CREATE TABLE pools (organization text, pool text, allocation numeric)")
         conn.execute("INSERT INTO pools VALUES ('acme', 'plan', 42)")
         conn.execute("CREATE TABLE seats (organization text, used int)")
         conn.execute("INSERT INTO seats VALUES ('acme', 3)")
-    yield server
-    server.remove()
+    return stoppable_postgres
 
 
 def test_database_outage_keeps_serving_and_recovers(own_postgres, exporters, tmp_path):
