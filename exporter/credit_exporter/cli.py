@@ -76,7 +76,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(args.file)
     except ConfigError as error:
         return _print_config_error(args.file, error)
-    print(f"{args.file}: valid ({len(config.queries)} queries, {len(config.databases)} databases)")
+    print(
+        f"{args.file}: valid ({len(config.queries)} queries, {len(config.streams)} streams,"
+        f" {len(config.databases)} databases)"
+    )
     if not args.connect:
         return 0
     return asyncio.run(_check_queries(config))
@@ -127,6 +130,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _print_config_error(options.config_path, error)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from credit_exporter import backfill
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        return _print_config_error(args.config, error)
+    now = datetime.now(UTC)
+    try:
+        start = backfill.parse_time(args.start, now, "--from")
+        end = backfill.parse_time(args.end, now, "--to")
+        if end > now:
+            raise backfill.BackfillError(
+                f"--to ({end.isoformat()}) is in the future; the live exporter covers it"
+            )
+        steps = backfill.Steps.between(start, end, backfill.parse_step(args.step))
+        labels = backfill.parse_labels(args.label)
+        if args.jobs is not None and args.jobs < 1:
+            raise backfill.BackfillError(f"--jobs: must be at least 1, got {args.jobs}")
+        promtool = None
+        if args.blocks:
+            promtool = args.promtool or shutil.which("promtool")
+            if promtool is None:
+                raise backfill.BackfillError(
+                    "promtool not found on PATH: install prometheus (Debian: apt-get install "
+                    "prometheus), pass --promtool PATH, or use --no-blocks"
+                )
+        summary = backfill.run(
+            config,
+            steps,
+            Path(args.output),
+            extra_labels=labels,
+            promtool=promtool,
+            keep_openmetrics=args.keep_openmetrics,
+            jobs=args.jobs or min(4, os.cpu_count() or 1),
+            progress=not args.quiet,
+            say=(lambda _message: None) if args.quiet else None,
+        )
+    except backfill.BackfillError as error:
+        print(f"credit-exporter backfill: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (psycopg.Error, OSError, RuntimeError) as error:
+        print(f"credit-exporter backfill: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.output}: {summary.series:,} series, {summary.samples:,} samples at "
+        f"{steps.count:,} steps from {steps.at(0).isoformat()} to "
+        f"{steps.at(steps.count - 1).isoformat()}; {summary.bytes:,} bytes of OpenMetrics "
+        f"from {summary.rows:,} grouped rows (query {summary.query_seconds:.1f}s, "
+        f"write {summary.write_seconds:.1f}s)"
+    )
+    if promtool is not None:
+        print(f"  {len(summary.blocks)} TSDB blocks (promtool {summary.blocks_seconds:.1f}s)")
+    for path in summary.files:
+        print(f"  {path}")
+    if summary.skipped_rows:
+        print(f"  {summary.skipped_rows:,} rows skipped for a NULL or over-long label")
+    if summary.held:
+        print(f"  {summary.held:,} times a counter would have gone down and was held")
+    if summary.duplicates:
+        print(f"  {summary.duplicates:,} series skipped: label text repeats another series")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="credit-exporter",
@@ -157,6 +230,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect", action="store_true", help="also run every query once, read-only"
     )
     check.set_defaults(func=cmd_check_config)
+
+    backfill = sub.add_parser(
+        "backfill",
+        help="write past counter and histogram values as OpenMetrics and TSDB blocks",
+        description=(
+            "Write, for every counter and histogram of every configured stream, the value "
+            "the live exporter would have exported at each step in [--from, --to]: the "
+            "total of all rows with time <= T. Times are RFC 3339 (2024-05-01T00:00:00Z), "
+            "'now', or relative like now-90d / now-1h30m. Sample times are the multiples "
+            "of --step inside the range. The output is one OpenMetrics file per 54h block "
+            "window; unless --no-blocks, promtool turns each into a Prometheus TSDB block "
+            "in --output. State gauges are NOT backfilled: state "
+            "queries read the current state only and the schema keeps no history of it. "
+            "See docs/backfill.md."
+        ),
+    )
+    backfill.add_argument("--config", required=True, help="YAML config file")
+    backfill.add_argument("--from", dest="start", required=True, help="first time (e.g. now-90d)")
+    backfill.add_argument("--to", dest="end", default="now", help="last time (default: now)")
+    backfill.add_argument("--step", default="1m", help="sample spacing (default %(default)s)")
+    backfill.add_argument(
+        "--output", default="credit-exporter-backfill",
+        help="directory for the OpenMetrics files and the blocks (default %(default)s)",
+    )  # fmt: skip
+    backfill.add_argument(
+        "--blocks", action=argparse.BooleanOptionalAction, default=True,
+        help="run promtool to create TSDB blocks (default: yes)",
+    )  # fmt: skip
+    backfill.add_argument(
+        "--label", action="append", default=[], metavar="NAME=VALUE",
+        help="add a label to every series; give the job and instance labels Prometheus "
+        "attaches to the live exporter so that its series continue the backfilled ones",
+    )  # fmt: skip
+    backfill.add_argument(
+        "--keep-openmetrics", action="store_true",
+        help="keep the OpenMetrics files after the blocks are created",
+    )  # fmt: skip
+    backfill.add_argument("--promtool", help="promtool binary (default: from PATH)")
+    backfill.add_argument(
+        "--jobs", type=int, default=None,
+        help="promtool processes at a time (default: the number of CPUs, at most 4)",
+    )  # fmt: skip
+    backfill.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    backfill.set_defaults(func=cmd_backfill)
 
     cat = sub.add_parser("catalog", help="print the metric catalogue")
     cat.add_argument("--format", choices=["json", "markdown"], default="json")

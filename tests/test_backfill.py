@@ -1,0 +1,417 @@
+"""``credit-exporter backfill``: past values of every stream's counters and
+histograms as OpenMetrics and TSDB blocks, against a real PostgreSQL, the
+real promtool and a real Prometheus."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from conftest import require_binary
+from support import start_exporter, start_prometheus, wait_until
+
+from credit_exporter import catalog
+from credit_exporter.backfill import to_ms
+from credit_exporter.cli import main
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+HOUR = 3_600_000
+LONG_RETENTION = ["--storage.tsdb.retention.time=3650d"]
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def _backfill(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["backfill", "--quiet", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _example_config(dsn: str, path: Path) -> Path:
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["databases"]["billing"] = {"dsn": dsn}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def _samples_at(files: list[Path], names: set[str], ts_ms: int) -> dict[tuple, float]:
+    """(sample name, sorted labels) -> value of the lines stamped ``ts_ms`` in the files."""
+    stamp = f" {ts_ms // 1000}\n"
+    found: dict[tuple, float] = {}
+    for path in files:
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if not line.endswith(stamp) or line.split("{", 1)[0] not in names:
+                    continue
+                name_labels, value, _ = line.rsplit(" ", 2)
+                name, _, labels = name_labels.partition("{")
+                key = (name, tuple(sorted(_PAIR.findall(labels))))
+                assert key not in found, f"two samples for {key} at {ts_ms}"
+                found[key] = float(value)
+    return found
+
+
+def _sql_totals(dsn: str, stream_sql: str, at: datetime) -> dict[tuple, float]:
+    """What the live exporter exports at ``at``, computed independently with plain SQL:
+    credit_spent_credits_total per label set and the response-duration histogram."""
+    expected: dict[tuple, float] = {}
+    with psycopg.connect(dsn) as conn:
+        for org, project, agent, service_type, spent in conn.execute(
+            f"SELECT organization, project, agent, service_type, sum(spent) FROM ({stream_sql}) e"
+            " WHERE occurred_at <= %s GROUP BY 1, 2, 3, 4",
+            (at,),
+        ):
+            labels = {"organization": org, "project": project, "agent": agent,
+                      "service_type": service_type}  # fmt: skip
+            expected[("credit_spent_credits_total", tuple(sorted(labels.items())))] = float(spent)
+        bounds = catalog.get("credit_response_duration_seconds").buckets
+        buckets = ", ".join(
+            f"count(*) FILTER (WHERE latency_seconds <= {Decimal(repr(b))})" for b in bounds
+        )
+        for org, model, count, total, *counts in conn.execute(
+            f"SELECT organization, model, count(latency_seconds), sum(latency_seconds), {buckets}"
+            f" FROM ({stream_sql}) e WHERE occurred_at <= %s GROUP BY 1, 2",
+            (at,),
+        ):
+            base = {"organization": org, "gen_ai_request_model": model}
+            name = "credit_response_duration_seconds"
+            labels = tuple(sorted(base.items()))
+            expected[(f"{name}_count", labels)] = float(count)
+            expected[(f"{name}_sum", labels)] = float(total or 0)
+            les = [f"{b:g}" if b != int(b) else f"{b:.1f}" for b in bounds] + ["+Inf"]
+            for le, value in zip(les, [*counts, count], strict=True):
+                key = tuple(sorted({**base, "le": le}.items()))
+                expected[(f"{name}_bucket", key)] = float(value)
+    return expected
+
+
+CHECKED = {
+    "credit_spent_credits_total",
+    "credit_response_duration_seconds_bucket",
+    "credit_response_duration_seconds_count",
+    "credit_response_duration_seconds_sum",
+}
+
+
+@dataclass
+class DemoBackfill:
+    config: Path
+    output: Path  # OpenMetrics files (kept) and TSDB blocks
+    files: list[Path]
+    first_ms: int
+    last_ms: int
+    step_ms: int
+
+
+@pytest.fixture(scope="module")
+def demo_backfill(demo_db: str, tmp_path_factory: pytest.TempPathFactory) -> DemoBackfill:
+    """Three days of the demo week at 1h steps, with blocks, keeping the OpenMetrics files."""
+    require_binary("promtool")
+    work = tmp_path_factory.mktemp("backfill-demo")
+    config = _example_config(demo_db, work / "config.yaml")
+    output = work / "prometheus" / "data"  # start_prometheus's storage path
+    to = datetime.now(UTC)
+    start = to - timedelta(days=3)
+    code = main(["backfill", "--quiet", "--config", str(config), "--from", start.isoformat(),
+                 "--to", to.isoformat(), "--step", "1h", "--output", str(output),
+                 "--keep-openmetrics"])  # fmt: skip
+    assert code == 0
+    files = sorted(output.glob("credit-exporter-backfill-*.om"))
+    assert files
+    first, last = -(-to_ms(start) // HOUR) * HOUR, to_ms(to) // HOUR * HOUR
+    return DemoBackfill(config, output, files, first, last, HOUR)
+
+
+def test_backfilled_value_at_a_step_is_the_sql_total_of_rows_up_to_it(
+    demo_backfill: DemoBackfill, demo_db: str
+) -> None:
+    stream_sql = yaml.safe_load(EXAMPLE.read_text())["streams"]["usage_events"]["sql"]
+    # the first step (the base alone), one inside, the last
+    for ts_ms in (demo_backfill.first_ms, demo_backfill.first_ms + 37 * HOUR,
+                  demo_backfill.last_ms):  # fmt: skip
+        written = _samples_at(demo_backfill.files, CHECKED, ts_ms)
+        expected = _sql_totals(demo_db, stream_sql, datetime.fromtimestamp(ts_ms / 1000, UTC))
+        assert expected, "the demo has rows before every step"
+        assert written == expected, f"at {_rfc3339(ts_ms)}"
+
+
+def test_promtool_blocks_answer_a_past_instant_query_in_prometheus(
+    demo_backfill: DemoBackfill, demo_db: str
+) -> None:
+    """promtool accepted every file (the fixture ran it), and a Prometheus started on the
+    blocks answers an instant query at a past step with the backfilled value."""
+    assert any(p.is_dir() and len(p.name) == 26 for p in demo_backfill.output.iterdir())
+    prometheus = start_prometheus(
+        demo_backfill.output.parent, [], extra_args=LONG_RETENTION
+    )  # fmt: skip
+    try:
+        ts_ms = demo_backfill.first_ms + 50 * HOUR
+        query = urllib.parse.urlencode(
+            {"query": "credit_spent_credits_total", "time": f"{ts_ms / 1000:.3f}"}
+        )
+        result = prometheus.api(f"/api/v1/query?{query}")["result"]
+        served = {
+            ("credit_spent_credits_total",
+             tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__"))):
+            float(r["value"][1])
+            for r in result
+        }  # fmt: skip
+        stream_sql = yaml.safe_load(EXAMPLE.read_text())["streams"]["usage_events"]["sql"]
+        expected = {  # Prometheus drops empty labels (agent="" for direct prompts)
+            (key[0], tuple((k, v) for k, v in key[1] if v)): value
+            for key, value in _sql_totals(
+                demo_db, stream_sql, datetime.fromtimestamp(ts_ms / 1000, UTC)
+            ).items()
+            if key[0] == "credit_spent_credits_total"
+        }
+        assert served == expected
+    finally:
+        prometheus.stop()
+
+
+# --- a small hand-made stream ------------------------------------------------------------
+
+EV_SCHEMA = """
+CREATE TABLE ev (
+    id bigserial PRIMARY KEY,
+    occurred_at timestamptz NOT NULL,
+    org text,
+    credits numeric(18, 6) NOT NULL,
+    latency numeric(10, 3)
+);
+CREATE INDEX ev_occurred_at ON ev (occurred_at);
+"""
+EV_SQL = (
+    "SELECT occurred_at, org, 'p' AS project, '' AS agent, 'chat' AS st, credits, latency FROM ev"
+)
+
+
+def _ev_config(dsn: str) -> dict[str, Any]:
+    labels = {"organization": "org", "project": "project", "agent": "agent", "service_type": "st"}
+    return {
+        "databases": {"billing": {"dsn": dsn}},
+        "streams": {
+            "ev": {
+                "database": "billing",
+                "time": "occurred_at",
+                "interval": "1s",
+                "timeout": "1s",
+                "settle": "1s",
+                "sql": EV_SQL,
+                "metrics": [
+                    {"metric": "credit_spent_credits_total", "value": "credits",
+                     "labels": labels},
+                    {"metric": "credit_requests_total", "labels": labels},
+                    {"metric": "credit_response_duration_seconds", "value": "latency",
+                     "labels": {"organization": "org", "gen_ai_request_model": "st"}},
+                ],
+            }
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def ev_db(make_database: Callable[[], str]) -> str:
+    dsn = make_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(EV_SCHEMA)
+    return dsn
+
+
+def _insert(dsn: str, rows: list[tuple[datetime, str | None, str, str | None]]) -> None:
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ev (occurred_at, org, credits, latency) VALUES (%s, %s, %s, %s)", rows
+        )
+
+
+def _write_config(config: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_a_row_stamped_exactly_at_a_step_counts_at_that_step(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The boundary: value at T = rows with time <= T; a series starts at its first row's step."""
+    t0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    minute = timedelta(minutes=1)
+    _insert(ev_db, [
+        (t0 - minute, "a", "1", "0.5"),                          # the base
+        (t0 + minute, "a", "2", "1"),                            # exactly at step 1
+        (t0 + minute + timedelta(microseconds=1), "a", "4", "3"),  # just after: step 2
+        (t0 + 2 * minute, "b", "8", None),                       # b starts at step 2
+        (t0 + 3 * minute, None, "16", None),                     # NULL label: skipped
+    ])  # fmt: skip
+    config = _write_config(_ev_config(ev_db), tmp_path / "config.yaml")
+    code, out, _ = _backfill(capsys, "--config", str(config), "--from", t0.isoformat(),
+                             "--to", (t0 + 3 * minute).isoformat(), "--no-blocks",
+                             "--output", str(tmp_path / "out"))  # fmt: skip
+    assert code == 0
+    assert "3 rows skipped" in out  # per metric, as credit_exporter_dropped_rows_total
+    # a: 4 steps, b: 2 steps; two counters and a histogram (17 samples a step) each
+    assert "6 series, 114 samples at 4 steps" in out
+    text = "".join(p.read_text() for p in sorted((tmp_path / "out").glob("*.om")))
+    series: dict[str, list[tuple[str, str]]] = {}
+    for line in text.splitlines():
+        if line.startswith("credit_spent_credits_total{"):
+            org = _PAIR.findall(line)[0][1]
+            _, value, stamp = line.rsplit(" ", 2)
+            series.setdefault(org, []).append((stamp, value))
+    start = to_ms(t0) // 1000
+    assert series == {
+        "a": [(str(start), "1.0"), (str(start + 60), "3.0"), (str(start + 120), "7.0"),
+              (str(start + 180), "7.0")],
+        "b": [(str(start + 120), "8.0"), (str(start + 180), "8.0")],
+    }  # fmt: skip
+
+
+def test_output_is_openmetrics_a_strict_parser_accepts(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Families contiguous, counters as _total, canonical le, integer counts, # EOF last:
+    the Python client's OpenMetrics parser (stricter than Prometheus's) reads it back."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    window = 54 * HOUR  # inside one block window, so one file
+    end = datetime.fromtimestamp((1_714_564_800_000 // window * window + 10 * HOUR) / 1000, UTC)
+    _insert(ev_db, [(end - timedelta(minutes=m), f"o{m % 3}", str(m), f"{m / 7:.3f}")
+                    for m in range(1, 200)])  # fmt: skip
+    config = _write_config(_ev_config(ev_db), tmp_path / "config.yaml")
+    start = end - timedelta(hours=2)
+    code, _, _ = _backfill(capsys, "--config", str(config), "--from", start.isoformat(),
+                           "--to", end.isoformat(), "--step", "5m", "--no-blocks",
+                           "--output", str(tmp_path / "out"))  # fmt: skip
+    assert code == 0
+    [path] = (tmp_path / "out").glob("*.om")
+    text = path.read_text()
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    # prometheus_client 0.26 drops a histogram's samples after its first timestamp
+    # (its duplicate check is not reset per timestamp): give it the histogram's last step
+    last = f" {to_ms(end) // 1000}"
+    text = "".join(
+        line for line in text.splitlines(keepends=True)
+        if not line.startswith("credit_response_duration_seconds_") or line.rstrip().endswith(last)
+    )  # fmt: skip
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(families) == {"credit_spent_credits", "credit_requests",
+                             "credit_response_duration_seconds"}  # fmt: skip
+    assert families["credit_spent_credits"].type == "counter"
+    assert len(families["credit_spent_credits"].samples) == 3 * 25  # 3 orgs x 25 steps
+    assert families["credit_response_duration_seconds"].type == "histogram"
+    assert all(s.timestamp is not None for f in families.values() for s in f.samples)
+
+
+def test_live_exporter_continues_the_backfilled_series_without_a_jump(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Backfill up to now (with the live scrape's job and instance labels), insert rows,
+    then a Prometheus on the blocks that scrapes the live exporter sees one series whose
+    first live sample is the last backfilled one plus exactly the rows after that step."""
+    require_binary("promtool")
+    now = datetime.now(UTC)
+    _insert(ev_db, [(now - timedelta(seconds=29 * k), "a", f"{k}.25", "0.3")
+                    for k in range(1, 240)])  # fmt: skip
+    config = _ev_config(ev_db)
+    exporter = start_exporter(config, tmp_path / "exporter")
+    prometheus = None
+    try:
+        instance = exporter.url.removeprefix("http://")
+        to = datetime.now(UTC)
+        output = tmp_path / "prometheus" / "data"
+        code, _, err = _backfill(
+            capsys, "--config", str(exporter.config_path), "--from", "now-2h",
+            "--to", to.isoformat(), "--step", "1m", "--output", str(output),
+            "--label", "job=credit-exporter", "--label", f"instance={instance}",
+        )  # fmt: skip
+        assert code == 0, err
+        last_ms = to_ms(to) // 60_000 * 60_000
+        inserted = datetime.now(UTC)
+        _insert(ev_db, [(inserted, "a", "100", "1"), (inserted, "a", "0.5", None)])
+        with psycopg.connect(ev_db) as conn:
+            before, after = conn.execute(
+                "SELECT sum(credits) FILTER (WHERE occurred_at <= %(t)s),"
+                " sum(credits) FILTER (WHERE occurred_at > %(t)s) FROM ev",
+                {"t": datetime.fromtimestamp(last_ms / 1000, UTC)},
+            ).fetchone()  # fmt: skip
+        total = float(before + after)
+        wait_until(
+            lambda: exporter.value("credit_spent_credits_total", organization="a") == total,
+            20, "the exporter to count the new rows",
+        )  # fmt: skip
+        prometheus = start_prometheus(tmp_path / "prometheus", [instance],
+                                      extra_args=LONG_RETENTION)  # fmt: skip
+        selector = 'credit_spent_credits_total{organization="a"}'
+        wait_until(
+            lambda: any(float(v[0]) * 1000 > last_ms
+                        for r in prometheus.query(f"{selector}[3h]") for v in r["values"]),
+            30, "a live sample after the backfilled ones",
+        )  # fmt: skip
+        result = prometheus.query(f"{selector}[3h]")
+        assert len(result) == 1, "backfilled and live samples must be one series"
+        assert result[0]["metric"]["instance"] == instance
+        values = [(float(t) * 1000, float(v)) for t, v in result[0]["values"]]
+        backfilled = [v for t, v in values if t <= last_ms]
+        live = [v for t, v in values if t > last_ms]
+        assert len(backfilled) >= 100 and live
+        assert backfilled[-1] == float(before)
+        assert live[0] == float(before) + float(after)
+        series = backfilled + live
+        assert all(a <= b for a, b in itertools.pairwise(series))
+        assert prometheus.query(f"resets({selector}[3h])")[0]["value"][1] == "0"
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        exporter.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "now-1h", "--to", "now-2h"], "is after --to"),
+        (["--from", "yesterday"], "cannot parse 'yesterday'"),
+        (["--from", "2024-05-01T00:00:00"], "has no UTC offset"),
+        (["--from", "now-1h", "--step", "0.5s"], "--step"),
+        (["--from", "now-1h", "--to", "now+1h"], "is in the future"),
+    ],
+    ids=["from-after-to", "unparseable-time", "no-offset", "sub-second-step", "future-to"],
+)
+def test_bad_times_exit_2_with_a_clear_message(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write_config(_ev_config("postgresql://nobody@127.0.0.1:1/none"),
+                           tmp_path / "config.yaml")  # fmt: skip
+    code, _, err = _backfill(capsys, "--config", str(config), "--no-blocks",
+                             "--output", str(tmp_path / "out"), *args)  # fmt: skip
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_config_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    code, _, err = _backfill(capsys, "--config", str(missing), "--from", "now-1h")
+    assert code == 2
+    assert f"{missing}: cannot read" in err
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_scratch(tmp_path: Path) -> Iterator[None]:
+    yield
+    assert not list(tmp_path.rglob(".backfill-*")), "scratch files left behind"
