@@ -1,0 +1,435 @@
+"""Render each dashboard's panels from a live Prometheus into one PNG per dashboard.
+
+    python -m dashboards.preview --prometheus http://127.0.0.1:9090 --output preview/ \\
+        [--postgres postgresql://...] [--range 6h] [--dashboard credit-usage ...]
+
+A reviewer's look at what every view shows, without a Grafana server: panels
+are placed on Grafana's 24-column grid, queries run with the dashboards'
+default variables (resolved against that Prometheus, as Grafana would), and
+each panel type is drawn the way Grafana draws it, roughly. PostgreSQL panels
+run when --postgres is given (read-only), else they say so. Needs matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dashboards.grafana import (
+    Panel,
+    builtins,
+    for_panel,
+    interpolate,
+    legend,
+    panels,
+    resolve_defaults,
+    seconds,
+    sql_macros,
+)
+
+GENERATED = Path(__file__).resolve().parent / "generated"
+COLORS = {
+    "green": "#56a64b", "yellow": "#e0b400", "orange": "#ff9830", "red": "#e02f44",
+    "blue": "#5794f2", "purple": "#b877d9", "super-light-blue": "#8ab8ff", "text": "#333333",
+    "transparent": "#333333",
+}  # fmt: skip
+PALETTE = ["#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#1f78c1", "#ba43a9",
+           "#705da0", "#508642", "#cca300", "#447ebc", "#c15c17", "#890f02", "#0a437c"]  # fmt: skip
+ROW_INCH = 0.3
+WIDTH_INCH = 20.0
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+
+class Source:
+    """Prometheus (and optionally the billing database) with the dashboard defaults."""
+
+    def __init__(self, prometheus: str, postgres: str | None, range_seconds: int) -> None:
+        self.url = prometheus.rstrip("/")
+        self.postgres = postgres
+        self.range_seconds = range_seconds
+        self.now = time.time()
+
+    def api(self, path: str, params: dict[str, str]) -> Any:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = json.loads(response.read())
+        if body.get("status") != "success":
+            raise RuntimeError(f"{params.get('query')}: {body.get('error')}")
+        return body["data"]
+
+    def series(self, selector: str) -> list[dict[str, str]]:
+        return self.api("/api/v1/series", {"match[]": selector})
+
+    def prometheus(self, panel: Panel, target: dict[str, Any], values: dict[str, Any],
+                   dashboard: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+        expr = interpolate(target["expr"], dashboard, values,
+                           builtins(panel, values, self.range_seconds))  # fmt: skip
+        if target.get("instant"):
+            data = self.api("/api/v1/query", {"query": expr, "time": f"{self.now:.3f}"})
+            return data["result"]
+        step = max(self.range_seconds // 120, 15)
+        interval = panel.panel.get("interval")
+        if interval:  # the bucket, unless the range is too short to show one
+            bucket = seconds(values[interval[1:]] if interval[0] == "$" else interval)
+            step = bucket if bucket * 4 <= self.range_seconds else step
+        params = {"query": expr, "start": f"{self.now - self.range_seconds:.3f}",
+                  "end": f"{self.now:.3f}", "step": str(step)}  # fmt: skip
+        return self.api("/api/v1/query_range", params)["result"]
+
+    def sql(self, target: dict[str, Any], values: dict[str, Any], dashboard: dict[str, Any]
+            ) -> tuple[list[str], list[tuple]] | None:  # fmt: skip
+        if not self.postgres:
+            return None
+        import psycopg
+
+        end = datetime.fromtimestamp(self.now, UTC)
+        start = end - timedelta(seconds=max(self.range_seconds, 30 * 86400))
+        query = sql_macros(interpolate(target["rawSql"], dashboard, values, {}, sql=True),
+                           start, end)  # fmt: skip
+        with psycopg.connect(self.postgres) as conn:
+            conn.execute("SET TRANSACTION READ ONLY")
+            cursor = conn.execute(query)
+            return [c.name for c in cursor.description or []], cursor.fetchall()
+
+
+# --------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------
+
+
+def _scaled(value: float) -> str:
+    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}" if value != int(value) else f"{int(value)}"
+
+
+def _duration(value: float) -> str:
+    for size, name in ((86400 * 7, "week"), (86400, "day"), (3600, "hour"), (60, "min")):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {name}"
+    return f"{value * 1000:.0f} ms" if abs(value) < 1 else f"{value:.2f} s"
+
+
+def fmt(value: float, unit: str) -> str:
+    """A value the way Grafana's unit formats it, near enough."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "NaN"
+    if math.isinf(value):
+        return "∞"
+    if unit.startswith("count:"):
+        return f"{_scaled(value)} {unit[6:]}"
+    if unit.startswith("suffix:"):
+        return f"{value:.2f}{unit[7:]}"
+    if unit.startswith("currency"):
+        return f"{value:,.2f} {unit[8:]}"
+    if unit == "percent":
+        return f"{value:.1f}%"
+    if unit == "percentunit":
+        return f"{value * 100:.1f}%"
+    if unit in ("s", "dtdurations"):
+        return _duration(value)
+    if unit == "h":
+        return f"{value:.0f} hours"
+    if unit == "m":
+        return f"{value:.0f} min"
+    if unit == "bytes":
+        return f"{_scaled(value)}B"
+    return _scaled(value)
+
+
+def threshold_color(value: float, thresholds: dict[str, Any] | None) -> str:
+    color = "blue"
+    for step in (thresholds or {}).get("steps", []):
+        if step["value"] is None or (value is not None and value >= step["value"]):
+            color = step["color"]
+    return COLORS.get(color, color)
+
+
+def mapped(value: float, mappings: list[dict[str, Any]]) -> str | None:
+    for mapping in mappings:
+        if mapping["type"] == "value":
+            hit = mapping["options"].get(f"{value:g}")
+            if hit:
+                return hit["text"]
+    return None
+
+
+def field_config(panel: dict[str, Any], ref: str, name: str) -> dict[str, Any]:
+    """The panel defaults with the overrides that match a frame or a display name."""
+    config = dict(panel["fieldConfig"]["defaults"])
+    for override in panel["fieldConfig"]["overrides"]:
+        matcher = override["matcher"]
+        if (matcher["id"] == "byFrameRefID" and matcher["options"] == ref) or (
+            matcher["id"] == "byName" and matcher["options"] == name
+        ):
+            for prop in override["properties"]:
+                config[prop["id"]] = prop["value"]
+    return config
+
+
+# --------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------
+
+
+def _frames(source: Source, panel: Panel, values: dict[str, Any], dashboard: dict[str, Any]
+            ) -> list[tuple[str, str, dict[str, str], Any]]:  # fmt: skip
+    """(refId, display name, labels, value or [(t, v)]) of every series of a panel."""
+    out = []
+    for target in panel.targets:
+        for series in source.prometheus(panel, target, values, dashboard):
+            labels = series["metric"]
+            name = legend(target.get("legendFormat", ""), labels) or target["refId"]
+            name = field_config(panel.panel, target["refId"], name).get("displayName", name)
+            if "value" in series:
+                data: Any = float(series["value"][1])
+            else:
+                data = [(float(t), float(v)) for t, v in series["values"]]
+            out.append((target["refId"], name, labels, data))
+    return out
+
+
+def _message(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.45, text, ha="center", va="center", fontsize=9, color="#888888", wrap=True)
+
+
+def draw_stat(ax: Any, panel: dict[str, Any], frames: list) -> None:
+    if not frames:
+        _message(ax, panel["fieldConfig"]["defaults"].get("noValue") or "No data")
+        return
+    count = len(frames)
+    for i, (ref, name, _, value) in enumerate(frames):
+        if isinstance(value, list):
+            value = value[-1][1] if value else float("nan")
+        config = field_config(panel, ref, name)
+        text = mapped(value, config.get("mappings", [])) or fmt(value, config.get("unit", ""))
+        color = threshold_color(value, config.get("thresholds"))
+        if config.get("color", {}).get("mode") == "fixed":
+            color = COLORS.get(config["color"]["fixedColor"], config["color"]["fixedColor"])
+        y = 0.5 if count == 1 else 0.85 - i * (0.75 / max(count - 1, 1))
+        size = 20 if count == 1 else max(9, 16 - 2 * count)
+        ax.text(0.5, y, text, ha="center", va="center", fontsize=size, color=color,
+                fontweight="bold")  # fmt: skip
+        if count > 1 or panel["options"].get("textMode") == "value_and_name":
+            ax.text(0.5, y - 0.12 if count == 1 else y - 0.1, name, ha="center",
+                    va="center", fontsize=7, color="#666666")  # fmt: skip
+
+
+def draw_bars(ax: Any, panel: dict[str, Any], frames: list) -> None:
+    defaults = panel["fieldConfig"]["defaults"]
+    items = [(name, v if not isinstance(v, list) else v[-1][1], ref)
+             for ref, name, _, v in frames][:20]  # fmt: skip
+    if not items:
+        _message(ax, defaults.get("noValue") or "No data")
+        return
+    names = [n for n, _, _ in items][::-1]
+    numbers = [0 if math.isnan(v) or math.isinf(v) else v for _, v, _ in items][::-1]
+    colors = [threshold_color(v, defaults.get("thresholds")) for v in numbers]
+    ax.barh(range(len(numbers)), numbers, color=colors, alpha=0.8)
+    ax.set_yticks([])
+    ax.tick_params(axis="x", labelsize=6)
+    unit = defaults.get("unit", "")
+    for i, (name, v) in enumerate(zip(names, numbers, strict=True)):
+        ax.text(0, i, " " + name[:40], va="center", fontsize=6, color="#111111")
+        ax.text(v, i, " " + fmt(v, unit), va="center", fontsize=6)
+    if defaults.get("max") is not None:
+        ax.set_xlim(defaults.get("min") or 0, defaults["max"])
+    ax.margins(x=0.25)
+
+
+def draw_pie(ax: Any, panel: dict[str, Any], frames: list) -> None:
+    items = [(n, v) for _, n, _, v in frames if not isinstance(v, list) and v > 0]
+    if not items:
+        _message(ax, "No data")
+        return
+    unit = panel["fieldConfig"]["defaults"].get("unit", "")
+    total = sum(v for _, v in items)
+    ax.pie([v for _, v in items], colors=PALETTE[: len(items)],
+           wedgeprops={"width": 0.4}, startangle=90)  # fmt: skip
+    ax.legend([f"{n} {100 * v / total:.0f}%" for n, v in items], loc="center left",
+              bbox_to_anchor=(1, 0.5), fontsize=6, frameon=False)  # fmt: skip
+    ax.text(0, 0, fmt(total, unit), ha="center", va="center", fontsize=7)
+    ax.set_aspect("equal")
+
+
+def draw_timeseries(ax: Any, panel: dict[str, Any], frames: list) -> None:
+    series = [(n, v) for _, n, _, v in frames if isinstance(v, list) and v]
+    if not series:
+        _message(ax, "No data")
+        return
+    custom = panel["fieldConfig"]["defaults"].get("custom", {})
+    stacked = custom.get("stacking", {}).get("mode") == "normal"
+    for i, (name, points) in enumerate(series[:12]):
+        xs = [datetime.fromtimestamp(t, UTC) for t, _ in points]
+        ys = [v for _, v in points]
+        color = PALETTE[i % len(PALETTE)]
+        if custom.get("drawStyle") == "bars" or stacked:
+            ax.step(xs, ys, where="post", color=color, label=name[:28], linewidth=1)
+            ax.fill_between(xs, ys, step="post", alpha=0.25, color=color)
+        else:
+            ax.plot(xs, ys, color=color, label=name[:28], linewidth=1)
+    unit = panel["fieldConfig"]["defaults"].get("unit", "")
+    ax.yaxis.set_major_formatter(lambda v, _: fmt(v, unit))
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=5, loc="upper left", ncol=3, frameon=False)
+    import matplotlib.dates as mdates
+
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+
+
+def draw_table(ax: Any, columns: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        _message(ax, "No data")
+        return
+    table = ax.table(cellText=rows[:12], colLabels=columns, loc="upper center",
+                     cellLoc="left")  # fmt: skip
+    table.auto_set_font_size(False)
+    table.set_fontsize(6)
+    table.scale(1, 0.9)
+
+
+def prometheus_table(panel: dict[str, Any], frames: list) -> tuple[list[str], list[list[str]]]:
+    """Grafana's merge + organize of instant table queries, near enough."""
+    hidden = {"__name__", "job", "instance", "Time"}
+    renames: dict[str, str] = {}
+    for transformation in panel.get("transformations", []):
+        if transformation["id"] == "organize":
+            renames = transformation["options"]["renameByName"]
+            hidden |= set(transformation["options"]["excludeByName"])
+    common = None
+    for _, _, labels, _ in frames:
+        keys = set(labels) - hidden
+        common = keys if common is None else common & keys
+    key_labels = sorted(common or [])
+    rows: dict[tuple, dict[str, Any]] = {}
+    for ref, _, labels, value in frames:
+        key = tuple(labels.get(k, "") for k in key_labels)
+        row = rows.setdefault(key, {})
+        row.update({k: v for k, v in labels.items() if k not in hidden})
+        row[f"Value #{ref}"] = value
+    order = list(renames) or key_labels
+    columns = [c for c in order if any(c in r for r in rows.values()) and c not in hidden]
+    units = {c: field_config(panel, "", renames.get(c, c)).get("unit", "") for c in columns}
+    body = [[fmt(r[c], units[c]) if isinstance(r.get(c), float) else str(r.get(c, ""))[:24]
+             for c in columns] for r in rows.values()]  # fmt: skip
+    return [renames.get(c, c) for c in columns], body
+
+
+def render(dashboard: dict[str, Any], source: Source, output: Path,
+           errors: list[str] | None = None) -> Path:  # fmt: skip
+    """Draw one dashboard into ``output/<uid>.png``; panel failures go to ``errors``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values, options = resolve_defaults(dashboard, source.series)
+    grid_rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dashboard["panels"])
+    fig = plt.figure(figsize=(WIDTH_INCH, grid_rows * ROW_INCH + 0.6))
+    top = grid_rows * ROW_INCH / (grid_rows * ROW_INCH + 0.6)
+    shown = {k: "All" if v is not None and not isinstance(v, str | list) else
+             ", ".join(x.split(":")[-2] if ":" in x else x for x in v) if isinstance(v, list)
+             else v for k, v in values.items() if k not in ("datasource", "billing")}  # fmt: skip
+    fig.suptitle(f"{dashboard['title']}  ({dashboard['uid']})   {shown}", fontsize=11,
+                 x=0.01, ha="left", y=0.995)  # fmt: skip
+    by_id = {p.panel["id"]: p for p in panels(dashboard)}
+    for raw in dashboard["panels"]:
+        pos = raw["gridPos"]
+        height = top * pos["h"] / grid_rows
+        pad = min(0.004, height / 6)
+        rect = [pos["x"] / 24 + 0.004, top * (1 - (pos["y"] + pos["h"]) / grid_rows) + pad,
+                pos["w"] / 24 - 0.008, height - 3 * pad]  # fmt: skip
+        ax = fig.add_axes(rect)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if raw["type"] == "row":
+            ax.axis("off")
+            ax.text(0, 0.5, raw["title"], fontsize=10, fontweight="bold", va="center")
+            continue
+        ax.set_title(raw["title"], fontsize=8, loc="left")
+        for spine in ax.spines.values():
+            spine.set_color("#dddddd")
+        panel = by_id[raw["id"]]
+        panel_values = for_panel(panel, values, options)
+        try:
+            _draw(ax, panel, source, panel_values, dashboard)
+        except Exception as error:  # a preview shows the failure in the panel
+            _message(ax, f"error: {error}"[:120])
+            if errors is not None:
+                errors.append(f"{panel}: {error}")
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"{dashboard['uid']}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _draw(ax: Any, panel: Panel, source: Source, values: dict[str, Any],
+          dashboard: dict[str, Any]) -> None:  # fmt: skip
+    raw = panel.panel
+    kind = raw["type"]
+    if kind == "text":
+        ax.axis("off")
+        ax.text(0, 1, raw["options"]["content"][:400], va="top", fontsize=7, wrap=True)
+        return
+    if raw["datasource"]["uid"] == "${billing}":
+        result = source.sql(raw["targets"][0], values, dashboard)
+        if result is None:
+            _message(ax, "PostgreSQL panel: pass --postgres to render it")
+            return
+        columns, rows = result
+        if kind == "table":
+            draw_table(ax, columns, [[str(c)[:24] for c in row] for row in rows])
+        else:
+            frames = [("A", str(row[0]), {}, float(row[1] or 0)) for row in rows]
+            draw_bars(ax, raw, frames)
+        return
+    frames = _frames(source, panel, values, dashboard)
+    if kind == "stat" or kind == "gauge":
+        draw_stat(ax, raw, frames)
+    elif kind == "bargauge":
+        draw_bars(ax, raw, frames)
+    elif kind == "piechart":
+        draw_pie(ax, raw, frames)
+    elif kind == "timeseries":
+        ax.set_xticks([])
+        draw_timeseries(ax, raw, frames)
+    elif kind == "table":
+        draw_table(ax, *prometheus_table(raw, frames))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    parser.add_argument("--output", required=True, type=Path, help="directory for the PNGs")
+    parser.add_argument("--postgres", help="billing database DSN (read-only) for SQL panels")
+    parser.add_argument("--range", default="6h", help="time range to show (default 6h)")
+    parser.add_argument("--dashboard", action="append", help="only these uids")
+    args = parser.parse_args(argv)
+    source = Source(args.prometheus, args.postgres, seconds(args.range))
+    errors: list[str] = []
+    for path in sorted(GENERATED.glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        if args.dashboard and dashboard["uid"] not in args.dashboard:
+            continue
+        print(render(dashboard, source, args.output, errors))
+    for error in errors:
+        print(f"panel failed: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

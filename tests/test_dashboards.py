@@ -1,0 +1,701 @@
+"""Dashboards as code: the generated JSON, its structure and lint rules, and every
+query run for real: PromQL against a Prometheus that scrapes the exporter on demo
+data (with the dashboards' recording rules loaded), SQL against the demo database.
+
+No Grafana server runs here; tests/dashboard_support.py reproduces how Grafana
+interpolates variables for the forms the dashboards use.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from conftest import require_binary, skip_or_fail
+from dashboard_support import (
+    ALL,
+    REPO,
+    RULES,
+    SENTINEL_SECONDS,
+    Panel,
+    builtins,
+    for_panel,
+    interpolate,
+    is_prometheus,
+    load_dashboards,
+    offline_expr,
+    panels,
+    parse,
+    resolve_defaults,
+    selectors,
+    sql_macros,
+    variables,
+    write_fresh_usage,
+)
+from support import PrometheusProcess, http_get, start_exporter, start_prometheus, wait_until
+
+from credit_exporter import catalog
+from credit_exporter.catalog import MetricType
+
+DASHBOARDS = load_dashboards()
+PANELS = [p for d in DASHBOARDS.values() for p in panels(d)]
+PROM_TARGETS = [(p, t) for p in PANELS for t in p.targets if is_prometheus(t)]
+SQL_TARGETS = [(p, t) for p in PANELS for t in p.targets if not is_prometheus(t)]
+EXAMPLE = REPO / "config.example.yaml"
+
+UIDS = {"credit-usage", "credit-org-analytics", "credit-agent-analytics",
+        "credit-models-users", "credit-budgets", "credit-exporter-health"}  # fmt: skip
+PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "piechart", "table", "text", "row"}
+# Series Prometheus itself writes (scrape health, alert state): not catalogue metrics.
+PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"}
+BUDGET_STEPS = [("green", None), ("yellow", 75), ("orange", 90), ("red", 100)]
+RATE_FUNCTIONS = {"rate", "irate", "increase"}
+# Which Grafana interval a range function may use (no literal windows anywhere).
+ALLOWED_RANGES = {
+    "rate": {"$__rate_interval", "$burn_window"},
+    "irate": {"$__rate_interval"},
+    "increase": {"$__range", "$__interval", "$__rate_interval"},
+    "deriv": {"$burn_window"},
+}
+# Columns the seeds name for the row-level tables.
+SQL_COLUMNS = {
+    ("credit-usage", "Recent activity"):
+        ["When", "Type", "Assistant", "Contact", "Channel", "Messages"],
+    ("credit-org-analytics", "Usage requests"):
+        ["Time", "Project", "Agent", "User", "Service type", "Model", "Pricing rule",
+         "Input tokens", "Output tokens", "Credits", "Latency", "Status"],
+    ("credit-org-analytics", "Usage items"):
+        ["Project", "Service type", "Pricing rule", "Model", "Unit", "Requests", "Quantity",
+         "Credits"],
+    ("credit-models-users", "Peak hours"): ["Hour", "Credits per day at this hour"],
+    ("credit-models-users", "Peak weekdays"): ["Weekday", "Credits per day"],
+    ("credit-models-users", "Response time by time of day"):
+        ["Period", "Average response time"],
+}  # fmt: skip
+
+
+def _grafanalib() -> None:
+    try:
+        import grafanalib  # noqa: F401
+    except ImportError:
+        skip_or_fail("grafanalib is not installed (pip install grafanalib)")
+
+
+def _promql_parser() -> None:
+    try:
+        import promql_parser  # noqa: F401
+    except ImportError:
+        skip_or_fail("promql-parser is not installed (pip install promql-parser)")
+
+
+def _paid_only() -> set[tuple[str, str]]:
+    _grafanalib()
+    from dashboards import agent_analytics
+    from dashboards.common import panel_notes
+
+    return {(agent_analytics.UID, t) for t, _, _, paid in panel_notes(agent_analytics.items())
+            if paid}  # fmt: skip
+
+
+def _known_names() -> set[str]:
+    return catalog.all_series_names() | _rule_names()
+
+
+def _rule_names() -> set[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"]}
+
+
+def _counter_names() -> set[str]:
+    names = {rule for rule in _rule_names() if rule.split(":")[1].endswith("_total")}
+    for metric in catalog.METRICS:
+        if metric.type is MetricType.COUNTER:
+            names.add(metric.name)
+        elif metric.type is MetricType.HISTOGRAM:
+            names |= {f"{metric.name}_bucket", f"{metric.name}_sum", f"{metric.name}_count"}
+    return names
+
+
+def _gauge_names() -> set[str]:
+    return {m.name for m in catalog.METRICS if m.type in (MetricType.GAUGE, MetricType.INFO)}
+
+
+def _offline_selectors(panel: Panel, target: dict[str, Any]) -> list[Any]:
+    return list(selectors(parse(offline_expr(target["expr"], DASHBOARDS[panel.dashboard]))))
+
+
+# --------------------------------------------------------------------------
+# Generated files
+# --------------------------------------------------------------------------
+
+
+def test_committed_dashboard_json_equals_the_generators_output() -> None:
+    _grafanalib()
+    from dashboards import build
+
+    stale = [p.name for p, text in build.outputs().items() if p.read_text() != text]
+    assert not stale, f"run `python -m dashboards.build`: stale {stale}"
+
+
+def test_docs_panel_reference_equals_the_generators_output() -> None:
+    _grafanalib()
+    from dashboards import build
+
+    current = build.DOCS.read_text()
+    assert current == build.docs_with_reference(current), "run `python -m dashboards.build`"
+
+
+def test_build_check_mode_reports_no_stale_file() -> None:
+    _grafanalib()
+    result = subprocess.run([sys.executable, "-m", "dashboards.build", "--check"], cwd=REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------
+# Structure
+# --------------------------------------------------------------------------
+
+
+def test_the_six_dashboards_keep_their_uids() -> None:
+    assert set(DASHBOARDS) == UIDS
+
+
+def test_dashboards_are_current_grafana_json() -> None:
+    legacy = {"rows", "style", "sharedCrosshair", "hideControls", "gnetId", "__inputs"}
+    for uid, dashboard in DASHBOARDS.items():
+        assert dashboard["schemaVersion"] >= 39, uid
+        assert not legacy & set(dashboard), (uid, legacy & set(dashboard))
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), uid
+        for panel in dashboard["panels"]:
+            assert panel["type"] in PANEL_TYPES, (uid, panel["title"], panel["type"])
+            assert not {"span", "maxDataPoints", "minSpan", "error", "height"} & set(panel)
+            grid = panel["gridPos"]
+            assert grid["x"] + grid["w"] <= 24, (uid, panel["title"])
+
+
+def test_every_panel_has_a_title_a_description_and_a_datasource_variable() -> None:
+    for panel in PANELS:
+        data = panel.panel
+        assert data["title"].strip(), panel
+        assert data.get("description", "").strip(), panel
+        if data["type"] == "text":
+            continue
+        uid = data["datasource"]["uid"]
+        assert uid in ("${datasource}", "${billing}"), (panel, uid)
+        assert panel.targets, panel
+        for target in panel.targets:
+            assert target["datasource"] == data["datasource"], panel
+
+
+def test_every_numeric_panel_has_a_unit() -> None:
+    for panel in PANELS:
+        if panel.panel["type"] == "text":
+            continue
+        unit = panel.panel["fieldConfig"]["defaults"].get("unit")
+        assert unit, f"{panel} has no unit"
+
+
+def test_budget_and_plan_health_panels_colour_at_75_90_100_percent() -> None:
+    budgets = DASHBOARDS["credit-budgets"]
+    percent = [p for p in panels(budgets) if p.panel["fieldConfig"]["defaults"]["unit"]
+               == "percent" and p.title != "Billing period elapsed"]  # fmt: skip
+    titles = {p.title for p in percent}
+    assert {"Organization budget used", "Budget used by scope", "Text queries",
+            "Voice minutes", "Concurrent calls", "Phone numbers",
+            "Human-agent seats"} <= titles  # fmt: skip
+    for panel in percent:
+        thresholds = panel.panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [(s["color"], s["value"]) for s in thresholds] == BUDGET_STEPS, panel
+    overrides = [o for p in panels(budgets) for o in p.panel["fieldConfig"]["overrides"]
+                 for prop in o["properties"] if prop["id"] == "thresholds"]  # fmt: skip
+    assert len(overrides) >= 2  # the budget table's Used % and the projection
+    for found in overrides:
+        steps = next(p["value"] for p in found["properties"] if p["id"] == "thresholds")
+        assert [(s["color"], s["value"]) for s in steps["steps"]] == BUDGET_STEPS
+
+
+def test_dashboards_have_the_required_variables() -> None:
+    required = {
+        "credit-usage": {"datasource", "billing", "organization", "agent", "lens"},
+        "credit-org-analytics": {"datasource", "billing", "organization", "service_type"},
+        "credit-agent-analytics": {"datasource", "organization", "agent"},
+        "credit-models-users": {"datasource", "billing", "organization", "granularity"},
+        "credit-budgets": {"datasource", "organization", "scope", "scope_id"},
+        "credit-exporter-health": {"datasource", "job", "instance"},
+    }
+    for uid, names in required.items():
+        assert names <= set(variables(DASHBOARDS[uid])), (uid, names - set(variables(
+            DASHBOARDS[uid])))  # fmt: skip
+    usage_agent = variables(DASHBOARDS["credit-usage"])["agent"]
+    assert usage_agent["includeAll"] and usage_agent["current"]["value"] == ["$__all"]
+    assert not variables(DASHBOARDS["credit-agent-analytics"])["agent"]["multi"]
+
+
+def test_every_variable_is_used_by_a_panel_or_another_variable() -> None:
+    for uid, dashboard in DASHBOARDS.items():
+        text = json.dumps([dashboard["panels"], [v.get("query") for v in variables(
+            dashboard).values()]])  # fmt: skip
+        for name in variables(dashboard):
+            assert re.search(rf"\$\{{?{name}\b", text), f"{uid}: ${name} is unused"
+
+
+def test_default_time_ranges() -> None:
+    assert DASHBOARDS["credit-usage"]["time"] == {"from": "now-30d", "to": "now"}
+    assert DASHBOARDS["credit-org-analytics"]["time"] == {"from": "now/M", "to": "now"}
+
+
+def test_every_seed_item_is_reproduced_by_existing_panels() -> None:
+    _grafanalib()
+    from dashboards import checklist
+
+    views = {item.view for item in checklist.ITEMS}
+    assert len(views) == 6
+    for item in checklist.ITEMS:
+        dashboard = DASHBOARDS[item.uid]
+        titles = {p.title for p in panels(dashboard)}
+        for entry in item.panels:
+            if entry.startswith("$"):
+                assert entry[1:] in variables(dashboard), (item.item, entry)
+            else:
+                assert entry in titles, (item.item, entry)
+
+
+def test_agent_panels_link_to_agent_analytics_with_the_agent_set() -> None:
+    found = []
+    for panel in PANELS:
+        links = list(panel.panel["fieldConfig"]["defaults"].get("links", []))
+        for override in panel.panel["fieldConfig"]["overrides"]:
+            links += [link for prop in override["properties"] if prop["id"] == "links"
+                      for link in prop["value"]]  # fmt: skip
+        for link in links:
+            if "/d/credit-agent-analytics/" in link["url"]:
+                assert re.search(r"var-agent=\$\{__(field\.labels|data\.fields)\.agent\}",
+                                 link["url"]), panel  # fmt: skip
+                assert "var-organization=" in link["url"]
+                found.append(panel.title)
+    assert {"Top assistants", "Top 10 agents"} <= set(found)
+
+
+def test_budget_panels_link_to_usage() -> None:
+    budgets = {p.title: p for p in panels(DASHBOARDS["credit-budgets"])}
+    for title in ("Budget used by scope", "Organization budget used"):
+        urls = [link["url"] for link in budgets[title].panel["fieldConfig"]["defaults"]["links"]]
+        assert any(u.startswith("/d/credit-usage/") for u in urls), title
+
+
+# --------------------------------------------------------------------------
+# PromQL lint (offline syntax trees)
+# --------------------------------------------------------------------------
+
+
+def test_every_metric_name_is_in_the_catalogue_or_a_recording_rule() -> None:
+    _promql_parser()
+    known = _known_names() | PROMETHEUS_SERIES
+    unknown = set()
+    for panel, target in PROM_TARGETS:
+        for selector in _offline_selectors(panel, target):
+            unknown |= {(str(panel), n) for n in selector.names if n not in known}
+        for var in re.findall(r'__name__=~"\$(\w+)"', target["expr"]):
+            options = variables(DASHBOARDS[panel.dashboard])[var]["options"]
+            unknown |= {(str(panel), o["value"]) for o in options if o["value"] not in known}
+    for uid, dashboard in DASHBOARDS.items():
+        for var in variables(dashboard).values():
+            match = re.match(r"label_values\((\w+)", str(var.get("query")))
+            if match and match.group(1) not in known:
+                unknown.add((uid, match.group(1)))
+    assert not unknown, sorted(unknown)
+
+
+def test_counters_are_only_read_through_rate_or_increase() -> None:
+    _promql_parser()
+    counters = _counter_names()
+    raw = [(str(p), s.names) for p, t in PROM_TARGETS for s in _offline_selectors(p, t)
+           if set(s.names) & counters and s.function not in RATE_FUNCTIONS]  # fmt: skip
+    assert not raw, raw
+
+
+def test_gauges_are_never_rated() -> None:
+    _promql_parser()
+    gauges = _gauge_names()
+    rated = [(str(p), s.names) for p, t in PROM_TARGETS for s in _offline_selectors(p, t)
+             if set(s.names) & gauges and s.function in RATE_FUNCTIONS]  # fmt: skip
+    assert not rated, rated
+
+
+def test_range_selectors_use_grafana_intervals() -> None:
+    """rate() over $__rate_interval, increase() over $__range or $__interval: never a
+    literal window, which would be wrong at some zoom level or scrape interval."""
+    _promql_parser()
+    bad = []
+    for panel, target in PROM_TARGETS:
+        for selector in _offline_selectors(panel, target):
+            if selector.range_seconds is None:
+                continue
+            used = SENTINEL_SECONDS.get(int(selector.range_seconds), "a literal window")
+            if used not in ALLOWED_RANGES.get(selector.function or "", set()):
+                bad.append((str(panel), selector.function, used))
+    assert not bad, bad
+    rates = [t["expr"] for _, t in PROM_TARGETS if "rate(" in t["expr"]]
+    assert rates and all("$__rate_interval" in e or "$burn_window" in e for e in rates)
+
+
+def test_recording_rules_pass_promtool_and_use_catalogue_metrics() -> None:
+    _promql_parser()
+    promtool = require_binary("promtool")
+    result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    counters = _counter_names()
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            names = {n for s in selectors(parse(rule["expr"])) for n in s.names}
+            assert names and names <= catalog.all_series_names(), rule
+            assert names <= counters, rule  # each pre-aggregates an absolute counter
+
+
+def test_recording_rules_are_named_level_metric_operations() -> None:
+    for name in _rule_names():
+        level, metric, operations = name.split(":")
+        assert level and operations, name
+        assert metric in {m.name.removesuffix("_total") for m in catalog.METRICS} | {
+            m.name for m in catalog.METRICS}, name  # fmt: skip
+        rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+                    if r["record"] == name)  # fmt: skip
+        kept = re.search(r"by \(([^)]*)\)", rule["expr"]).group(1)  # type: ignore[union-attr]
+        assert level == "_".join(label.strip() for label in kept.split(",")), name
+
+
+def test_provisioning_defines_both_datasources_and_the_dashboards_folder() -> None:
+    folder = REPO / "dashboards" / "provisioning"
+    sources = yaml.safe_load((folder / "datasources.yml").read_text())["datasources"]
+    kinds = {s["uid"]: s["type"] for s in sources}
+    assert kinds == {"prometheus": "prometheus",
+                     "billing-postgres": "grafana-postgresql-datasource"}  # fmt: skip
+    providers = yaml.safe_load((folder / "dashboards.yml").read_text())["providers"]
+    assert providers[0]["type"] == "file" and providers[0]["options"]["path"]
+
+
+# --------------------------------------------------------------------------
+# PostgreSQL panels on the demo database
+# --------------------------------------------------------------------------
+
+
+def _time_range(dashboard: dict[str, Any], now: datetime) -> tuple[datetime, datetime]:
+    start = dashboard["time"]["from"]
+    if start == "now/M":
+        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), now
+    match = re.fullmatch(r"now-(\d+)([dh])", start)
+    assert match, start
+    unit = {"d": "days", "h": "hours"}[match.group(2)]
+    return now - timedelta(**{unit: int(match.group(1))}), now
+
+
+def _sql_defaults(dashboard: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, var in variables(dashboard).items():
+        if var.get("multi") or var.get("includeAll"):
+            values[name] = ALL
+        elif name == "organization":
+            values[name] = "acme"  # the first organization, as Grafana's sorted default
+        else:
+            values[name] = var["current"].get("value", "")
+    return values
+
+
+def test_every_postgres_panel_query_runs_on_the_demo_database(demo_db: str) -> None:
+    assert len(SQL_TARGETS) >= 6
+    now = datetime.now(UTC)
+    for panel, target in SQL_TARGETS:
+        dashboard = DASHBOARDS[panel.dashboard]
+        start, end = _time_range(dashboard, now)
+        query = interpolate(target["rawSql"], dashboard, _sql_defaults(dashboard), {}, sql=True)
+        query = sql_macros(query, start, end)
+        assert not re.search(r"\$(\w|\{)", query), (panel, query)
+        with psycopg.connect(demo_db) as conn:
+            conn.execute("SET TRANSACTION READ ONLY")
+            cursor = conn.execute(query)
+            columns = [c.name for c in cursor.description or []]
+            rows = cursor.fetchall()
+        assert rows, f"{panel}: no rows"
+        expected = SQL_COLUMNS.get((panel.dashboard, panel.title))
+        assert expected is not None, f"{panel}: add its columns to SQL_COLUMNS"
+        assert columns == expected, (panel, columns)
+
+
+def test_recent_activity_has_no_cost_column_and_newest_first(demo_db: str) -> None:
+    dashboard = DASHBOARDS["credit-usage"]
+    panel = next(p for p in panels(dashboard) if p.title == "Recent activity")
+    now = datetime.now(UTC)
+    query = interpolate(panel.targets[0]["rawSql"], dashboard, _sql_defaults(dashboard), {},
+                        sql=True)  # fmt: skip
+    with psycopg.connect(demo_db) as conn:
+        cursor = conn.execute(sql_macros(query, now - timedelta(days=30), now))
+        rows = cursor.fetchall()
+    assert not any("cost" in c.name.lower() or "credit" in c.name.lower()
+                   for c in cursor.description or [])  # fmt: skip
+    times = [r[0] for r in rows]
+    assert times == sorted(times, reverse=True) and len(rows) == 100
+
+
+# --------------------------------------------------------------------------
+# PromQL against a real Prometheus scraping the exporter on demo data
+# --------------------------------------------------------------------------
+
+TEST_ALERT_RULES = {
+    "groups": [{
+        "name": "dashboard-test-stand-in-for-alert-rules",
+        "rules": [{
+            "alert": "CreditBudgetExhaustedTest",
+            "expr": "credit_budget_used_credits / credit_budget_limit_credits >= 1",
+            "labels": {"severity": "critical", "threshold": "100"},
+        }],
+    }],
+}  # fmt: skip
+# After new usage is written every counter must have moved before queries run.
+MOVED = ["organization_agent:credit_spent_credits_total:sum", "credit_conversations_total",
+         "credit_messages_total", "credit_visitors_total", "credit_ratings_total",
+         "credit_paid_agent_transactions_total", "credit_topups_total",
+         "organization_department_user:credit_user_requests_total:sum",
+         "credit_response_duration_seconds_count"]  # fmt: skip
+
+
+@dataclass
+class Stack:
+    prometheus: PrometheusProcess
+    dsn: str
+    added: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Exporter on config.example.yaml over a fresh week of demo data, Prometheus with
+    the recording rules scraping it every second, then new usage written live."""
+    require_binary("prometheus")
+    from credit_exporter.demo.generator import load_demo
+
+    dsn = make_database()
+    load_demo(dsn, days=7, seed=42)
+    config = yaml.safe_load(EXAMPLE.read_text())
+    for query in config["queries"].values():
+        query.update(interval="2s", timeout="2s")
+    for stream in config["streams"].values():
+        stream.update(interval="1s", timeout="1s", settle="1s")
+    work = tmp_path_factory.mktemp("dashboards")
+    exporter = start_exporter(config, work / "exporter", env={"CREDIT_EXPORTER_DSN": dsn})
+    try:
+        wait_until(lambda: http_get(exporter.url + "/-/ready")[0] == 200, 60, "exporter ready")
+        alerts = work / "test_alerts.yml"
+        alerts.write_text(yaml.safe_dump(TEST_ALERT_RULES))
+        prometheus = start_prometheus(work / "prometheus", [exporter.url.removeprefix("http://")],
+                                      rule_files=[RULES, alerts])  # fmt: skip
+        try:
+            wait_until(
+                lambda: any(len(s["values"]) >= 2 for s in prometheus.query(f"{MOVED[0]}[10s]")),
+                30,
+                "two evaluations over the scraped totals",
+            )
+            added = write_fresh_usage(dsn)
+            probes = [f"sum(increase({m}[1m])) > 0" for m in MOVED]
+            probes.append("max(deriv(credit_budget_used_credits[1m])) > 0")
+            wait_until(lambda: all(prometheus.query(p) for p in probes), 45,
+                       "the new usage in every counter")  # fmt: skip
+            time.sleep(2)  # a couple more samples after the jump
+            yield Stack(prometheus, dsn, added)
+        finally:
+            prometheus.stop()
+    finally:
+        exporter.stop()
+
+
+def _series(prometheus: PrometheusProcess, selector: str) -> list[dict[str, str]]:
+    return prometheus.api("/api/v1/series?" + urllib.parse.urlencode({"match[]": selector}))
+
+
+def defaults(prometheus: PrometheusProcess, dashboard: dict[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, list[str]]]:  # fmt: skip
+    """The dashboard's default variable values, resolved against this Prometheus."""
+    values, options = resolve_defaults(dashboard, lambda sel: _series(prometheus, sel))
+    for name, var in variables(dashboard).items():
+        assert var["type"] != "query" or options[name], f"{dashboard['uid']}: ${name} is empty"
+    return values, options
+
+
+def run_target(prometheus: PrometheusProcess, panel: Panel, target: dict[str, Any],
+               values: dict[str, Any], options: dict[str, list[str]],
+               at: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run one panel query as Grafana would (instant or range); the API's answer."""
+    values = for_panel(panel, values, options)  # a repeated row sees one value
+    dashboard = DASHBOARDS[panel.dashboard]
+    expr = interpolate(target["expr"], dashboard, values, builtins(panel, values, 3600))
+    now = at or time.time()
+    if target["instant"]:
+        params = {"query": expr, "time": f"{now:.3f}"}
+        path = "/api/v1/query"
+    else:
+        params = {"query": expr, "start": f"{now - 600:.3f}", "end": f"{now:.3f}",
+                  "step": "15"}  # fmt: skip
+        path = "/api/v1/query_range"
+    status, body, _ = http_get(f"{prometheus.url}{path}?{urllib.parse.urlencode(params)}")
+    answer = json.loads(body)
+    answer["expr"] = expr
+    answer["http_status"] = status
+    return answer
+
+
+@pytest.fixture(scope="module")
+def answers(stack: Stack) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Every panel's every query, with the dashboards' default variables."""
+    out = {}
+    resolved = {uid: defaults(stack.prometheus, d) for uid, d in DASHBOARDS.items()}
+    for panel, target in PROM_TARGETS:
+        values, options = resolved[panel.dashboard]
+        out[(panel.dashboard, panel.title, target["refId"])] = run_target(
+            stack.prometheus, panel, target, values, options)  # fmt: skip
+    return out
+
+
+def test_every_promql_query_is_accepted_by_prometheus(answers: dict) -> None:
+    assert len(answers) == len(PROM_TARGETS) >= 140
+    failed = {k: (a.get("error"), a["expr"]) for k, a in answers.items()
+              if a["http_status"] != 200 or a.get("status") != "success"}  # fmt: skip
+    assert not failed, failed
+
+
+def test_every_promql_query_returns_data_with_the_default_variables(answers: dict) -> None:
+    """No exceptions but the paid-agent panels, which are empty by design for a free agent
+    (the default agent); test_paid_agent_panels_return_data_for_a_paid_agent covers them."""
+    paid = _paid_only()
+    empty = [k for k, a in answers.items()
+             if not a["data"]["result"] and (k[0], k[1]) not in paid]  # fmt: skip
+    assert not empty, [(k, answers[k]["expr"]) for k in empty]
+
+
+def test_table_queries_merge_into_one_row_per_key(answers: dict) -> None:
+    """Grafana's merge joins a table's queries on the fields all of them share: each
+    multi-query table must share a key label, and rows must join on it."""
+    ignored = {"__name__", "instance", "job"}
+    tables = [p for p in PANELS if p.panel["type"] == "table" and len(p.targets) > 1
+              and all(is_prometheus(t) for t in p.targets)]  # fmt: skip
+    assert len(tables) >= 5
+    for panel in tables:
+        results = [answers[(panel.dashboard, panel.title, t["refId"])]["data"]["result"]
+                   for t in panel.targets]  # fmt: skip
+        keys = set.intersection(*[set(r["metric"]) - ignored for res in results for r in res])
+        assert keys, f"{panel}: its queries share no label"
+        rows = {tuple(r["metric"].get(k) for k in sorted(keys)) for res in results for r in res}
+        assert len(rows) <= max(len(res) for res in results), panel
+
+
+def test_paid_agent_panels_return_data_for_a_paid_agent(stack: Stack) -> None:
+    paid = _paid_only()
+    assert len(paid) >= 5
+    dashboard = DASHBOARDS["credit-agent-analytics"]
+    values, options = defaults(stack.prometheus, dashboard)
+    agents = _series(
+        stack.prometheus,
+        f'credit_agent_info{{organization="{values["organization"]}", paid="true"}}',
+    )
+    values["agent"] = sorted(s["agent"] for s in agents)[0]
+    for panel in panels(dashboard):
+        for target in panel.targets:
+            answer = run_target(stack.prometheus, panel, target, values, options)
+            assert answer["data"]["result"], (panel, answer["expr"])
+
+
+def _instant(prometheus: PrometheusProcess, panel: Panel, ref: str = "A",
+             at: float | None = None) -> list[dict]:  # fmt: skip
+    values, options = defaults(prometheus, DASHBOARDS[panel.dashboard])
+    target = next(t for t in panel.targets if t["refId"] == ref)
+    return run_target(prometheus, panel, target, values, options, at)["data"]["result"]
+
+
+def _panel(uid: str, title: str) -> Panel:
+    return next(p for p in panels(DASHBOARDS[uid]) if p.title == title)
+
+
+def test_credits_used_in_range_counts_the_credits_written(stack: Stack) -> None:
+    """The Usage headline over a range that starts before the new usage: the recorded
+    series moved by exactly the credits the billing database gained, and the panel shows
+    that figure (increase() extrapolates towards the range ends: up to a few samples)."""
+    panel = _panel("credit-usage", "Credits used in range")
+    at = time.time()
+    shown = float(_instant(stack.prometheus, panel, at=at)[0]["value"][1])
+    delta = stack.prometheus.query(
+        'max_over_time(organization_agent:credit_spent_credits_total:sum{organization="acme"}'
+        "[1h]) - min_over_time(organization_agent:credit_spent_credits_total:sum"
+        '{organization="acme"}[1h])'
+    )
+    moved = sum(float(r["value"][1]) for r in delta)
+    assert moved == pytest.approx(stack.added["acme"], rel=1e-9)
+    assert moved <= shown <= moved * 1.35
+
+
+def test_agent_slots_panel_shows_used_and_available_from_the_database(stack: Stack) -> None:
+    panel = _panel("credit-usage", "Agent slots used")
+    used = float(_instant(stack.prometheus, panel, "A")[0]["value"][1])
+    available = float(_instant(stack.prometheus, panel, "B")[0]["value"][1])
+    assert (used, available) == (8, 15)  # acme: 9 agents, one deleted; the team plan's 15
+
+
+def test_firing_alerts_panel_lists_budget_alerts_of_the_organization(stack: Stack) -> None:
+    rows = _instant(stack.prometheus, _panel("credit-budgets", "Firing budget alerts"))
+    assert rows and {r["metric"]["organization"] for r in rows} == {"acme"}
+    assert all(r["metric"]["alertstate"] == "firing" for r in rows)
+
+
+def test_variable_queries_return_options(stack: Stack) -> None:
+    for dashboard in DASHBOARDS.values():
+        _, options = defaults(stack.prometheus, dashboard)
+        for name, var in variables(dashboard).items():
+            if var["type"] == "query":
+                assert options[name], (dashboard["uid"], name)
+
+
+def test_top_lists_hold_at_most_ten_named_agents(stack: Stack) -> None:
+    assistants = _instant(stack.prometheus, _panel("credit-usage", "Top assistants"))
+    assert 1 <= len(assistants) <= 10 and all(r["metric"]["agent"] for r in assistants)
+    table = _panel("credit-org-analytics", "Top 10 agents")
+    for ref in "ABC":
+        rows = _instant(stack.prometheus, table, ref)
+        assert 1 <= len(rows) <= 10, ref
+
+
+def test_cost_by_project_top_six_and_others_add_up_to_the_total(stack: Stack) -> None:
+    panel = _panel("credit-org-analytics", "Cost by project (top 6 and Others)")
+    at = time.time()
+    top = _instant(stack.prometheus, panel, "A", at)
+    others = _instant(stack.prometheus, panel, "B", at)
+    total = _instant(stack.prometheus, _panel("credit-org-analytics", "Total cost"), at=at)
+    shown = sum(float(r["value"][1]) for r in top) + float(others[0]["value"][1])
+    assert len(top) <= 6
+    assert shown == pytest.approx(float(total[0]["value"][1]), rel=1e-9)
+
+
+def test_preview_renders_a_dashboard_png_without_panel_errors(stack: Stack, tmp_path: Path
+                                                              ) -> None:  # fmt: skip
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        skip_or_fail("matplotlib is not installed (pip install matplotlib)")
+    from dashboards import preview
+
+    code = preview.main(["--prometheus", stack.prometheus.url, "--postgres", stack.dsn,
+                         "--output", str(tmp_path), "--range", "10m",
+                         "--dashboard", "credit-usage"])  # fmt: skip
+    png = tmp_path / "credit-usage.png"
+    assert code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
