@@ -1,0 +1,1 @@
+"""Benchmarks of credit-exporter against the product targets (see benchmarks/README.md)."""

@@ -1,0 +1,258 @@
+"""The results as Markdown: figures, ratios against the targets, raw repetitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cebench.machine import Machine
+from cebench.stats import Repeated
+from cebench.suite import Plan, ScrapeResult, SizeResult
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    measured: str
+    met: bool
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:,.1f} s" if seconds >= 1 else _ms(seconds)
+
+
+def _x(ratio: float) -> str:
+    return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2f}x"
+
+
+def _med(value: Repeated | None) -> float:
+    assert value is not None
+    return value.median
+
+
+def _events(size: SizeResult) -> str:
+    return f"{size.loads[-1].summary.usage_events:,}"
+
+
+# --- the sections --------------------------------------------------------------
+
+
+def steady_table(sizes: list[SizeResult]) -> str:
+    rows = []
+    for size in sizes:
+        db = _med(size.steady_db) / 1000
+        rows.append([
+            _events(size),
+            f"{_ms(db)} ({_ms(_med(size.steady_planning) / 1000)} planning)",
+            _ms(_med(size.steady_wall)),
+            f"{size.steady_rows:,}",
+            _s(_med(size.startup_psql)),
+            _s(_med(size.groupby_db) / 1000),
+            _s(_med(size.qe_scrape)),
+            _x(_med(size.startup_psql) / db),
+            _x(_med(size.groupby_db) / 1000 / db),
+            _x(_med(size.qe_scrape) / _med(size.steady_wall)),
+        ])  # fmt: skip
+    header = [
+        "usage_events", "(a) steady poll, DB time", "(a) steady poll, wall", "rows read",
+        "(b1) full aggregate, 1 scan (psql)", "(b2) full aggregate, GROUP BY per label set (DB)",
+        "(c) query-exporter scrape", "b1 / a (DB)", "b2 / a (DB)", "c / a (wall)",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def startup_table(sizes: list[SizeResult]) -> str:
+    rows = [
+        [
+            _events(size),
+            _s(_med(size.startup_engine)),
+            _s(_med(size.startup_psql)),
+            _x(_med(size.startup_engine) / _med(size.startup_psql)),
+            _s(_med(size.groupby_db) / 1000),
+            size.example_startup,
+            "yes" if size.totals_match else "NO",
+        ]
+        for size in sizes
+    ]
+    header = [
+        "usage_events", "engine: first run_once", "bare aggregate in psql", "engine / psql",
+        "same totals by GROUP BY per label set (DB)",
+        "start-up with the example's statement_timeout (10s)", "totals = SQL SUM",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def intake_table(sizes: list[SizeResult]) -> str:
+    rows = []
+    for size in sizes:
+        for load in size.loads:
+            phases = ", ".join(f"{k} {v:.0%}" for k, v in load.phases.items() if v >= 0.02)
+            rows.append([
+                f"{load.summary.usage_events:,}", f"{load.rows:,}", _s(load.summary.seconds),
+                f"{load.events_per_second:,.0f}", f"{load.rows_per_second:,.0f}", phases,
+            ])  # fmt: skip
+    header = [
+        "usage_events", "rows, all tables", "load_demo wall", "usage events/s", "rows/s",
+        "server activity during the load (pg_stat_activity samples)",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def scrape_table(result: ScrapeResult) -> str:
+    rows = [
+        [
+            f"{load.mode.clients} scrapers, {load.mode.name}", load.mode.encoding,
+            f"{load.body_bytes / 1024:,.0f} KiB", f"{len(load.latencies):,}",
+            f"{load.requests_per_second:,.0f}", _ms(load.p50), _ms(load.p99),
+            _ms(load.latencies[-1]), f"{load.rss_max / MIB:.0f} MiB", str(load.failures),
+        ]
+        for load in result.loads
+    ]  # fmt: skip
+    header = [
+        "load", "encoding", "body", "scrapes", "scrapes/s", "p50", "p99", "max",
+        "exporter RSS (max sampled)", "failures",
+    ]  # fmt: skip
+    summary = (
+        f"{result.series:,} series; first full body {result.ready_seconds:.1f}s after start; "
+        f"exporter RSS idle {result.rss_idle / MIB:.0f} MiB, peak (VmHWM) "
+        f"{result.rss_peak / MIB:.0f} MiB."
+    )
+    return _table(header, rows) + "\n\n" + summary
+
+
+# --- targets ---------------------------------------------------------------------
+
+
+def checks(sizes: list[SizeResult], scraped: ScrapeResult) -> list[Check]:
+    largest, smallest = sizes[-1], sizes[0]
+    db = _med(largest.steady_db)
+    b1, b2 = _med(largest.startup_psql) * 1000 / db, _med(largest.groupby_db) / db
+    startup = _med(largest.startup_engine) / _med(largest.startup_psql)
+    eps = max(load.events_per_second for size in sizes for load in size.loads)
+    headline = scraped.loads[0]
+    result = [
+        Check(
+            f"steady poll at {_events(largest)} events: >= 100x less DB time than a full aggregate",
+            f"{_x(b2)} vs GROUP BY per label set; {_x(b1)} vs the single-scan aggregate",
+            min(b1, b2) >= 100,
+        ),
+        Check(
+            f"start-up at {_events(largest)} events within 2x of the bare aggregate in psql",
+            _x(startup),
+            startup <= 2,
+        ),
+        Check("intake >= 100k events/s", f"{eps:,.0f} usage events/s (best load)", eps >= 100_000),
+        Check(
+            f"/metrics, {scraped.series:,} series, {headline.mode.clients} scrapers "
+            f"({headline.mode.name}, gzip): p99 <= 25 ms",
+            _ms(headline.p99),
+            headline.p99 <= 0.025,
+        ),
+        Check(
+            "exporter memory <= 300 MB",
+            f"{scraped.rss_peak / 1e6:.0f} MB peak (VmHWM)",
+            scraped.rss_peak <= 300e6,
+        ),
+    ]
+    if len(sizes) > 1:
+        growth = _med(largest.steady_db) / _med(smallest.steady_db)
+        wall = _med(largest.steady_wall) / _med(smallest.steady_wall)
+        result.insert(1, Check(
+            f"steady poll flat as the table grows ({_events(smallest)} -> {_events(largest)})",
+            f"{_x(growth)} DB time, {_x(wall)} wall", growth <= 1.5,
+        ))  # fmt: skip
+    return result
+
+
+def checks_table(items: list[Check]) -> str:
+    return _table(
+        ["target", "measured", "met"],
+        [[c.target, c.measured, "yes" if c.met else "**NO**"] for c in items],
+    )
+
+
+# --- raw repetitions and the whole document ---------------------------------------
+
+
+def raw_lines(sizes: list[SizeResult]) -> str:
+    lines = []
+    for size in sizes:
+        figures = {
+            "steady poll DB ms": size.steady_db,
+            "steady poll planning ms": size.steady_planning,
+            "steady poll wall s": size.steady_wall,
+            "engine start-up s": size.startup_engine,
+            "bare aggregate psql s": size.startup_psql,
+            "GROUP BY per label set DB ms": size.groupby_db,
+            "query-exporter scrape s": size.qe_scrape,
+        }
+        for name, value in figures.items():
+            if value is not None:
+                shown = ", ".join(f"{v:.4g}" for v in value.values)
+                lines.append(f"- {_events(size)} events, {name} (n={value.n}): {shown}")
+        kinds = ", ".join(f"{k} {v.median:.1f} ms" for k, v in size.steady_statements.items())
+        lines.append(
+            f"- {_events(size)} events: the steady poll's statements (median DB time): {kinds}; "
+            f"{size.groupby_queries} GROUP BY queries; query-exporter's own query_latency "
+            f"{_s(size.qe_query)} per scrape ({size.qe_version}); {size.series:,} series exported"
+        )
+    return "\n".join(lines)
+
+
+def document(
+    machine: Machine, plan: Plan, command: str, sizes: list[SizeResult], scraped: ScrapeResult
+) -> str:
+    reps = ", ".join(f"{s.events:,}: {plan.heavy_reps(s.events)}" for s in sizes)
+    return f"""# Benchmark results
+
+Generated by `{command}` on {machine.date}.
+
+- machine: {machine.cpus} CPUs (nproc), {machine.memory} RAM, Linux {machine.kernel}; shared
+  with other work, so figures are noisy
+- {machine.postgres} on 127.0.0.1 ({machine.settings})
+- Python {machine.python}; credit-exporter at {machine.revision}
+- data: `load_demo(days=90, seed=42, scale=...)`, the reference schema with realistic data,
+  loaded by COPY (no synthetic generate_series rows)
+- figures are medians: steady-state polls n={plan.steady_reps}; start-up, full aggregates and
+  query-exporter scrapes n per size = {reps}; /metrics loads {plan.load_seconds:g} s each
+
+## Targets
+
+{checks_table(checks(sizes, scraped))}
+
+## 1. Steady-state poll vs full aggregate
+
+Each steady poll follows the insertion of {plan.new_events:,} new events stamped within the last
+15 s (copies of the latest events), from the state right after start-up. DB time is
+EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) of every statement the poll ran, re-run with the same
+parameters; wall is the whole `run_once()`.
+
+{steady_table(sizes)}
+
+## 2. Start-up
+
+{startup_table(sizes)}
+
+## 3. Intake (load_demo)
+
+{intake_table(sizes)}
+
+## 4. /metrics under load
+
+{scrape_table(scraped)}
+
+## Raw repetitions
+
+{raw_lines(sizes)}
+"""

@@ -1,0 +1,75 @@
+"""Benchmarks of credit-exporter against the product targets (see benchmarks/README.md).
+
+    python benchmarks/run.py                 # full: 1M and 10M usage events (30-40 min)
+    python benchmarks/run.py --quick         # smoke check: 100k events, 10k series (~2 min)
+    python benchmarks/run.py --sizes 1000000,10000000
+
+Prints the results as Markdown and writes them to benchmarks/RESULTS.md
+(``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
+create and drop ``ce_bench_*`` databases (``--admin-dsn``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cebench import machine, report, suite
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, short loads")
+    parser.add_argument("--sizes", help="usage_events counts, e.g. 1000000,10000000")
+    parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN, help="%(default)s")
+    parser.add_argument("--output", type=Path, help="where to write the Markdown")
+    return parser.parse_args(argv)
+
+
+def choose_plan(args: argparse.Namespace) -> suite.Plan:
+    plan = suite.QUICK if args.quick else suite.FULL
+    if args.sizes:
+        sizes = tuple(sorted(int(s.replace("_", "")) for s in args.sizes.split(",")))
+        plan = dataclasses.replace(plan, sizes=sizes)
+    return plan
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    if args.output:
+        return args.output
+    return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the ce_bench_* databases and subprocesses are cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    plan = choose_plan(args)
+    command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    suite.OUT.mkdir(exist_ok=True)
+    log = suite.Log()
+    described = machine.describe(args.admin_dsn)
+    sizes = [
+        suite.measure_size(args.admin_dsn, events, plan, plan.intake_reps if i == 0 else 1, log)
+        for i, events in enumerate(plan.sizes)
+    ]
+    log(f"/metrics with {plan.series:,} series:")
+    scraped = suite.measure_scrape(args.admin_dsn, plan, log)
+    text = report.document(described, plan, command.strip(), sizes, scraped)
+    print(text)
+    path = output_path(args)
+    path.write_text(text, encoding="utf-8")
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
