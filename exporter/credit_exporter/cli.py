@@ -47,6 +47,10 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 async def _check_queries(config: Config) -> int:
+    """Run every state query once, and probe every stream (top key and columns)."""
+    from credit_exporter.sources.events import StreamPlan
+    from credit_exporter.sources.state import convert
+
     databases = {name: Database(name, db) for name, db in config.databases.items()}
     failures = 0
     try:
@@ -54,8 +58,6 @@ async def _check_queries(config: Config) -> int:
             started = time.monotonic()
             try:
                 result = await databases[query.database].fetch(query.sql, query.timeout)
-                from credit_exporter.sources.state import convert
-
                 conversion = convert(result, query.metrics)
             except QueryError as error:
                 failures += 1
@@ -65,6 +67,32 @@ async def _check_queries(config: Config) -> int:
             dropped = sum(conversion.dropped.values())
             note = f", {dropped} rows dropped ({dict(conversion.dropped)})" if dropped else ""
             print(f"ok   {name}: {len(result.rows)} rows in {elapsed * 1000:.0f} ms{note}")
+        for name, stream in config.streams.items():
+            started = time.monotonic()
+            plan = StreamPlan(stream)
+            database = databases[stream.database]
+            try:
+                top = await database.fetch(plan.top_statement(), stream.timeout)
+                shape = await database.fetch(
+                    f"SELECT * FROM (\n{stream.sql.strip().rstrip(';')}\n) AS events LIMIT 0",
+                    stream.timeout,
+                )
+                needed = {plan.order_column, stream.time} | {
+                    column
+                    for mapping in stream.metrics
+                    for column in [*mapping.labels.values(), mapping.value]
+                    if column
+                }
+                if missing := sorted(needed - set(shape.columns)):
+                    raise QueryError("validation", f"result has no column {', '.join(missing)}")
+            except QueryError as error:
+                failures += 1
+                print(f"FAIL {name}: {error.reason}: {error}")
+                continue
+            newest = top.rows[0][0] if top.rows else "none"
+            elapsed = time.monotonic() - started
+            print(f"ok   {name}: stream, newest {plan.order_column} {newest}, "
+                  f"{elapsed * 1000:.0f} ms")  # fmt: skip
     finally:
         for database in databases.values():
             await database.close()
@@ -123,6 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         fresh=args.fresh,
         config_path=Path(args.config) if args.config else EXAMPLE_CONFIG,
+        live_speed=args.live_speed,
     )
     try:
         return asyncio.run(run_demo(options))
@@ -214,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=90, help="days of history (default 90)")
     demo.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     demo.add_argument("--fresh", action="store_true", help="reload the data even if present")
+    demo.add_argument(
+        "--live-speed", type=float, default=1.0,
+        help="multiply the live traffic rate (default 1: the data's own hourly rate)",
+    )  # fmt: skip
     demo.add_argument("--config", help="config to serve (default: config.example.yaml)")
     demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     demo.set_defaults(func=cmd_demo)

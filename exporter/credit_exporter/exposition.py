@@ -25,6 +25,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Rendered:
     body: bytes
     gzipped: bytes
+    complete: bool = False  # every source had published when this body was rendered
 
 
 def _series_per_metric(body: bytes) -> dict[str, int]:
@@ -49,8 +50,9 @@ class Exposition:
         self.current = Rendered(b"", gzip.compress(b""))
 
     def render(self) -> Rendered:
+        complete = self._health.ready  # read first: sources publish before they report
         body = generate_latest(self._registry)
-        rendered = Rendered(body, gzip.compress(body, compresslevel=5))
+        rendered = Rendered(body, gzip.compress(body, compresslevel=5), complete)
         # sizes describe the body just rendered; they appear in the next one
         self._health.exposition_bytes.set(len(body))
         for family, count in _series_per_metric(body).items():

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ENDPOINTS = (
     ("/metrics", "metrics for Prometheus"),
     ("/-/healthy", "liveness: 200 while the process serves"),
-    ("/-/ready", "readiness: 200 once every query has succeeded once"),
+    ("/-/ready", "readiness: 200 once every source has succeeded and /metrics shows it"),
     ("/-/reload", "POST to reload the config file (SIGHUP does the same)"),
 )
 
@@ -169,7 +169,9 @@ class Exporter:
         return web.Response(text="Healthy.\n")
 
     async def handle_ready(self, _: web.Request) -> web.Response:
-        if self.health.ready:
+        # ready when the body a scrape gets holds every source, not merely when
+        # the last source succeeded (the body is re-rendered just after)
+        if self.health.ready and self.exposition.current.complete:
             return web.Response(text="Ready.\n")
         waiting = sorted(n for n, s in self.health.queries.items() if not s.ever_succeeded)
         return web.Response(

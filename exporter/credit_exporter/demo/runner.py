@@ -36,6 +36,7 @@ class DemoOptions:
     seed: int
     fresh: bool
     config_path: Path
+    live_speed: float = 1.0
 
 
 def default_data_dir() -> Path:
@@ -146,7 +147,9 @@ async def run_demo(options: DemoOptions) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
 
-        writer = asyncio.create_task(run_live_writer(dsn, seed=options.seed, stop=stop))
+        writer = asyncio.create_task(
+            run_live_writer(dsn, seed=options.seed, stop=stop, speed=options.live_speed)
+        )
         host, _, port_text = options.listen.rpartition(":")
         url = f"http://{host or '127.0.0.1'}:{port_text}/metrics"
         banner = (

@@ -1,0 +1,93 @@
+"""The credit-exporter command as a user runs it: demo and check-config --connect."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from support import http_get, parse_samples, select, wait_until
+
+from credit_exporter.demo.embedded import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_on_embedded_postgres_serves_every_metric_and_stops_cleanly_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "demo.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "credit_exporter", "demo", "--days", "2", "--live-speed", "300",
+         "--data-dir", str(tmp_path / "pg"), "--listen", f"127.0.0.1:{port}"],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: b"Metrics:" in log_path.read_bytes(), 180, "the demo banner", 0.5)
+        banner = log_path.read_text()
+        assert f"http://127.0.0.1:{port}/metrics" in banner
+        assert "Database: " in banner and "dbname=billing" in banner
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, 60, "ready")
+        _, body, _ = http_get(f"http://127.0.0.1:{port}/metrics")
+        samples = parse_samples(body.decode())
+        assert select(samples, "credit_spent_credits_total")
+        assert select(samples, "credit_budget_used_credits", scope="organization")
+        # the live writer keeps adding usage: the spent total grows
+        before = sum(select(samples, "credit_spent_credits_total").values())
+
+        def grew() -> bool:
+            _, later, _ = http_get(f"http://127.0.0.1:{port}/metrics")
+            return (
+                sum(select(parse_samples(later.decode()), "credit_spent_credits_total").values())
+                > before
+            )
+
+        wait_until(grew, 60, "live traffic to raise credit_spent_credits_total", 2)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, log_path.read_text()[-3000:]
+    assert "Stopping embedded PostgreSQL" in log_path.read_text()
+    # the embedded server is really gone: its pid file is removed by a clean stop
+    assert not (tmp_path / "pg" / "pgdata" / "postmaster.pid").exists()
+
+
+def test_check_config_connect_runs_every_query_and_stream_once(demo_db: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "check-config", "--connect",
+         str(REPO / "config.example.yaml")],
+        capture_output=True, text=True, env={**os.environ, "CREDIT_EXPORTER_DSN": demo_db},
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    config = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    for name in [*config["queries"], *config["streams"]]:
+        assert f"ok   {name}: " in run.stdout, name
+
+
+def test_check_config_connect_exits_1_and_names_a_failing_query(
+    demo_db: str, tmp_path: Path
+) -> None:
+    config = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    config["queries"]["budgets"]["sql"] = "SELECT * FROM no_such_table"
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "check-config", "--connect", str(path)],
+        capture_output=True, text=True, env={**os.environ, "CREDIT_EXPORTER_DSN": demo_db},
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert 'FAIL budgets: sql: relation "no_such_table" does not exist' in run.stdout
+    assert "ok   credit_pools" in run.stdout
+    assert time.monotonic() - started < 60
