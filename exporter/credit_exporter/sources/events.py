@@ -351,7 +351,8 @@ class EventStream:
             )
             columns = tuple(c.name for c in cur.description or [])
             rows = await cur.fetchall()
-        settled, live, skipped = self.plan.split(columns, rows)
+        # off the event loop: the start-up result can be large, and scrapes must not wait
+        settled, live, skipped = await asyncio.to_thread(self.plan.split, columns, rows)
         return horizon, settled, live, skipped
 
     async def run_once(self) -> bool:
