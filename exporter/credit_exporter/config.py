@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -215,38 +215,69 @@ def _pydantic_problems(error: ValidationError) -> list[str]:
     return problems
 
 
+def _known_mappings(
+    where: str,
+    database: str,
+    mappings: list[MetricMapping],
+    config: Config,
+    fed_by: dict[str, str],
+    problems: list[str],
+    wrong_source: Callable[[catalog.Metric], str | None],
+    feeders: str,
+) -> Iterator[tuple[str, catalog.Metric, MetricMapping]]:
+    """Check what queries and streams share (database, metric name, source,
+    duplicate feeds) and yield the mappings worth checking further."""
+    if database not in config.databases:
+        known = ", ".join(sorted(config.databases))
+        problems.append(f"{where}.database: unknown database {database!r} ({known})")
+    for index, mapping in enumerate(mappings):
+        at = f"{where}.metrics[{index}]"
+        metric = catalog.BY_NAME.get(mapping.metric)
+        if metric is None:
+            problems.append(f"{at}.metric: unknown metric {mapping.metric!r}")
+            continue
+        if (problem := wrong_source(metric)) is not None:
+            problems.append(f"{at}.metric: {metric.name} is {problem}")
+            continue
+        if mapping.metric in fed_by:
+            problems.append(
+                f"{at}.metric: {metric.name} is already fed by {fed_by[mapping.metric]}"
+                f" (two {feeders} would produce duplicate series)"
+            )
+        fed_by.setdefault(mapping.metric, where)
+        problems += _label_problems(at, metric, mapping)
+        yield at, metric, mapping
+
+
+def _not_state(metric: catalog.Metric) -> str | None:
+    if metric.source is catalog.Source.STATE:
+        return None
+    kind = (
+        "the exporter's own metric"
+        if metric.source is catalog.Source.EXPORTER
+        else f"a {metric.type.value} fed by usage event streams"
+    )
+    return f"{kind}; a state query can only feed gauges"
+
+
+def _not_events(metric: catalog.Metric) -> str | None:
+    if metric.source is catalog.Source.EVENTS:
+        return None
+    return (
+        f"a {metric.type.value} of source {metric.source.value}; "
+        "a stream can only feed counters and histograms"
+    )
+
+
 def _catalogue_problems(config: Config) -> list[str]:
     """What pydantic cannot know: references, the catalogue, duplicate series."""
     problems: list[str] = []
     fed_by: dict[str, str] = {}
     for qname, query in config.queries.items():
-        where = f"queries.{qname}"
-        if query.database not in config.databases:
-            known = ", ".join(sorted(config.databases))
-            problems.append(f"{where}.database: unknown database {query.database!r} ({known})")
-        for index, mapping in enumerate(query.metrics):
-            at = f"{where}.metrics[{index}]"
-            metric = catalog.BY_NAME.get(mapping.metric)
-            if metric is None:
-                problems.append(f"{at}.metric: unknown metric {mapping.metric!r}")
-                continue
-            if metric.source is not catalog.Source.STATE:
-                kind = (
-                    "the exporter's own metric"
-                    if metric.source is catalog.Source.EXPORTER
-                    else f"a {metric.type.value} fed by usage event streams"
-                )
-                problems.append(
-                    f"{at}.metric: {metric.name} is {kind}; a state query can only feed gauges"
-                )
-                continue
-            if mapping.metric in fed_by:
-                problems.append(
-                    f"{at}.metric: {metric.name} is already fed by {fed_by[mapping.metric]}"
-                    " (two queries would produce duplicate series)"
-                )
-            fed_by.setdefault(mapping.metric, f"queries.{qname}")
-            problems += _label_problems(at, metric, mapping)
+        for at, metric, mapping in _known_mappings(
+            f"queries.{qname}", query.database, query.metrics, config, fed_by, problems,
+            _not_state, "queries",
+        ):  # fmt: skip
             columns = list(mapping.labels.values())
             if metric.type is catalog.MetricType.INFO:
                 if mapping.value is not None:
@@ -256,29 +287,10 @@ def _catalogue_problems(config: Config) -> list[str]:
             elif mapping.value in columns:
                 problems.append(f"{at}.value: column {mapping.value!r} is also used as a label")
     for sname, stream in config.streams.items():
-        where = f"streams.{sname}"
-        if stream.database not in config.databases:
-            known = ", ".join(sorted(config.databases))
-            problems.append(f"{where}.database: unknown database {stream.database!r} ({known})")
-        for index, mapping in enumerate(stream.metrics):
-            at = f"{where}.metrics[{index}]"
-            metric = catalog.BY_NAME.get(mapping.metric)
-            if metric is None:
-                problems.append(f"{at}.metric: unknown metric {mapping.metric!r}")
-                continue
-            if metric.source is not catalog.Source.EVENTS:
-                problems.append(
-                    f"{at}.metric: {metric.name} is a {metric.type.value} of source "
-                    f"{metric.source.value}; a stream can only feed counters and histograms"
-                )
-                continue
-            if mapping.metric in fed_by:
-                problems.append(
-                    f"{at}.metric: {metric.name} is already fed by {fed_by[mapping.metric]}"
-                    " (two sources would produce duplicate series)"
-                )
-            fed_by.setdefault(mapping.metric, f"streams.{sname}")
-            problems += _label_problems(at, metric, mapping)
+        for at, metric, mapping in _known_mappings(
+            f"streams.{sname}", stream.database, stream.metrics, config, fed_by, problems,
+            _not_events, "sources",
+        ):  # fmt: skip
             columns = list(mapping.labels.values())
             if stream.time in columns:
                 problems.append(f"{at}.labels: the time column {stream.time!r} cannot be a label")
