@@ -49,7 +49,7 @@ from psycopg import sql
 from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, StreamConfig, parse_duration
 from credit_exporter.demo.progress import ProgressBar
-from credit_exporter.sources.events import HistogramValue, StreamPlan
+from credit_exporter.sources.events import HistogramValue, StreamPlan, le_text
 from credit_exporter.sources.state import to_label
 
 DEFAULT_OUTPUT = "credit-exporter-backfill"
@@ -257,7 +257,7 @@ def bucket_statement(plan: StreamPlan) -> sql.Composed:
     ).format(
         select_list=select_list,
         bucket=bucket,
-        source=sql.SQL(plan.config.sql.strip().rstrip(";")),  # type: ignore[arg-type]
+        source=plan.source,
         time=time_column,
         sets=sets,
         order=sql.SQL(", ").join([*columns, sql.Identifier("__bucket")]),
@@ -281,11 +281,6 @@ def _escape_label(value: str) -> str:
 
 def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _le(bound: float) -> str:
-    """The ``le`` value exactly as the live exposition writes it (events.py)."""
-    return f"{bound:g}" if bound != int(bound) else f"{bound:.1f}"
 
 
 def _labels_text(names: Iterable[str], values: Iterable[str], extra: dict[str, str]) -> str:
@@ -389,7 +384,7 @@ class _HistogramSeries(_Series):
         super().__init__(parts, metric, stamps, first_step)
         sep = "," if labels else ""
         self.bucket_prefixes = [
-            f'{metric}_bucket{{{labels}{sep}le="{le}"}} ' for le in [*map(_le, bounds), "+Inf"]
+            f'{metric}_bucket{{{labels}{sep}le="{le}"}} ' for le in [*map(le_text, bounds), "+Inf"]
         ]
         braces = f"{{{labels}}}" if labels else ""
         self.count_prefix = f"{metric}_count{braces} "

@@ -73,10 +73,7 @@ async def _check_queries(config: Config) -> int:
             database = databases[stream.database]
             try:
                 top = await database.fetch(plan.top_statement(), stream.timeout)
-                shape = await database.fetch(
-                    f"SELECT * FROM (\n{stream.sql.strip().rstrip(';')}\n) AS events LIMIT 0",
-                    stream.timeout,
-                )
+                shape = await database.fetch(plan.shape_statement(), stream.timeout)
                 needed = {plan.order_column, stream.time} | {
                     column
                     for mapping in stream.metrics

@@ -1,20 +1,15 @@
 """Usage event streams -> exact, absolute, incremental counters and histograms.
 
-The design (docs/event-engine.md): rows are split by the stream's time column
-at a *horizon*. Rows before it are *settled* and summed once into a base kept
-in memory; rows at or after it are *live* and re-aggregated on every poll.
-Exported value = base + live. Each poll runs in one REPEATABLE READ snapshot:
-it computes the next horizon, then one aggregate over rows at or after the
-previous horizon, split by ``time < next horizon``; the settled part moves
-into the base. A poll therefore reads only the live window plus what settled
-since the last poll, whatever the table's size.
+The design (docs/event-engine.md): rows are split by the stream's ordering
+column (its insertion key, else its time) at a *horizon*. Rows at or below it
+are *settled* and summed once into a base kept in memory; rows above it are
+*live* and re-aggregated on every poll. Exported value = base + live. A poll
+reads only the rows above the previous horizon, whatever the table's size.
 
-The horizon trails ``now()`` by the stream's ``settle`` window, and is held
-further back to the start of the oldest open transaction in the database (when
-the exporter's role may see other sessions: pg_monitor), because a transaction
-still open may yet commit rows stamped at or after its start. A row is only
-missed if it commits more than ``settle`` after its time *and* its transaction
-was invisible to that check; the document quantifies this.
+A candidate horizon (the highest key visible) is released once every
+transaction that was open right after it was read has ended, checked before
+the aggregate's REPEATABLE READ snapshot is taken; a role that cannot see
+other sessions falls back to waiting ``settle``.
 
 Sums are exact: PostgreSQL sums numerics exactly, the base accumulates in
 ``Decimal``, and floats appear only when /metrics is rendered.
@@ -149,6 +144,11 @@ class StreamPlan:
             )
 
     @property
+    def source(self) -> sql.Composable:
+        """The stream's own SQL, as the subquery every statement wraps."""
+        return sql.SQL(self.config.sql.strip().rstrip(";"))  # type: ignore[arg-type]
+
+    @property
     def order_column(self) -> str:
         """The column rows are ordered by: the insertion key, else the time."""
         return self.config.key or self.config.time
@@ -159,7 +159,11 @@ class StreamPlan:
         return sql.SQL(
             "SELECT events.{order} FROM (\n{source}\n) AS events"
             " WHERE events.{order} IS NOT NULL ORDER BY events.{order} DESC LIMIT 1"
-        ).format(order=order, source=sql.SQL(self.config.sql.strip().rstrip(";")))  # type: ignore[arg-type]
+        ).format(order=order, source=self.source)
+
+    def shape_statement(self) -> sql.Composed:
+        """No rows, only the stream's columns (check-config --connect)."""
+        return sql.SQL("SELECT * FROM (\n{source}\n) AS events LIMIT 0").format(source=self.source)
 
     def statement(self, bounded: bool) -> sql.Composed:
         """The aggregate; ``bounded`` adds ``order > %(since)s`` (every poll but the first)."""
@@ -196,7 +200,7 @@ class StreamPlan:
         ).format(
             select_list=select_list,
             time=sql.SQL("events.") + time_column,
-            source=sql.SQL(self.config.sql.strip().rstrip(";")),  # type: ignore[arg-type]
+            source=self.source,
             lower=lower,
             sets=sets,
         )
@@ -414,6 +418,11 @@ class EventStream:
         await poll_forever(self.run_once, self.config.interval, on_poll)
 
 
+def le_text(bound: float) -> str:
+    """A bucket bound as /metrics writes it ("0.01", "1.0"); backfill must match it."""
+    return f"{bound:g}" if bound != int(bound) else f"{bound:.1f}"
+
+
 class StreamCollector(Collector):
     """Exposes every stream's counters and histograms; floats appear only here."""
 
@@ -433,7 +442,7 @@ class StreamCollector(Collector):
                 for labels, value in sorted(series.items()):
                     assert isinstance(value, HistogramValue)
                     buckets = [
-                        (f"{bound:g}" if bound != int(bound) else f"{bound:.1f}", float(count))
+                        (le_text(bound), float(count))
                         for bound, count in zip(metric.buckets, value.buckets, strict=True)
                     ]
                     buckets.append(("+Inf", float(value.count)))
