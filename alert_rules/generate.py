@@ -24,7 +24,7 @@ import argparse
 import copy
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,38 @@ def ratio_literal(threshold: float) -> str:
 # --------------------------------------------------------------------------
 
 
+def level_rules(
+    prefix: str,
+    ratio: str,
+    levels: Mapping[str, Any],
+    summaries: Mapping[str, str],
+    who: str,
+    description: Callable[[float], str],
+    dashboard: str,
+    links: Links,
+) -> list[dict[str, Any]]:
+    """One alert per threshold level (UsageHigh, AlmostExhausted, Exhausted) on a ratio."""
+    rules = []
+    for level, spec in levels.items():
+        threshold = spec["threshold"]
+        name = f"{prefix}{level}"
+        rules.append(
+            {
+                "alert": name,
+                "expr": f"{ratio} >= {ratio_literal(threshold)}\n",
+                "for": spec["for"],
+                "labels": {"severity": spec["severity"], "threshold": percent(threshold)},
+                "annotations": {
+                    "summary": summaries[level].format(t=percent(threshold), who=who),
+                    "description": description(threshold),
+                    "runbook_url": links.runbook(name),
+                    "dashboard_url": dashboard,
+                },
+            }
+        )
+    return rules
+
+
 def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
     projection = settings["projection"]
     window = projection["window"]
@@ -253,28 +285,16 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         ),
         "Exhausted": "Credit budget exhausted: {who} at {{{{ $value | humanizePercentage }}}}",
     }
-    for level, spec in settings["budget_levels"].items():
-        threshold = spec["threshold"]
-        name = f"CreditBudget{level}"
-        rules.append(
-            {
-                "alert": name,
-                "expr": f"{BUDGET_RATIO} >= {ratio_literal(threshold)}\n",
-                "for": spec["for"],
-                "labels": {"severity": spec["severity"], "threshold": percent(threshold)},
-                "annotations": {
-                    "summary": summaries[level].format(t=percent(threshold), who=who_short),
-                    "description": (
-                        f"{who_capital} has used {used} of {limit} credits this billing "
-                        f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
-                        f"{percent(threshold)}%). Burn over the last {window}: {burn_h}. "
-                        f"Time left in the billing period: {period_left}."
-                    ),
-                    "runbook_url": links.runbook(name),
-                    "dashboard_url": dashboard,
-                },
-            }
-        )
+    rules += level_rules(
+        "CreditBudget", BUDGET_RATIO, settings["budget_levels"], summaries, who_short,
+        lambda threshold: (
+            f"{who_capital} has used {used} of {limit} credits this billing "
+            f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
+            f"{percent(threshold)}%). Burn over the last {window}: {burn_h}. "
+            f"Time left in the billing period: {period_left}."
+        ),
+        dashboard, links,
+    )  # fmt: skip
     name = "CreditBudgetProjectedExhaustion"
     rules.append(
         {
@@ -352,28 +372,16 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
         ),
         "Exhausted": "Credit pool exhausted: {who} at {{{{ $value | humanizePercentage }}}} used",
     }
-    for level, spec in settings["pool_levels"].items():
-        threshold = spec["threshold"]
-        name = f"CreditPool{level}"
-        rules.append(
-            {
-                "alert": name,
-                "expr": f"{POOL_RATIO} >= {ratio_literal(threshold)}\n",
-                "for": spec["for"],
-                "labels": {"severity": spec["severity"], "threshold": percent(threshold)},
-                "annotations": {
-                    "summary": summaries[level].format(t=percent(threshold), who=who),
-                    "description": (
-                        f"{who_capital} has {balance} of its {allocation} credits left "
-                        f"({{{{ $value | humanizePercentage }}}} used; alert threshold "
-                        f"{percent(threshold)}%). Spend from this pool over the last day: "
-                        f"{spend}. Auto-recharge is {recharge}."
-                    ),
-                    "runbook_url": links.runbook(name),
-                    "dashboard_url": links.dashboard(DASH_BUDGETS, "organization"),
-                },
-            }
-        )
+    rules += level_rules(
+        "CreditPool", POOL_RATIO, settings["pool_levels"], summaries, who,
+        lambda threshold: (
+            f"{who_capital} has {balance} of its {allocation} credits left "
+            f"({{{{ $value | humanizePercentage }}}} used; alert threshold "
+            f"{percent(threshold)}%). Spend from this pool over the last day: "
+            f"{spend}. Auto-recharge is {recharge}."
+        ),
+        links.dashboard(DASH_BUDGETS, "organization"), links,
+    )  # fmt: skip
     return rules
 
 
