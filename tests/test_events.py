@@ -469,3 +469,21 @@ def test_the_start_up_aggregate_is_not_capped_by_the_database_statement_timeout(
     finally:
         loop.run_until_complete(database.close())
         loop.close()
+
+
+def test_an_unexpected_error_fails_one_run_and_the_next_run_recovers(ev_db, harness) -> None:
+    """A bug in one run must not end the polling task: it counts as a failed run."""
+    insert(ev_db, [("acme", "bot", "4")])
+    h = harness()
+    split = h.stream.plan.split
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    h.stream.plan.split = broken  # type: ignore[method-assign]
+    assert h.loop.run_until_complete(h.stream.run_once()) is False
+    status = h.health.queries["usage"]
+    assert not status.up and "RuntimeError: boom" in (status.last_error or "")
+    h.stream.plan.split = split  # type: ignore[method-assign]
+    h.poll()
+    assert h.spent_by_org() == {"acme": Decimal(4)}

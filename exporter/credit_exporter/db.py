@@ -137,7 +137,10 @@ class Database:
         async with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close(timeout=1)
+            # the pool is already broken; failing to close it must not hide the
+            # error that made us discard it
+            with contextlib.suppress(Exception):
+                await pool.close(timeout=1)
 
     async def close(self) -> None:
         await self._discard_pool()

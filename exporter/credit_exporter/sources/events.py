@@ -32,10 +32,10 @@ from psycopg import sql
 
 from credit_exporter import catalog
 from credit_exporter.config import MetricMapping, StreamConfig
-from credit_exporter.db import Database, QueryError
+from credit_exporter.db import Database
 from credit_exporter.health import Health
 from credit_exporter.metric_state import LabelValues
-from credit_exporter.sources.state import poll_forever, to_label
+from credit_exporter.sources.state import poll_forever, report_failure, to_label
 
 log = logging.getLogger(__name__)
 
@@ -363,9 +363,8 @@ class EventStream:
         started = time.monotonic()
         try:
             horizon, settled, live, skipped = await self.poll()
-        except QueryError as error:
-            self.health.failed(self.name, time.monotonic() - started, error.reason, str(error))
-            log.warning("stream %s failed (%s): %s", self.name, error.reason, error)
+        except Exception as exc:
+            report_failure(self.health, "stream", self.name, started, exc)
             return False
         _add(self.base, settled)
         self.live = live

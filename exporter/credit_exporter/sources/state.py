@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from credit_exporter import catalog
 from credit_exporter.config import MetricMapping, QueryConfig
-from credit_exporter.db import Database, QueryError, Result
+from credit_exporter.db import Database, QueryError, Result, classify
 from credit_exporter.health import Health
 from credit_exporter.metric_state import LabelValues, MetricState
 
@@ -125,10 +125,8 @@ class StateQuery:
             result = await self.database.fetch(self.config.sql, self.config.timeout)
             # off the event loop: 100k rows take ~0.4 s, and scrapes must not wait
             conversion = await asyncio.to_thread(convert, result, self.config.metrics)
-        except QueryError as error:
-            elapsed = time.monotonic() - started
-            self.health.failed(self.name, elapsed, error.reason, str(error))
-            log.warning("query %s failed (%s): %s", self.name, error.reason, error)
+        except Exception as exc:
+            report_failure(self.health, "query", self.name, started, exc)
             return False
         for reason, count in conversion.dropped.items():
             self.health.dropped_rows.labels(self.name, reason).inc(count)
@@ -138,6 +136,18 @@ class StateQuery:
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
         await poll_forever(self.run_once, self.config.interval, on_poll)
+
+
+def report_failure(health: Health, kind: str, name: str, started: float, exc: Exception) -> None:
+    """Record a failed run. Anything but a QueryError is a bug: log its traceback,
+    but count it like any failure so the source keeps polling (an exception out
+    of run_once would end the polling task silently)."""
+    error = classify(exc)
+    health.failed(name, time.monotonic() - started, error.reason, str(error))
+    if isinstance(exc, QueryError):
+        log.warning("%s %s failed (%s): %s", kind, name, error.reason, error)
+    else:
+        log.error("%s %s failed unexpectedly: %s", kind, name, error, exc_info=exc)
 
 
 async def poll_forever(
