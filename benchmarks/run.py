@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # full: 1M and 10M usage events (30-40 min)
     python benchmarks/run.py --quick         # smoke check: 100k events, 10k series (~2 min)
     python benchmarks/run.py --sizes 1000000,10000000
+    python benchmarks/run.py --scrape-only   # only /metrics under load (~2 min)
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
 (``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
@@ -31,6 +32,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", help="usage_events counts, e.g. 1000000,10000000")
     parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN, help="%(default)s")
     parser.add_argument("--output", type=Path, help="where to write the Markdown")
+    parser.add_argument(
+        "--scrape-only", action="store_true", help="only the /metrics load (section 4)"
+    )
     return parser.parse_args(argv)
 
 
@@ -45,6 +49,8 @@ def choose_plan(args: argparse.Namespace) -> suite.Plan:
 def output_path(args: argparse.Namespace) -> Path:
     if args.output:
         return args.output
+    if args.scrape_only:
+        return suite.OUT / "RESULTS-scrape.md"
     return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
 
 
@@ -57,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     suite.OUT.mkdir(exist_ok=True)
     log = suite.Log()
     described = machine.describe(args.admin_dsn)
+    if args.scrape_only:
+        log(f"/metrics with {plan.series:,} series:")
+        text = report.scrape_document(described, command.strip(), suite.measure_scrape(
+            args.admin_dsn, plan, log))  # fmt: skip
+        print(text)
+        output_path(args).write_text(text, encoding="utf-8")
+        return 0
     sizes = [
         suite.measure_size(args.admin_dsn, events, plan, plan.intake_reps if i == 0 else 1, log)
         for i, events in enumerate(plan.sizes)

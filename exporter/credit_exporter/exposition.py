@@ -2,14 +2,18 @@
 
 A scrape only copies bytes that were rendered (and gzipped) when the last poll
 published; any number of concurrent scrapers cost no database time and almost
-no CPU.
+no CPU. The exporter's own metrics come from prometheus_client's registry; the
+business metrics, which can number 100k series, from the sources' own text
+renderers (see textformat.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
@@ -19,6 +23,12 @@ from credit_exporter.health import Health
 # The classic text format every Prometheus (2.x and 3.x) parses; all catalogue
 # names are valid classic names, so no escaping scheme needs negotiating.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class TextSource(Protocol):
+    def render(self) -> tuple[str, dict[str, int]]:
+        """Text of the source's metric families, and sample lines per family."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -44,18 +54,28 @@ def _series_per_metric(body: bytes) -> dict[str, int]:
 class Exposition:
     """The current /metrics body; ``render`` replaces it."""
 
-    def __init__(self, registry: CollectorRegistry, health: Health) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, health: Health, sources: Sequence[TextSource] = ()
+    ) -> None:
         self._registry = registry
         self._health = health
+        self._sources = list(sources)
         self.current = Rendered(b"", gzip.compress(b""))
 
     def render(self) -> Rendered:
         complete = self._health.ready  # read first: sources publish before they report
-        body = generate_latest(self._registry)
+        own = generate_latest(self._registry)
+        counts = _series_per_metric(own)
+        texts: list[str] = []
+        for source in self._sources:
+            text, source_counts = source.render()
+            texts.append(text)
+            counts.update(source_counts)
+        body = own + "".join(texts).encode()
         rendered = Rendered(body, gzip.compress(body, compresslevel=5), complete)
         # sizes describe the body just rendered; they appear in the next one
         self._health.exposition_bytes.set(len(body))
-        for family, count in _series_per_metric(body).items():
+        for family, count in counts.items():
             if family.startswith("credit_"):
                 self._health.exposition_series.labels(family).set(count)
         self.current = rendered

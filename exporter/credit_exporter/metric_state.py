@@ -7,13 +7,11 @@ publishes the next one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 from credit_exporter import catalog
+from credit_exporter.textformat import LabelText, simple_family
 
 LabelValues = tuple[str, ...]
 Series = Mapping[LabelValues, float]
@@ -35,6 +33,10 @@ class MetricState:
         """Drop a source entirely (its query was removed from the config)."""
         self._by_source = {k: v for k, v in self._by_source.items() if k != source}
 
+    def snapshots(self) -> Mapping[str, Mapping[str, Series]]:
+        """Every source's current snapshot (a consistent view: replaced, never mutated)."""
+        return self._by_source
+
     def series(self, metric: str) -> dict[LabelValues, float]:
         merged: dict[LabelValues, float] = {}
         for snapshot in self._by_source.values():
@@ -46,19 +48,43 @@ class MetricState:
         return sorted(names)
 
 
-class StateCollector(Collector):
-    """Exposes the state gauges of ``MetricState`` in catalogue order."""
+class StateRenderer:
+    """Writes the state gauges of ``MetricState`` in catalogue order.
+
+    A source's snapshot is immutable, so its text is rendered once, when it is
+    first seen, and reused by every render until the source publishes again.
+    """
 
     def __init__(self, state: MetricState) -> None:
         self._state = state
+        self._labels = {m.name: LabelText(m.labels) for m in catalog.METRICS}
+        # (source, metric) -> (the snapshot's series, their text)
+        self._chunks: dict[tuple[str, str], tuple[Series, str]] = {}
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        present = set(self._state.metrics())
+    def render(self) -> tuple[str, dict[str, int]]:
+        """The text of every published gauge family, and its series count."""
+        feeds: dict[str, list[tuple[str, Series]]] = {}
+        for source, snapshot in self._state.snapshots().items():
+            for metric, series in snapshot.items():
+                feeds.setdefault(metric, []).append((source, series))
+        parts: list[str] = []
+        counts: dict[str, int] = {}
+        chunks: dict[tuple[str, str], tuple[Series, str]] = {}
         for metric in catalog.METRICS:
-            if metric.name not in present:
+            fed = feeds.get(metric.name)
+            if not fed:
                 continue
-            # _info metrics are gauges fixed at 1 in the classic text format
-            family = GaugeMetricFamily(metric.name, metric.help, labels=list(metric.labels))
-            for labels, value in sorted(self._state.series(metric.name).items()):
-                family.add_metric(list(labels), value)
-            yield family
+            if len(fed) == 1:  # the config allows one feeding query per metric
+                key, series = (fed[0][0], metric.name), fed[0][1]
+                cached = self._chunks.get(key)
+                if cached is None or cached[0] is not series:
+                    cached = (series, simple_family(metric, series, self._labels[metric.name]))
+                chunks[key] = cached
+                text = cached[1]
+            else:
+                series = self._state.series(metric.name)
+                text = simple_family(metric, series, self._labels[metric.name])
+            parts.append(text)
+            counts[metric.name] = len(series)
+        self._chunks = chunks
+        return "".join(parts), counts

@@ -20,14 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 from psycopg import sql
 
 from credit_exporter import catalog
@@ -36,6 +33,7 @@ from credit_exporter.db import Database
 from credit_exporter.health import Health
 from credit_exporter.metric_state import LabelValues
 from credit_exporter.sources.state import poll_forever, report_failure, to_label
+from credit_exporter.textformat import LabelText, header, histogram_lines, simple_family
 
 log = logging.getLogger(__name__)
 
@@ -422,34 +420,45 @@ def le_text(bound: float) -> str:
     return f"{bound:g}" if bound != int(bound) else f"{bound:.1f}"
 
 
-class StreamCollector(Collector):
-    """Exposes every stream's counters and histograms; floats appear only here."""
+class StreamRenderer:
+    """Writes every stream's counters and histograms; floats appear only here."""
 
     def __init__(self, streams: dict[str, EventStream]) -> None:
         self.streams = streams
+        self._labels = {m.name: LabelText(m.labels) for m in catalog.METRICS}
 
-    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    def render(self) -> tuple[str, dict[str, int]]:
+        """The text of every stream-fed family, and its sample-line count."""
         totals: Aggregates = {}
         for stream in list(self.streams.values()):
             _add(totals, stream.exported)
+        parts: list[str] = []
+        counts: dict[str, int] = {}
         for metric in catalog.METRICS:
             series = totals.get(metric.name)
             if series is None:
                 continue
+            labels = self._labels[metric.name]
             if metric.type is catalog.MetricType.HISTOGRAM:
-                family = HistogramMetricFamily(metric.name, metric.help, labels=metric.labels)
-                for labels, value in sorted(series.items()):
-                    assert isinstance(value, HistogramValue)
-                    buckets = [
-                        (le_text(bound), float(count))
-                        for bound, count in zip(metric.buckets, value.buckets, strict=True)
-                    ]
-                    buckets.append(("+Inf", float(value.count)))
-                    family.add_metric(list(labels), buckets, float(value.total))
-                yield family
+                parts.append(self._histogram(metric, series, labels))
+                counts[metric.name] = len(series) * (len(metric.buckets) + 3)
             else:
-                counter = CounterMetricFamily(metric.name, metric.help, labels=metric.labels)
-                for labels, value in sorted(series.items()):
-                    assert isinstance(value, Decimal)
-                    counter.add_metric(list(labels), float(value))
-                yield counter
+                as_float = {key: float(value) for key, value in series.items()}  # Decimals
+                parts.append(simple_family(metric, as_float, labels))
+                counts[metric.name] = len(series)
+        return "".join(parts), counts
+
+    @staticmethod
+    def _histogram(
+        metric: catalog.Metric, series: dict[LabelValues, Value], labels: LabelText
+    ) -> str:
+        bounds = [le_text(bound) for bound in metric.buckets]
+        lines = [header(metric)]
+        for key in sorted(series):
+            value = series[key]
+            assert isinstance(value, HistogramValue)
+            lines += histogram_lines(
+                metric.name, labels(key), bounds, value.buckets, value.count, float(value.total)
+            )
+        labels.prune(series, len(series))
+        return "".join(lines)
