@@ -99,7 +99,10 @@ def run_report(args: argparse.Namespace) -> int:
             for path in writers.write_csv(report, Path(args.output or default)):
                 print(path)
         else:
-            from credit_exporter.report.pdf import write_pdf
+            try:
+                from credit_exporter.report.pdf import write_pdf
+            except ImportError:
+                return _fail("--format pdf needs matplotlib: pip install 'credit-exporter[report]'")
 
             output = Path(args.output or default.with_suffix(".pdf"))
             write_pdf(report, output)
