@@ -16,12 +16,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
 
-from credit_exporter.report.model import Report  # noqa: E402
+from credit_exporter.report.model import Report
 
 A4 = (8.27, 11.69)
 PAGES = 5
@@ -39,6 +39,10 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _multiplier(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value.normalize():f}x"
 
 
 def _page(report: Report, title: str, number: int) -> Figure:
@@ -149,7 +153,7 @@ def _models_page(report: Report) -> Figure:
     ax.spines[["top", "right"]].set_visible(False)
     rows = [
         [
-            m.model, m.tier or "-", "-" if m.multiplier is None else f"{m.multiplier.normalize():f}x",
+            m.model, m.tier or "-", _multiplier(m.multiplier),
             f"{m.prompts:,}", _credits(m.credits), _pct(m.share),
             _num(m.average_credits_per_prompt), _num(m.average_response_seconds),
             _pct(m.success_rate), _num(m.average_rating),
