@@ -226,6 +226,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from credit_exporter.report.run import run_report
+
+    return run_report(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="credit-exporter",
@@ -304,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     backfill.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     backfill.set_defaults(func=cmd_backfill)
+
+    from credit_exporter.report.run import add_report_parser
+
+    add_report_parser(sub, cmd_report)
 
     cat = sub.add_parser("catalog", help="print the metric catalogue")
     cat.add_argument("--format", choices=["json", "markdown"], default="json")

@@ -164,6 +164,34 @@ class StreamConfig(_Strict):
         return self
 
 
+class ReportConfig(_Strict):
+    """Settings of ``credit-exporter report`` the metric mappings cannot give (docs/report.md).
+
+    Column roles come from the streams' metric mappings; this section names the
+    values that carry a meaning (which pool is the plan grant, which outcome is
+    a success) and the thresholds of the recommendations.
+    """
+
+    plan_pool: str = Field(default="plan", min_length=1)
+    success_outcome: str = Field(default="success", min_length=1)
+    # recommendations: minimum data and what "comparable" means
+    min_prompts: int = Field(default=30, ge=1)
+    min_ratings: int = Field(default=20, ge=1)
+    max_success_rate_drop: float = Field(default=0.01, ge=0, le=1)
+    max_rating_drop: float = Field(default=0.2, ge=0, le=4)
+    min_saving_credits: float = Field(default=1.0, ge=0)
+    # off-peak advice: weekday hours [peak_start_hour, peak_end_hour) UTC
+    peak_start_hour: int = Field(default=9, ge=0, le=23)
+    peak_end_hour: int = Field(default=17, ge=1, le=24)
+    min_latency_increase: float = Field(default=0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _peak_hours_ordered(self) -> ReportConfig:
+        if self.peak_end_hour <= self.peak_start_hour:
+            raise ValueError("peak_end_hour must be after peak_start_hour")
+        return self
+
+
 class Config(_Strict):
     databases: dict[Annotated[str, Field(pattern=NAME_PATTERN)], DatabaseConfig] = Field(
         min_length=1
@@ -174,6 +202,7 @@ class Config(_Strict):
     streams: dict[Annotated[str, Field(pattern=NAME_PATTERN)], StreamConfig] = Field(
         default_factory=dict
     )
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _names_unique_across_queries_and_streams(self) -> Config:

@@ -1,0 +1,1 @@
+"""``credit-exporter report``: credit reports and recommendations (docs/report.md)."""

@@ -1,0 +1,52 @@
+"""Plain JSON-ready values: exact decimal strings for credits, ISO 8601 for times."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from credit_exporter.report.model import TABLES, Report, columns
+
+SCHEMA_VERSION = 1
+
+
+def plain(value: Any) -> Any:
+    """A value as JSON carries it: Decimal -> "123.456000" (exact), datetime -> ISO 8601."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    return {f.name: plain(getattr(row, f.name)) for f in dataclasses.fields(row)}
+
+
+def to_document(report: Report) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": plain(report.generated_at),
+        "period": {
+            "label": report.period_label,
+            "start": plain(report.period_start),
+            "end": plain(report.period_end),
+            "granularity": report.granularity,
+        },
+        "organization": report.organization,
+        "source": report.source,
+        "summary": row_dict(report.summary),
+        "tables": {name: [row_dict(row) for row in report.tables.get(name, [])] for name in TABLES},
+    }
+
+
+def table_columns() -> dict[str, list[str]]:
+    return {name: columns(row_type) for name, row_type in TABLES.items()}
