@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from credit_exporter import redact
 from credit_exporter.config import ConfigError, DatabaseConfig
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ class Result:
 def classify(exc: BaseException) -> QueryError:
     """Map a psycopg or pool exception onto an error reason.
 
-    The message is the server's primary message only: psycopg never puts the
-    password into it, and the DSN is not included.
+    The message is the server's primary message only, scrubbed of any
+    password (``redact.scrub``): libpq quotes parts of a DSN it cannot use.
     """
     if isinstance(exc, QueryError):
         return exc
@@ -56,12 +57,13 @@ def classify(exc: BaseException) -> QueryError:
     if isinstance(exc, psycopg.Error):
         diag = getattr(exc, "diag", None)
         primary = diag.message_primary if diag is not None else None
-        return QueryError("sql", primary or _first_line(exc) or type(exc).__name__)
+        text = redact.scrub(primary) if primary else _first_line(exc)
+        return QueryError("sql", text or type(exc).__name__)
     return QueryError("sql", f"{type(exc).__name__}: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return redact.scrub(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
 
 
 class Database:

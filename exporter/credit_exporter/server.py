@@ -26,6 +26,7 @@ from credit_exporter.health import Health
 from credit_exporter.metric_state import MetricState, StateCollector
 from credit_exporter.sources.events import EventStream, StreamCollector
 from credit_exporter.sources.state import StateQuery
+from credit_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -233,21 +234,32 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 async def serve(
-    exporter: Exporter, listen: str, stop: asyncio.Event, on_ready: str | None = None
+    exporter: Exporter,
+    listen: str,
+    stop: asyncio.Event,
+    on_ready: str | None = None,
+    web_config: WebConfig | None = None,
 ) -> None:
-    """Run the exporter and its HTTP server until ``stop`` is set."""
+    """Run the exporter and its HTTP server until ``stop`` is set.
+
+    ``web_config`` (``--web.config.file``) adds TLS, basic auth and headers.
+    """
     host, port = parse_listen(listen)
     await exporter.start()
-    runner = web.AppRunner(exporter.app(), access_log=None)
+    app = exporter.app()
+    if web_config is not None:
+        web_config.apply(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    ssl_context = web_config.ssl_context if web_config is not None else None
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
     if on_ready:
         print(on_ready, flush=True)
-    log.info("serving /metrics on %s:%d", host, port)
+    log.info("serving /metrics on %s://%s:%d", "https" if ssl_context else "http", host, port)
     try:
         await stop.wait()
     finally:
