@@ -123,17 +123,33 @@ class Database:
                 await pool.open(wait=True, timeout=min(timeout, self.config.connect_timeout))
             except Exception as exc:
                 await pool.close(timeout=1)
+                error = classify(exc)
+                if isinstance(exc, PoolTimeout):
+                    error = await self._why_unreachable(dsn, error)
                 self._failures += 1
                 delay = min(self.max_backoff, 0.5 * 2 ** (self._failures - 1))
                 self._next_attempt = time.monotonic() + delay
                 if self._failures == 1:
-                    log.warning("database %s unreachable: %s", self.name, classify(exc))
-                raise classify(exc) from None
+                    log.warning("database %s unreachable: %s", self.name, error)
+                raise error from None
             if self._failures:
                 log.info("database %s reachable again", self.name)
             self._failures = 0
             self._pool = pool
             return pool
+
+    async def _why_unreachable(self, dsn: str, fallback: QueryError) -> QueryError:
+        """The pool only says it timed out; one direct attempt says why (refused, wrong
+        password, no such database), so the error tells the operator what to fix."""
+        try:
+            async with asyncio.timeout(self.config.connect_timeout + 1):
+                conn = await psycopg.AsyncConnection.connect(
+                    dsn, connect_timeout=max(1, round(self.config.connect_timeout))
+                )
+            await conn.close()
+        except Exception as exc:
+            return classify(exc)
+        return fallback
 
     async def _discard_pool(self) -> None:
         async with self._lock:
