@@ -22,7 +22,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}  # fmt: skip
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
                 logging.ERROR: "error", logging.CRITICAL: "error"}  # fmt: skip
-_BARE = re.compile(r"^[^\s\"=\\]+$")
+_BARE = re.compile(r"^[^\s\"=\\\x00-\x1f\x7f]+$")
 
 
 def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, str]:
@@ -39,11 +39,11 @@ def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str
 
 
 def logfmt_value(value: str) -> str:
-    """A logfmt value: bare when it has no space, quote, '=' or backslash, else quoted."""
+    """A logfmt value: bare when it has no space, quote, '=', backslash or control
+    character, else double-quoted with JSON's escapes (which logfmt parsers accept)."""
     if value and _BARE.match(value):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+    return json.dumps(value, ensure_ascii=False)
 
 
 class LogfmtFormatter(logging.Formatter):
