@@ -411,3 +411,16 @@ def test_bad_web_config_exits_2_naming_the_key(
     assert "invalid web configuration" in result.stderr
     assert expected in result.stderr
     assert "plain-text-Pa55" not in result.stderr  # a password pasted by mistake is not echoed
+
+
+def test_demo_checks_the_web_config_before_starting_anything(tmp_path: Path) -> None:
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(yaml.safe_dump({"basic_auth_users": {USER: "not-a-hash"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "demo", "--data-dir", str(tmp_path / "pg"),
+         "--web.config.file", str(web_file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"basic_auth_users.{USER}: not a bcrypt hash" in result.stderr
+    assert not (tmp_path / "pg").exists()  # no database was started
