@@ -351,6 +351,7 @@ def test_bcrypt_results_are_cached_so_repeated_scrapes_are_cheap() -> None:
     assert repeated < 0.002, f"a cached check took {repeated * 1000:.1f} ms"
     assert not auth.check(USER, "wrong") and not auth.check(USER, "wrong")
     assert not auth.check("nobody", PASSWORD)
+    assert not auth.check(USER, "x" * 100)  # beyond bcrypt's 72 bytes: refused, not a crash
     assert all(PASSWORD.encode() not in key for key in auth._cache)
 
 

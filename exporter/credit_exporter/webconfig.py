@@ -25,6 +25,7 @@ import hmac
 import os
 import re
 import ssl
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class BasicAuth:
         self.cache_size = cache_size
         self._key = os.urandom(32)
         self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._lock = threading.Lock()  # checks run in worker threads
         # unknown users are checked against this, so they take as long as known ones
         cost = min(12, int(next(iter(self.users.values()))[4:6])) if self.users else 10
         self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(cost))
@@ -119,22 +121,25 @@ class BasicAuth:
         known = user in self.users
         hashed = self.users.get(user, self._dummy)
         key = self._cache_key(user, password, hashed)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
         try:
             ok = bcrypt.checkpw(password.encode(), hashed) and known
         except ValueError:  # e.g. a password longer than bcrypt's 72 bytes
             ok = False
-        self._cache[key] = ok
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = ok
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return ok
 
     def is_cached(self, user: str, password: str) -> bool:
         hashed = self.users.get(user, self._dummy)
-        return self._cache_key(user, password, hashed) in self._cache
+        with self._lock:
+            return self._cache_key(user, password, hashed) in self._cache
 
     @staticmethod
     def credentials(header: str | None) -> tuple[str, str] | None:
