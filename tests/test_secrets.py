@@ -32,6 +32,8 @@ from credit_exporter.demo.schema import apply_migrations
 SECRET = "s3cr3t-Pa55-XYZ"
 ROLE, RIGHT_PASSWORD = "billing_reader", "the-right-one-42"
 ENV = "CE_TEST_BILLING_DSN"
+# a PostgreSQL of its own and some twenty exporter and CLI runs: about 40 s
+pytestmark = pytest.mark.slow
 MODELS_QUERY = {
     "database": "billing", "interval": "2s", "timeout": "1s",
     "sql": "SELECT slug AS gen_ai_request_model, provider AS gen_ai_provider_name, tier, "
@@ -178,6 +180,12 @@ def test_malformed_literal_dsn_is_a_config_error_without_its_text(tmp_path: Path
         code, output = _cli(args, {})
         assert code == 2, output
         assert "databases.billing.dsn: not a valid libpq connection string" in output
+
+
+def test_malformed_demo_dsn_is_refused_without_its_text(tmp_path: Path) -> None:
+    code, output = _cli(["demo", "--dsn", f"postgresql://u:{SECRET}%zz@127.0.0.1/db"], {})
+    assert code == 2, output
+    assert "--dsn: not a valid libpq connection string" in output
 
 
 def test_config_errors_elsewhere_in_the_file_do_not_echo_the_password(tmp_path: Path) -> None:

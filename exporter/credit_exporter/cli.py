@@ -182,6 +182,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     web_config = _load_web_config(args)
     if isinstance(web_config, int):
         return web_config
+    if args.dsn:
+        from credit_exporter import redact
+
+        try:
+            redact.checked_dsn(args.dsn)  # also masks its password in every later message
+        except ValueError as error:
+            print(f"--dsn: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
     options = DemoOptions(
         listen=args.listen,
