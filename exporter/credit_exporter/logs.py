@@ -57,13 +57,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record, self), ensure_ascii=False)
 
 
-def setup(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
-    """Route every logger (and Python warnings) to one stderr handler in ``fmt``."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup(level: str = "info", fmt: str = "logfmt") -> None:
+    """Route every logger (and Python warnings) to one stderr handler in ``fmt``.
+
+    Calling it again replaces the handler it installed before, and only that one.
+    """
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, _StderrHandler):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     logging.captureWarnings(True)
