@@ -13,11 +13,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database, QueryError
-from credit_exporter.webconfig import WebConfig
+
+if TYPE_CHECKING:
+    from credit_exporter.webconfig import WebConfig
 
 EXIT_BAD_INPUT = 2
 DEFAULT_LISTEN = "127.0.0.1:9187"

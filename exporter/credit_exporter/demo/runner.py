@@ -15,12 +15,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from credit_exporter.config import load_config
 from credit_exporter.demo.embedded import EmbeddedPostgres, free_port
-from credit_exporter.webconfig import WebConfig
+
+if TYPE_CHECKING:
+    from credit_exporter.webconfig import WebConfig
 
 DSN_ENV = "CREDIT_EXPORTER_DSN"
 DEMO_DATABASE = "billing"
