@@ -8,16 +8,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database, QueryError
+
+if TYPE_CHECKING:
+    from credit_exporter.webconfig import WebConfig
 
 EXIT_BAD_INPUT = 2
 DEFAULT_LISTEN = "127.0.0.1:9187"
@@ -25,13 +28,46 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO_ROOT / "config.example.yaml"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
-    )
-    # the pool logs every failed attempt; db.py reports outages once, without noise
-    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+def _setup_logging(level: str, fmt: str = "logfmt") -> None:
+    from credit_exporter import logs
+
+    logs.setup(level, fmt)
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """--log.level and --log.format (Prometheus spelling; --log-level kept as an alias)."""
+    from credit_exporter import logs
+
+    parser.add_argument(
+        "--log.level", "--log-level", dest="log_level", default="info", choices=list(logs.LEVELS),
+        help="least severe level logged (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=list(logs.FORMATS),
+        help="log line format on stderr (default %(default)s)",
+    )  # fmt: skip
+
+
+def _add_web_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.config.file", dest="web_config_file", metavar="PATH",
+        help="TLS and basic auth in the exporter-toolkit format (see docs/security.md)",
+    )  # fmt: skip
+
+
+def _load_web_config(args: argparse.Namespace) -> WebConfig | int | None:
+    """The --web.config.file, None without one, or the exit code after reporting it bad."""
+    from credit_exporter.webconfig import WebConfigError, load_web_config
+
+    if not args.web_config_file:
+        return None
+    try:
+        return load_web_config(args.web_config_file)
+    except WebConfigError as error:
+        print(f"{args.web_config_file}: invalid web configuration:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _print_config_error(path: str | Path, error: ConfigError) -> int:
@@ -107,6 +143,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     if not args.connect:
         return 0
+    _setup_logging("warn")  # scrubbed, one line per event, like the server's
     return asyncio.run(_check_queries(config))
 
 
@@ -117,28 +154,45 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-async def _run(config: Config, config_path: Path, listen: str) -> None:
+async def _run(
+    config: Config, config_path: Path, listen: str, web_config: WebConfig | None = None
+) -> None:
     from credit_exporter.server import Exporter, serve
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
     exporter = Exporter(config, config_path)
-    await serve(exporter, listen, stop)
+    await serve(exporter, listen, stop, web_config=web_config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
+    web_config = _load_web_config(args)
+    if isinstance(web_config, int):
+        return web_config
     try:
         config = load_config(args.config)
     except ConfigError as error:
         return _print_config_error(args.config, error)
-    asyncio.run(_run(config, Path(args.config), args.listen))
+    asyncio.run(_run(config, Path(args.config), args.listen, web_config))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     from credit_exporter.demo.runner import DemoOptions, run_demo
+
+    web_config = _load_web_config(args)
+    if isinstance(web_config, int):
+        return web_config
+    if args.dsn:
+        from credit_exporter import redact
+
+        try:
+            redact.checked_dsn(args.dsn)  # also masks its password in every later message
+        except ValueError as error:
+            print(f"--dsn: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
     options = DemoOptions(
         listen=args.listen,
@@ -149,6 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         config_path=Path(args.config) if args.config else EXAMPLE_CONFIG,
         live_speed=args.live_speed,
+        web_config=web_config,
     )
     try:
         return asyncio.run(run_demo(options))
@@ -163,8 +218,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     import psycopg
 
-    from credit_exporter import backfill
+    from credit_exporter import backfill, redact
 
+    _setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -204,7 +260,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"credit-exporter backfill: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (psycopg.Error, OSError, RuntimeError) as error:
-        print(f"credit-exporter backfill: {error}", file=sys.stderr)
+        print(f"credit-exporter backfill: {redact.scrub(str(error))}", file=sys.stderr)
         return 1
     print(
         f"{args.output}: {summary.series:,} series, {summary.samples:,} samples at "
@@ -251,13 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiply the live traffic rate (default 1: the data's own hourly rate)",
     )  # fmt: skip
     demo.add_argument("--config", help="config to serve (default: config.example.yaml)")
-    demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    _add_log_flags(demo)
+    _add_web_config_flag(demo)
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="serve metrics from a billing database (production)")
     run.add_argument("--config", required=True, help="YAML config file")
     run.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_log_flags(run)
+    _add_web_config_flag(run)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file")
@@ -309,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="promtool processes at a time (default: the number of CPUs, at most 4)",
     )  # fmt: skip
     backfill.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    _add_log_flags(backfill)
     backfill.set_defaults(func=cmd_backfill)
 
     from credit_exporter.report.run import add_report_parser
@@ -322,5 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from credit_exporter.logs import install_excepthook
+
+    install_excepthook()
     args = build_parser().parse_args(argv)
     return int(args.func(args))

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from credit_exporter import catalog
+from credit_exporter import catalog, redact
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -70,6 +70,11 @@ class DatabaseConfig(_Strict):
     pool_size: int = Field(default=4, ge=1, le=64)
     application_name: str = "credit-exporter"
 
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_parses(cls, value: str | None) -> str | None:
+        return None if value is None else redact.checked_dsn(value)
+
     @model_validator(mode="after")
     def _exactly_one_dsn_source(self) -> DatabaseConfig:
         given = [k for k in ("dsn", "dsn_env", "dsn_file") if getattr(self, k) is not None]
@@ -85,15 +90,20 @@ class DatabaseConfig(_Strict):
         if self.dsn is not None:
             return self.dsn
         if self.dsn_env is not None:
-            value = os.environ.get(self.dsn_env)
+            key, value = "dsn_env", os.environ.get(self.dsn_env)
             if not value:
                 raise ConfigError([f"dsn_env: environment variable {self.dsn_env} is not set"])
-            return value
-        assert self.dsn_file is not None
+        else:
+            assert self.dsn_file is not None
+            try:
+                key, value = "dsn_file", self.dsn_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                problem = f"dsn_file: cannot read {self.dsn_file}: {exc.strerror}"
+                raise ConfigError([problem]) from None
         try:
-            return self.dsn_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError([f"dsn_file: cannot read {self.dsn_file}: {exc.strerror}"]) from None
+            return redact.checked_dsn(value)
+        except ValueError as exc:
+            raise ConfigError([f"{key}: {exc}"]) from None
 
 
 class MetricMapping(_Strict):

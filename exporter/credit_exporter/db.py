@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from credit_exporter import redact
 from credit_exporter.config import ConfigError, DatabaseConfig
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ class Result:
 def classify(exc: BaseException) -> QueryError:
     """Map a psycopg or pool exception onto an error reason.
 
-    The message is the server's primary message only: psycopg never puts the
-    password into it, and the DSN is not included.
+    The message is the server's primary message only, scrubbed of any
+    password (``redact.scrub``): libpq quotes parts of a DSN it cannot use.
     """
     if isinstance(exc, QueryError):
         return exc
@@ -56,12 +57,13 @@ def classify(exc: BaseException) -> QueryError:
     if isinstance(exc, psycopg.Error):
         diag = getattr(exc, "diag", None)
         primary = diag.message_primary if diag is not None else None
-        return QueryError("sql", primary or _first_line(exc) or type(exc).__name__)
+        text = redact.scrub(primary) if primary else _first_line(exc)
+        return QueryError("sql", text or type(exc).__name__)
     return QueryError("sql", f"{type(exc).__name__}: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return redact.scrub(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
 
 
 class Database:
@@ -121,17 +123,33 @@ class Database:
                 await pool.open(wait=True, timeout=min(timeout, self.config.connect_timeout))
             except Exception as exc:
                 await pool.close(timeout=1)
+                error = classify(exc)
+                if isinstance(exc, PoolTimeout):
+                    error = await self._why_unreachable(dsn, error)
                 self._failures += 1
                 delay = min(self.max_backoff, 0.5 * 2 ** (self._failures - 1))
                 self._next_attempt = time.monotonic() + delay
                 if self._failures == 1:
-                    log.warning("database %s unreachable: %s", self.name, classify(exc))
-                raise classify(exc) from None
+                    log.warning("database %s unreachable: %s", self.name, error)
+                raise error from None
             if self._failures:
                 log.info("database %s reachable again", self.name)
             self._failures = 0
             self._pool = pool
             return pool
+
+    async def _why_unreachable(self, dsn: str, fallback: QueryError) -> QueryError:
+        """The pool only says it timed out; one direct attempt says why (refused, wrong
+        password, no such database), so the error tells the operator what to fix."""
+        try:
+            async with asyncio.timeout(self.config.connect_timeout + 1):
+                conn = await psycopg.AsyncConnection.connect(
+                    dsn, connect_timeout=max(1, round(self.config.connect_timeout))
+                )
+            await conn.close()
+        except Exception as exc:
+            return classify(exc)
+        return fallback
 
     async def _discard_pool(self) -> None:
         async with self._lock:

@@ -27,6 +27,7 @@ from credit_exporter.health import Health
 from credit_exporter.metric_state import MetricState, StateRenderer
 from credit_exporter.sources.events import EventStream, StreamRenderer
 from credit_exporter.sources.state import StateQuery
+from credit_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -236,25 +237,36 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 async def serve(
-    exporter: Exporter, listen: str, stop: asyncio.Event, on_ready: str | None = None
+    exporter: Exporter,
+    listen: str,
+    stop: asyncio.Event,
+    on_ready: str | None = None,
+    web_config: WebConfig | None = None,
 ) -> None:
-    """Run the exporter and its HTTP server until ``stop`` is set."""
+    """Run the exporter and its HTTP server until ``stop`` is set.
+
+    ``web_config`` (``--web.config.file``) adds TLS, basic auth and headers.
+    """
     host, port = parse_listen(listen)
     # Row conversion and rendering run in threads and hold the GIL in 5 ms
     # slices by default; a scrape waiting on the event loop pays one slice per
     # wake-up. 1 ms keeps scrape latency low while a 100k-series poll lands.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     await exporter.start()
-    runner = web.AppRunner(exporter.app(), access_log=None)
+    app = exporter.app()
+    if web_config is not None:
+        web_config.apply(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    ssl_context = web_config.ssl_context if web_config is not None else None
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
     if on_ready:
         print(on_ready, flush=True)
-    log.info("serving /metrics on %s:%d", host, port)
+    log.info("serving /metrics on %s://%s:%d", "https" if ssl_context else "http", host, port)
     try:
         await stop.wait()
     finally:

@@ -15,11 +15,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from credit_exporter.config import load_config
 from credit_exporter.demo.embedded import EmbeddedPostgres, free_port
+
+if TYPE_CHECKING:
+    from credit_exporter.webconfig import WebConfig
 
 DSN_ENV = "CREDIT_EXPORTER_DSN"
 DEMO_DATABASE = "billing"
@@ -37,6 +41,7 @@ class DemoOptions:
     fresh: bool
     config_path: Path
     live_speed: float = 1.0
+    web_config: WebConfig | None = None
 
 
 def default_data_dir() -> Path:
@@ -151,14 +156,17 @@ async def run_demo(options: DemoOptions) -> int:
             run_live_writer(dsn, seed=options.seed, stop=stop, speed=options.live_speed)
         )
         host, _, port_text = options.listen.rpartition(":")
-        url = f"http://{host or '127.0.0.1'}:{port_text}/metrics"
+        scheme = options.web_config.scheme if options.web_config else "http"
+        url = f"{scheme}://{host or '127.0.0.1'}:{port_text}/metrics"
         banner = (
             f"Metrics:  {url}\n"
             f"Database: {redact(dsn)}\n"
             f"Ready in {time.monotonic() - started:.1f}s after start. Ctrl-C stops the demo."
         )
         try:
-            await serve(exporter, options.listen, stop, on_ready=banner)
+            await serve(
+                exporter, options.listen, stop, on_ready=banner, web_config=options.web_config
+            )
         finally:
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
