@@ -18,6 +18,7 @@ from pathlib import Path
 from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database, QueryError
+from credit_exporter.sharding import Shard
 
 EXIT_BAD_INPUT = 2
 DEFAULT_LISTEN = "127.0.0.1:9187"
@@ -117,22 +118,37 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-async def _run(config: Config, config_path: Path, listen: str) -> None:
+async def _run(config: Config, config_path: Path, listen: str, shard: Shard | None) -> None:
     from credit_exporter.server import Exporter, serve
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    exporter = Exporter(config, config_path)
+    exporter = Exporter(config, config_path, shard)
     await serve(exporter, listen, stop)
 
 
+def _shard_argument(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from credit_exporter.sharding import apply as apply_shard
+
     _setup_logging(args.log_level)
     try:
         config = load_config(args.config)
+        apply_shard(config, args.shard)  # fail now, before serving, if it cannot be split
     except ConfigError as error:
         return _print_config_error(args.config, error)
-    asyncio.run(_run(config, Path(args.config), args.listen))
+    if args.shard is not None:
+        logging.getLogger(__name__).info(
+            "shard %s: exporting the organizations whose label hashes to bucket %d of %d",
+            args.shard, args.shard.index - 1, args.shard.count,
+        )  # fmt: skip
+    asyncio.run(_run(config, Path(args.config), args.listen, args.shard))
     return 0
 
 
@@ -252,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML config file")
     run.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--shard", type=_shard_argument, metavar="N/M",
+        help="export only the organizations of shard N of M (docs/scaling.md)",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file")

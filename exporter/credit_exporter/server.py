@@ -24,6 +24,8 @@ from credit_exporter.db import Database
 from credit_exporter.exposition import CONTENT_TYPE, Exposition
 from credit_exporter.health import Health
 from credit_exporter.metric_state import MetricState, StateCollector
+from credit_exporter.sharding import Shard
+from credit_exporter.sharding import apply as apply_shard
 from credit_exporter.sources.events import EventStream, StreamCollector
 from credit_exporter.sources.state import StateQuery
 
@@ -45,8 +47,11 @@ def _max_backoff(intervals: list[float]) -> float:
 class Exporter:
     """Owns the running configuration: databases, query tasks, metric state, exposition."""
 
-    def __init__(self, config: Config, config_path: Path | None = None) -> None:
-        self.config = config
+    def __init__(
+        self, config: Config, config_path: Path | None = None, shard: Shard | None = None
+    ) -> None:
+        self.shard = shard
+        self.config = apply_shard(config, shard)  # raises ConfigError if it cannot be split
         self.config_path = config_path
         self.registry = CollectorRegistry(auto_describe=False)
         self.health = Health(self.registry)
@@ -135,7 +140,7 @@ class Exporter:
             if self.config_path is None:
                 return False, ["no config file to reload (started without --config)"]
             try:
-                new_config = load_config(self.config_path)
+                new_config = apply_shard(load_config(self.config_path), self.shard)
             except ConfigError as exc:
                 self.health.config_loaded(False)
                 self._polled.set()  # publish the failed-reload gauge now
