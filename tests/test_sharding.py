@@ -132,10 +132,10 @@ def test_metrics_without_an_organization_come_from_shard_one_only(
         assert not [k for k in shard.samples() if k[0] == name]
 
 
-def test_each_shard_reads_only_its_own_rows_from_the_database(
+def test_each_shard_receives_only_its_own_rows_from_the_database(
     exporters: tuple[ExporterProcess, list[ExporterProcess]],
 ) -> None:
-    """The filter runs in SQL: a state query's row counts add up across shards."""
+    """The filter runs in SQL: a state query's result rows add up across shards."""
     unsharded, shards = exporters
     for query in ("credit_pools", "budgets", "plan_quotas", "agents"):
         total = unsharded.value("credit_exporter_query_rows", query=query)
@@ -230,3 +230,5 @@ def test_the_example_config_can_be_sharded() -> None:
     assert set(apply(config, Shard(1, 3)).queries) == set(config.queries)
     assert set(second.streams) == set(config.streams)
     assert all("md5(credit_exporter_shard" in s.sql for s in second.streams.values())
+    assert all("AS MATERIALIZED" in q.sql for q in second.queries.values())
+    assert not any("AS MATERIALIZED" in s.sql for s in second.streams.values())
