@@ -206,13 +206,14 @@ class Exporter:
                 f"<td>{age}</td><td>{status.rows if status.rows is not None else ''}</td>"
                 f"<td>{error}</td></tr>"
             )
+        shard = f", shard {self.shard}" if self.shard is not None else ""
         links = "".join(
             f'<li><a href="{path}">{path}</a>: {html.escape(what)}</li>' for path, what in ENDPOINTS
         )
         return (
             "<!DOCTYPE html><html><head><meta charset='utf-8'><title>credit-exporter</title>"
             "</head><body>"
-            f"<h1>credit-exporter {__version__}</h1><ul>{links}</ul>"
+            f"<h1>credit-exporter {__version__}{shard}</h1><ul>{links}</ul>"
             "<h2>Queries</h2><table border='1' cellpadding='4'>"
             "<tr><th>query</th><th>status</th><th>interval</th><th>last success</th>"
             "<th>rows</th><th>last error</th></tr>" + "".join(rows) + "</table></body></html>"
