@@ -19,12 +19,18 @@ from support import http_get, launch, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 KUBE = REPO / "deploy" / "kubernetes"
-API_VERSIONS = {
+API_VERSIONS = {  # every kind this directory may hold; add one here when you add it
     "ConfigMap": "v1",
     "Secret": "v1",
     "Service": "v1",
+    "ServiceAccount": "v1",
+    "PersistentVolumeClaim": "v1",
     "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
     "CronJob": "batch/v1",
+    "Job": "batch/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+    "PodDisruptionBudget": "policy/v1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "PrometheusRule": "monitoring.coreos.com/v1",
     "Kustomization": "kustomize.config.k8s.io/v1beta1",
@@ -39,25 +45,35 @@ def load_generator() -> ModuleType:
     return module
 
 
-def manifests() -> dict[str, dict[str, Any]]:
-    """Every object of every YAML file, by kind (one object per kind here)."""
-    found: dict[str, dict[str, Any]] = {}
+def manifests() -> list[dict[str, Any]]:
+    """Every object of every YAML file in deploy/kubernetes."""
+    found = []
     for path in sorted(KUBE.glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            if document is None:
-                continue
-            kind = document["kind"]
-            assert kind not in found or kind == "CronJob", f"{path.name}: a second {kind}"
-            found[kind] = document
+        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
     return found
 
 
-OBJECTS = manifests()
-DEPLOYMENT = OBJECTS["Deployment"]
+ALL = manifests()
+
+
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    """The object of ``kind`` (named ``name``, for kinds that other files may add too)."""
+    matches = [
+        doc for doc in ALL
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
+    ]  # fmt: skip
+    assert len(matches) == 1, f"{len(matches)} objects of kind {kind} named {name}"
+    return matches[0]
+
+
+DEPLOYMENT = one("Deployment", "credit-exporter")
 POD = DEPLOYMENT["spec"]["template"]
 CONTAINER = POD["spec"]["containers"][0]
-SERVICE = OBJECTS["Service"]
-MONITOR = OBJECTS["ServiceMonitor"]
+SERVICE = one("Service", "credit-exporter")
+MONITOR = one("ServiceMonitor", "credit-exporter")
+CONFIGMAP = one("ConfigMap", "credit-exporter-config")
+RULE = one("PrometheusRule", "credit-exporter-rules")
+KUSTOMIZATION = one("Kustomization")
 
 
 def container_port(name: str) -> int:
@@ -74,16 +90,15 @@ def option(name: str) -> str:
 
 
 def test_every_manifest_has_the_api_version_of_its_kind() -> None:
-    for kind, document in OBJECTS.items():
+    for document in ALL:
+        kind = document["kind"]
         assert kind in API_VERSIONS, f"unexpected kind {kind}"
         assert document["apiVersion"] == API_VERSIONS[kind], kind
-    assert {"Deployment", "Service", "ServiceMonitor", "ConfigMap", "PrometheusRule"} <= set(
-        OBJECTS
-    )
+        assert document.get("metadata", {}).get("name") or kind == "Kustomization", document
 
 
 def test_the_kustomization_lists_only_files_that_exist() -> None:
-    resources = OBJECTS["Kustomization"]["resources"]
+    resources = KUSTOMIZATION["resources"]
     assert resources
     for resource in resources:
         assert (KUBE / resource).is_file(), resource
@@ -137,9 +152,8 @@ def test_the_config_comes_from_the_configmap_and_the_dsn_from_a_secret() -> None
     mounts = {m["name"]: m for m in CONTAINER["volumeMounts"]}
     volumes = {v["name"]: v for v in POD["spec"]["volumes"]}
     (mount,) = [m for m in mounts.values() if config_path.parent == Path(m["mountPath"])]
-    configmap = OBJECTS["ConfigMap"]
-    assert volumes[mount["name"]]["configMap"]["name"] == configmap["metadata"]["name"]
-    config = yaml.safe_load(configmap["data"][config_path.name])
+    assert volumes[mount["name"]]["configMap"]["name"] == CONFIGMAP["metadata"]["name"]
+    config = yaml.safe_load(CONFIGMAP["data"][config_path.name])
     env = {item["name"]: item for item in CONTAINER["env"]}
     for name, database in config["databases"].items():
         assert "dsn" not in database, f"databases.{name}: a literal DSN in a ConfigMap"
@@ -155,7 +169,7 @@ def test_the_generated_files_are_not_stale() -> None:
 
 
 def test_the_configmap_holds_the_example_config_verbatim() -> None:
-    text = OBJECTS["ConfigMap"]["data"]["config.yaml"]
+    text = CONFIGMAP["data"]["config.yaml"]
     assert text == (REPO / "config.example.yaml").read_text()
 
 
@@ -168,7 +182,7 @@ def rule_file_groups() -> list[dict[str, Any]]:
 
 
 def test_the_prometheus_rule_holds_exactly_the_committed_rule_groups() -> None:
-    groups = OBJECTS["PrometheusRule"]["spec"]["groups"]
+    groups = RULE["spec"]["groups"]
     assert groups == rule_file_groups()
     names = [group["name"] for group in groups]
     assert len(names) == len(set(names))
@@ -179,7 +193,7 @@ def test_the_prometheus_rule_holds_exactly_the_committed_rule_groups() -> None:
 def test_the_prometheus_rule_groups_pass_promtool(tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     path = tmp_path / "groups.yml"
-    path.write_text(yaml.safe_dump({"groups": OBJECTS["PrometheusRule"]["spec"]["groups"]}))
+    path.write_text(yaml.safe_dump({"groups": RULE["spec"]["groups"]}))
     result = subprocess.run(
         [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
@@ -194,7 +208,7 @@ def pod_like_exporter(demo_db: str, tmp_path: Path):
     (the listen port moved to a free loopback port, the DSN from the env)."""
     config_path = tmp_path / "etc" / Path(option("--config")).name
     config_path.parent.mkdir(parents=True)
-    config_path.write_text(OBJECTS["ConfigMap"]["data"][config_path.name])
+    config_path.write_text(CONFIGMAP["data"][config_path.name])
 
     def argv(port: int) -> list[str]:
         args = [
