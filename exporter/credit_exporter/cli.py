@@ -19,6 +19,7 @@ from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database, QueryError
 from credit_exporter.sharding import Shard
+from credit_exporter.sharding import apply as apply_shard
 
 EXIT_BAD_INPUT = 2
 DEFAULT_LISTEN = "127.0.0.1:9187"
@@ -135,8 +136,6 @@ def _shard_argument(text: str) -> Shard:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from credit_exporter.sharding import apply as apply_shard
-
     _setup_logging(args.log_level)
     try:
         config = load_config(args.config)
