@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database, QueryError
+from credit_exporter.sharding import Shard
+from credit_exporter.sharding import apply as apply_shard
 
 if TYPE_CHECKING:
     from credit_exporter.webconfig import WebConfig
@@ -155,14 +157,25 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def _run(
-    config: Config, config_path: Path, listen: str, web_config: WebConfig | None = None
+    config: Config,
+    config_path: Path,
+    listen: str,
+    web_config: WebConfig | None = None,
+    shard: Shard | None = None,
 ) -> None:
     from credit_exporter.server import Exporter, serve
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    exporter = Exporter(config, config_path)
+    exporter = Exporter(config, config_path, shard)
     await serve(exporter, listen, stop, web_config=web_config)
+
+
+def _shard_argument(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -172,9 +185,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return web_config
     try:
         config = load_config(args.config)
+        apply_shard(config, args.shard)  # fail now, before serving, if it cannot be split
     except ConfigError as error:
         return _print_config_error(args.config, error)
-    asyncio.run(_run(config, Path(args.config), args.listen, web_config))
+    if args.shard is not None:
+        logging.getLogger(__name__).info(
+            "shard %s: exporting the organizations whose label hashes to bucket %d of %d",
+            args.shard, args.shard.index - 1, args.shard.count,
+        )  # fmt: skip
+    asyncio.run(_run(config, Path(args.config), args.listen, web_config, args.shard))
     return 0
 
 
@@ -316,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
     _add_log_flags(run)
     _add_web_config_flag(run)
+    run.add_argument(
+        "--shard", type=_shard_argument, metavar="N/M",
+        help="export only the organizations of shard N of M (docs/scaling.md)",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file")

@@ -25,6 +25,8 @@ from credit_exporter.db import Database
 from credit_exporter.exposition import CONTENT_TYPE, Exposition
 from credit_exporter.health import Health
 from credit_exporter.metric_state import MetricState, StateRenderer
+from credit_exporter.sharding import Shard
+from credit_exporter.sharding import apply as apply_shard
 from credit_exporter.sources.events import EventStream, StreamRenderer
 from credit_exporter.sources.state import StateQuery
 from credit_exporter.webconfig import WebConfig
@@ -50,8 +52,11 @@ def _max_backoff(intervals: list[float]) -> float:
 class Exporter:
     """Owns the running configuration: databases, query tasks, metric state, exposition."""
 
-    def __init__(self, config: Config, config_path: Path | None = None) -> None:
-        self.config = config
+    def __init__(
+        self, config: Config, config_path: Path | None = None, shard: Shard | None = None
+    ) -> None:
+        self.shard = shard
+        self.config = apply_shard(config, shard)  # raises ConfigError if it cannot be split
         self.config_path = config_path
         self.registry = CollectorRegistry(auto_describe=False)
         self.health = Health(self.registry)
@@ -139,7 +144,7 @@ class Exporter:
             if self.config_path is None:
                 return False, ["no config file to reload (started without --config)"]
             try:
-                new_config = load_config(self.config_path)
+                new_config = apply_shard(load_config(self.config_path), self.shard)
             except ConfigError as exc:
                 self.health.config_loaded(False)
                 self._polled.set()  # publish the failed-reload gauge now
@@ -205,13 +210,14 @@ class Exporter:
                 f"<td>{age}</td><td>{status.rows if status.rows is not None else ''}</td>"
                 f"<td>{error}</td></tr>"
             )
+        shard = f", shard {self.shard}" if self.shard is not None else ""
         links = "".join(
             f'<li><a href="{path}">{path}</a>: {html.escape(what)}</li>' for path, what in ENDPOINTS
         )
         return (
             "<!DOCTYPE html><html><head><meta charset='utf-8'><title>credit-exporter</title>"
             "</head><body>"
-            f"<h1>credit-exporter {__version__}</h1><ul>{links}</ul>"
+            f"<h1>credit-exporter {__version__}{shard}</h1><ul>{links}</ul>"
             "<h2>Queries</h2><table border='1' cellpadding='4'>"
             "<tr><th>query</th><th>status</th><th>interval</th><th>last success</th>"
             "<th>rows</th><th>last error</th></tr>" + "".join(rows) + "</table></body></html>"
