@@ -187,6 +187,8 @@ def _users_page(report: Report) -> Figure:
         ax.text(float(c.credits), i, f" {c.share:.0%} (top: {c.top_model})", va="center",
                 fontsize=7)  # fmt: skip
     ax.invert_yaxis()
+    if categories:  # room on the right for the longest bar's label
+        ax.set_xlim(0, max(float(c.credits) for c in categories) * 1.45)
     ax.tick_params(labelsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
