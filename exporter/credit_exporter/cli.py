@@ -305,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     backfill.set_defaults(func=cmd_backfill)
 
+    from credit_exporter.demo import data_command
+
+    data_command.add_parser(sub)
+
     cat = sub.add_parser("catalog", help="print the metric catalogue")
     cat.add_argument("--format", choices=["json", "markdown"], default="json")
     cat.set_defaults(func=cmd_catalog)
