@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,9 +18,13 @@ from types import ModuleType
 from typing import Any
 
 import jsonschema
+import psycopg
 import pytest
 import yaml
-from conftest import skip_or_fail
+from conftest import require_binary, skip_or_fail
+
+from credit_exporter.cli import main
+from credit_exporter.demo.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -245,3 +250,28 @@ def test_exporter_reads_the_dsn_variable_its_config_names(compose: dict[str, Any
     for name in ("exporter", "backfill", "seed", "traffic"):
         dsn = _services(compose)[name]["environment"][variable]
         assert "@postgres:5432/billing" in dsn, name
+
+
+def test_postgres_init_script_makes_a_read_only_role_that_runs_every_query(
+    stoppable_postgres: EmbeddedPostgres,
+) -> None:
+    """The role the exporter, the backfill and Grafana use: granted SELECT on the tables
+    the seed creates afterwards (default privileges), refused writes."""
+    require_binary("psql")
+    server = stoppable_postgres
+    env = {**os.environ, "PGHOST": server.host, "PGPORT": str(server.port),
+           "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres",
+           "CREDIT_READER_PASSWORD": "reader-test"}  # fmt: skip
+    script = REPO / "deploy/compose/postgres-init/10-credit-reader.sh"
+    subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
+    assert main(["demo-data", "--dsn", server.dsn(), "--days", "1"]) == 0
+    reader = f"postgresql://credit_reader:reader-test@{server.host}:{server.port}/postgres"
+    check = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "check-config", "--connect",
+         str(REPO / "config.example.yaml")],
+        env={**os.environ, "CREDIT_EXPORTER_DSN": reader}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "FAIL" not in check.stdout
+    with psycopg.connect(reader) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        conn.execute("UPDATE credit_pools SET balance = 0")
