@@ -255,8 +255,10 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
             f"  exporter      http://{at['exporter']}/metrics\n"
             f"  webhook       http://{at['webhook']} (log: {work / 'logs' / 'webhook.log'})\n"
             f"  database      {postgres.dsn(DATABASE)}\n"
-            "  Grafana is not started: no Grafana package on this machine "
-            "(see docker-compose.yml).\n"
+            "  Grafana is not started: no Grafana package on this machine. To use one,\n"
+            "  provision dashboards/provisioning/ with PROMETHEUS_URL="
+            f"http://{at['prometheus']} BILLING_DB_HOST={host}:{postgres.port} "
+            f"BILLING_DB_NAME={DATABASE} BILLING_DB_USER=postgres BILLING_DB_SSLMODE=disable.\n"
             "Ctrl-C stops everything.",
             flush=True,
         )
