@@ -30,6 +30,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -141,21 +142,69 @@ def rule_files(workdir: Path, fast_alerts: bool) -> tuple[str, ...]:
     return (str(alerts), str(recording))
 
 
-def backfill(cli: list[str], env: dict[str, str], args: argparse.Namespace, out: Path,
-             instance: str) -> None:  # fmt: skip
-    """Same plan as deploy/compose/backfill.sh: older days at --backfill-step, the last
-    day at --backfill-recent-step, labelled like the live scrape."""
+@dataclass(frozen=True)
+class BackfillPlan:
+    """deploy/compose/backfill.sh's plan: older days at ``step``, the last day at
+    ``recent_step`` (Unix seconds; the same times for the series and the rules)."""
+
+    start: int
+    day_ago: int
+    end: int
+    step: str
+    recent_step: str
+
+    @classmethod
+    def ending_now(cls, days: int, step: str, recent_step: str) -> BackfillPlan:
+        end = int(time.time())
+        return cls(end - days * 86400, end - 86400, end, step, recent_step)
+
+    def passes(self) -> list[tuple[int, int, str]]:
+        """(from, to, step) of each pass, oldest first."""
+        older = [(self.start, self.day_ago, self.step)] if self.start < self.day_ago else []
+        return [*older, (max(self.start, self.day_ago), self.end, self.recent_step)]
+
+
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def backfill_series(
+    cli: list[str], env: dict[str, str], plan: BackfillPlan, out: Path, instance: str
+) -> None:
+    """Every counter and histogram, labelled like the live scrape."""
     labels = ["--label", f"job={stack_config.JOB}", "--label", f"instance={instance}"]
-    base = [*cli, "backfill", "--config", str(EXAMPLE_CONFIG), "--quiet", "--output", str(out),
-            *labels]  # fmt: skip
-    passes = []
-    if args.days > 1:
-        passes.append(
-            ["--from", f"now-{args.days}d", "--to", "now-1d", "--step", args.backfill_step]
-        )
-    passes.append(["--from", "now-1d", "--to", "now", "--step", args.backfill_recent_step])
-    for extra in passes:
-        subprocess.run([*base, *extra], env={**os.environ, **env}, check=True)
+    for start, end, step in plan.passes():
+        subprocess.run(
+            [*cli, "backfill", "--config", str(EXAMPLE_CONFIG), "--quiet", "--output", str(out),
+             *labels, "--from", _rfc3339(start), "--to", _rfc3339(end), "--step", step],
+            env={**os.environ, **env}, check=True,
+        )  # fmt: skip
+
+
+def backfill_rules(
+    promtool: str, prometheus_url: str, plan: BackfillPlan, rules: tuple[str, ...], work: Path,
+    data: Path,
+) -> int:  # fmt: skip
+    """The recording rules (the dashboards read them) over the last day of the backfilled
+    series, evaluated by the running Prometheus; the blocks are moved into ``data``, where
+    Prometheus picks them up at its next block reload (within a minute). Returns the
+    number of blocks.
+
+    Only the last day: promtool evaluates a group at its own hashed offset within the
+    interval, and the lookback (5m) finds the older tier's hourly samples from there
+    only by chance, so it records nothing over them (docs/deploy.md)."""
+    out = work / "rules-backfill"
+    start, end, step = plan.passes()[-1]
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={prometheus_url}",
+         f"--start={start}", f"--end={end}", f"--eval-interval={step}", f"--output-dir={out}",
+         *rules],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    blocks = [block for block in out.iterdir() if block.is_dir() and len(block.name) == 26]
+    for block in blocks:
+        block.rename(data / block.name)
+    return len(blocks)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -193,7 +242,7 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
 
     prometheus_bin = _binary("prometheus")
     alertmanager_bin = _binary("prometheus-alertmanager", "alertmanager")
-    _binary("promtool")
+    promtool = _binary("promtool")
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
@@ -213,11 +262,14 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
         subprocess.run([*cli, "demo-data", "--days", str(args.days), "--seed", str(args.seed)],
                        env={**os.environ, **env}, check=True)  # fmt: skip
         print("Backfilling the history into Prometheus's data directory ...", flush=True)
-        backfill(cli, env, args, work / "prometheus", at["exporter"])
+        plan = BackfillPlan.ending_now(args.days, args.backfill_step, args.backfill_recent_step)
+        backfill_series(cli, env, plan, work / "prometheus", at["exporter"])
 
+        rules = rule_files(work, args.fast_alerts)
+        recording_rules = tuple(str(path) for path in stack_config.RULE_FILES)
         hosts = stack_config.Hosts(
             exporter=at["exporter"], alertmanager=at["alertmanager"], webhook=at["webhook"],
-            rule_files=rule_files(work, args.fast_alerts), scrape_interval=args.scrape_interval,
+            rule_files=rules, scrape_interval=args.scrape_interval,
         )  # fmt: skip
         prometheus_yml = work / "prometheus.yml"
         prometheus_yml.write_text(stack_config.dump(stack_config.prometheus_config(hosts)))
@@ -248,6 +300,10 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
         stack.wait_ready("alertmanager", f"http://{at['alertmanager']}/-/ready")
         stack.wait_ready("exporter", f"http://{at['exporter']}/-/ready", timeout=300)
         stack.wait_ready("prometheus", f"http://{at['prometheus']}/-/ready")
+        print("Backfilling the recording rules over the last day ...", flush=True)
+        blocks = backfill_rules(promtool, f"http://{at['prometheus']}", plan,
+                                recording_rules, work, work / "prometheus")  # fmt: skip
+        print(f"  {blocks} blocks of recorded history moved into Prometheus", flush=True)
         print(
             f"Stack ready in {time.monotonic() - started:.0f}s:\n"
             f"  Prometheus    http://{at['prometheus']}\n"

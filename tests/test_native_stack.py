@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import signal
 import subprocess
@@ -204,6 +205,29 @@ def test_the_webhook_receiver_got_alertmanager_notifications(stack: NativeStack)
     assert first["body"]["status"] == "firing"
     assert first["body"]["alerts"][0]["labels"]["alertname"].startswith("Credit")
     assert "notification receiver=" in (stack.workdir / "logs" / "webhook.log").read_text()
+
+
+@pytest.mark.slow
+def test_recording_rules_are_backfilled_over_the_last_day(stack: NativeStack) -> None:
+    """The dashboards read recorded sums: half a day back (before Prometheus started)
+    there are recorded samples, each the sum of the backfilled series it aggregates at
+    its evaluation time (float sums: equal to 1e-12 relative)."""
+    record = "organization_agent:credit_spent_credits_total:sum"
+    half_day_ago = time.time() - 12 * HOUR
+
+    def recorded() -> list[dict[str, Any]]:
+        return stack.query(f"{record}[1h]", at=half_day_ago)
+
+    wait_until(lambda: bool(recorded()), 90, "Prometheus to load the recorded blocks", step=1)
+    evaluated_at = float(recorded()[0]["values"][-1][0])
+    sums = {(r["metric"]["organization"], r["metric"].get("agent", "")): float(r["value"][1])
+            for r in stack.query(record, at=evaluated_at)}  # fmt: skip
+    raw: dict[tuple[str, str], list[float]] = {}
+    for r in stack.query("credit_spent_credits_total", at=evaluated_at):
+        key = (r["metric"]["organization"], r["metric"].get("agent", ""))
+        raw.setdefault(key, []).append(float(r["value"][1]))
+    assert len(sums) > 5
+    assert sums == pytest.approx({key: math.fsum(v) for key, v in raw.items()}, rel=1e-12)
 
 
 @pytest.mark.slow
