@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import yaml
 from conftest import require_binary, skip_or_fail
+from support import start_prometheus, wait_until
 
 from credit_exporter.cli import main
 from credit_exporter.demo.embedded import EmbeddedPostgres
@@ -188,9 +189,14 @@ def test_backfill_writes_into_the_volume_prometheus_reads_with_the_scrape_labels
 ) -> None:
     services = _services(compose)
     script = (REPO / "deploy/compose/backfill.sh").read_text()
-    out = re.search(r"^out=(\S+)", script, re.M)
+    out = re.search(r'^out="\$\{BACKFILL_OUTPUT:-(\S+)\}"', script, re.M)
     assert out is not None
     volume = _mounts(services["backfill"])[out.group(1)]
+    assert _mounts(services["backfill-rules"])["/prometheus"] == volume
+    assert services["backfill-rules"]["depends_on"]["prometheus"]["condition"] == (
+        "service_healthy"
+    )
+    assert services["backfill-rules"]["image"] == services["prometheus"]["image"]
     tsdb = _flag(services["prometheus"]["command"], "--storage.tsdb.path")
     assert _mounts(services["prometheus"])[tsdb or ""] == volume
     prometheus = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
@@ -275,3 +281,44 @@ def test_postgres_init_script_makes_a_read_only_role_that_runs_every_query(
     assert "FAIL" not in check.stdout
     with psycopg.connect(reader) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         conn.execute("UPDATE credit_pools SET balance = 0")
+
+
+@pytest.mark.slow
+def test_backfill_scripts_write_series_then_recorded_rules_once_into_prometheus_data(
+    demo_db: str, tmp_path: Path
+) -> None:
+    """deploy/compose/backfill.sh and backfill-rules.sh, run natively with the Compose
+    paths overridden: the series land in the data directory with the live scrape's
+    labels, the recording rules follow once Prometheus serves them, a re-run is a no-op."""
+    require_binary("promtool")
+    data = tmp_path / "data"
+    env = {**os.environ, "CREDIT_EXPORTER_DSN": demo_db, "BACKFILL_DAYS": "2",
+           "BACKFILL_STEP": "1h", "BACKFILL_RECENT_STEP": "10m", "BACKFILL_OUTPUT": str(data),
+           "CREDIT_EXPORTER_CONFIG": str(REPO / "config.example.yaml"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    script = REPO / "deploy/compose/backfill.sh"
+    subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
+    blocks = {p.name for p in data.iterdir() if p.is_dir()}
+    again = subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
+    assert b"already backfilled" in again.stdout
+    assert {p.name for p in data.iterdir() if p.is_dir()} == blocks
+    rules = [str(path) for path in stack_config.RULE_FILES]
+    prometheus = start_prometheus(tmp_path, ["127.0.0.1:1"], rule_files=[Path(r) for r in rules])
+    try:
+        series = prometheus.query("credit_spent_credits_total[1d]")
+        assert series and {(r["metric"]["job"], r["metric"]["instance"]) for r in series} == {
+            ("credit-exporter", "exporter:9187")
+        }
+        rules_env = {**env, "PROMETHEUS_DATA": str(data), "PROMETHEUS_URL": prometheus.url,
+                     "RULE_FILES": " ".join(rules)}  # fmt: skip
+        rules_script = REPO / "deploy/compose/backfill-rules.sh"
+        subprocess.run(["sh", str(rules_script)], env=rules_env, check=True, capture_output=True)
+        record = "organization_agent:credit_spent_credits_total:sum"
+        wait_until(lambda: bool(prometheus.query(f"{record}[1d]")), 90,
+                   "the recorded blocks to load", step=1)  # fmt: skip
+        again = subprocess.run(["sh", str(rules_script)], env=rules_env, check=True,
+                               capture_output=True)  # fmt: skip
+        assert b"already backfilled" in again.stdout
+        assert not (data / "rules-backfill.tmp").exists()
+    finally:
+        prometheus.stop()
