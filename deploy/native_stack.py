@@ -30,7 +30,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -142,69 +141,34 @@ def rule_files(workdir: Path, fast_alerts: bool) -> tuple[str, ...]:
     return (str(alerts), str(recording))
 
 
-@dataclass(frozen=True)
-class BackfillPlan:
-    """deploy/compose/backfill.sh's plan: older days at ``step``, the last day at
-    ``recent_step`` (Unix seconds; the same times for the series and the rules)."""
-
-    start: int
-    day_ago: int
-    end: int
-    step: str
-    recent_step: str
-
-    @classmethod
-    def ending_now(cls, days: int, step: str, recent_step: str) -> BackfillPlan:
-        end = int(time.time())
-        return cls(end - days * 86400, end - 86400, end, step, recent_step)
-
-    def passes(self) -> list[tuple[int, int, str]]:
-        """(from, to, step) of each pass, oldest first."""
-        older = [(self.start, self.day_ago, self.step)] if self.start < self.day_ago else []
-        return [*older, (max(self.start, self.day_ago), self.end, self.recent_step)]
+COMPOSE_SCRIPTS = stack_config.COMPOSE_DIR
 
 
-def _rfc3339(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def backfill_series(
-    cli: list[str], env: dict[str, str], plan: BackfillPlan, out: Path, instance: str
-) -> None:
-    """Every counter and histogram, labelled like the live scrape."""
-    labels = ["--label", f"job={stack_config.JOB}", "--label", f"instance={instance}"]
-    for start, end, step in plan.passes():
-        subprocess.run(
-            [*cli, "backfill", "--config", str(EXAMPLE_CONFIG), "--quiet", "--output", str(out),
-             *labels, "--from", _rfc3339(start), "--to", _rfc3339(end), "--step", step],
-            env={**os.environ, **env}, check=True,
-        )  # fmt: skip
-
-
-def backfill_rules(
-    promtool: str, prometheus_url: str, plan: BackfillPlan, rules: tuple[str, ...], work: Path,
-    data: Path,
-) -> int:  # fmt: skip
-    """The recording rules (the dashboards read them) over the last day of the backfilled
-    series, evaluated by the running Prometheus; the blocks are moved into ``data``, where
-    Prometheus picks them up at its next block reload (within a minute). Returns the
-    number of blocks.
-
-    Only the last day: promtool evaluates a group at its own hashed offset within the
-    interval, and the lookback (5m) finds the older tier's hourly samples from there
-    only by chance, so it records nothing over them (docs/deploy.md)."""
-    out = work / "rules-backfill"
-    start, end, step = plan.passes()[-1]
+def backfill_series(env: dict[str, str], args: argparse.Namespace, data: Path,
+                    instance: str) -> None:  # fmt: skip
+    """deploy/compose/backfill.sh, as the Compose one-shot runs it, into ``data``."""
     subprocess.run(
-        [promtool, "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={prometheus_url}",
-         f"--start={start}", f"--end={end}", f"--eval-interval={step}", f"--output-dir={out}",
-         *rules],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        ["sh", str(COMPOSE_SCRIPTS / "backfill.sh")],
+        env={**os.environ, **env, "BACKFILL_OUTPUT": str(data),
+             "CREDIT_EXPORTER_CONFIG": str(EXAMPLE_CONFIG), "BACKFILL_DAYS": str(args.days),
+             "BACKFILL_STEP": args.backfill_step, "BACKFILL_RECENT_STEP": args.backfill_recent_step,
+             "BACKFILL_INSTANCE": instance,
+             # the credit-exporter command of this interpreter's environment
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+        check=True,
     )  # fmt: skip
-    blocks = [block for block in out.iterdir() if block.is_dir() and len(block.name) == 26]
-    for block in blocks:
-        block.rename(data / block.name)
-    return len(blocks)
+
+
+def backfill_rules(prometheus_url: str, data: Path) -> None:
+    """deploy/compose/backfill-rules.sh: the recording rules over the last backfilled day,
+    evaluated by the running Prometheus; it loads the blocks within a minute."""
+    rules = " ".join(str(path) for path in stack_config.RULE_FILES)
+    subprocess.run(
+        ["sh", str(COMPOSE_SCRIPTS / "backfill-rules.sh")],
+        env={**os.environ, "PROMETHEUS_DATA": str(data), "PROMETHEUS_URL": prometheus_url,
+             "RULE_FILES": rules},
+        check=True,
+    )  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -242,7 +206,7 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
 
     prometheus_bin = _binary("prometheus")
     alertmanager_bin = _binary("prometheus-alertmanager", "alertmanager")
-    promtool = _binary("promtool")
+    _binary("promtool")
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
@@ -262,11 +226,9 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
         subprocess.run([*cli, "demo-data", "--days", str(args.days), "--seed", str(args.seed)],
                        env={**os.environ, **env}, check=True)  # fmt: skip
         print("Backfilling the history into Prometheus's data directory ...", flush=True)
-        plan = BackfillPlan.ending_now(args.days, args.backfill_step, args.backfill_recent_step)
-        backfill_series(cli, env, plan, work / "prometheus", at["exporter"])
+        backfill_series(env, args, work / "prometheus", at["exporter"])
 
         rules = rule_files(work, args.fast_alerts)
-        recording_rules = tuple(str(path) for path in stack_config.RULE_FILES)
         hosts = stack_config.Hosts(
             exporter=at["exporter"], alertmanager=at["alertmanager"], webhook=at["webhook"],
             rule_files=rules, scrape_interval=args.scrape_interval,
@@ -301,9 +263,7 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
         stack.wait_ready("exporter", f"http://{at['exporter']}/-/ready", timeout=300)
         stack.wait_ready("prometheus", f"http://{at['prometheus']}/-/ready")
         print("Backfilling the recording rules over the last day ...", flush=True)
-        blocks = backfill_rules(promtool, f"http://{at['prometheus']}", plan,
-                                recording_rules, work, work / "prometheus")  # fmt: skip
-        print(f"  {blocks} blocks of recorded history moved into Prometheus", flush=True)
+        backfill_rules(f"http://{at['prometheus']}", work / "prometheus")
         print(
             f"Stack ready in {time.monotonic() - started:.0f}s:\n"
             f"  Prometheus    http://{at['prometheus']}\n"

@@ -5,6 +5,7 @@
 # loads them at its next block reload, within a minute). Only the last day:
 # promtool evaluates each group at its own offset within the interval, where the
 # 5m lookback misses the hourly samples of the older history (docs/deploy.md).
+# deploy/native_stack.py runs this same script, paths and URL overridden.
 set -eu
 data="${PROMETHEUS_DATA:-/prometheus}"
 rules="${RULE_FILES:-/etc/prometheus/rules/credit-exporter.rules.yml /etc/prometheus/rules/recording_rules.yml}"

@@ -6,6 +6,8 @@
 # BACKFILL_RECENT_STEP (default 1m): 90 days at 1m would be ~125 GB of transient
 # OpenMetrics (docs/backfill.md). Runs once per data volume (marker file, which
 # also tells backfill-rules.sh the last day's range and step).
+# deploy/native_stack.py runs this same script with the paths and the instance
+# overridden by the environment variables below.
 set -eu
 out="${BACKFILL_OUTPUT:-/var/lib/credit-exporter/backfill}"
 config="${CREDIT_EXPORTER_CONFIG:-/etc/credit-exporter/config.yaml}"
@@ -22,7 +24,7 @@ start=$((end - days * 86400))
 rfc3339() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
 backfill() {
   credit-exporter backfill --config "$config" --quiet \
-    --output "$out" --label job=credit-exporter --label instance=exporter:9187 \
+    --output "$out" --label job=credit-exporter --label "instance=${BACKFILL_INSTANCE:-exporter:9187}" \
     --from "$(rfc3339 "$1")" --to "$(rfc3339 "$2")" --step "$3"
 }
 if [ "$start" -lt "$day_ago" ]; then
