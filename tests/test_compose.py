@@ -202,7 +202,8 @@ def test_backfill_writes_into_the_volume_prometheus_reads_with_the_scrape_labels
     prometheus = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
     job = prometheus["scrape_configs"][0]
     assert f"--label job={job['job_name']}" in script
-    assert f"--label instance={job['static_configs'][0]['targets'][0]}" in script
+    instance = job["static_configs"][0]["targets"][0]
+    assert f'--label "instance=${{BACKFILL_INSTANCE:-{instance}}}"' in script
     assert services["prometheus"]["depends_on"]["backfill"]["condition"] == (
         "service_completed_successfully"
     )
