@@ -6,6 +6,7 @@ embedded PostgreSQL:
     -> backfill of the history into Prometheus's data directory (promtool blocks)
     -> webhook receiver, Alertmanager (the example routing, receivers to the webhook),
        credit-exporter run, live demo traffic, Prometheus (alert + recording rules)
+    -> the recording rules over the last backfilled day (promtool, from Prometheus)
 
     .venv/bin/python deploy/native_stack.py [--days 90] [--workdir DIR] [--fast-alerts]
 
@@ -41,6 +42,7 @@ import stack_config  # noqa: E402  (a sibling file, not a package)
 REPO = stack_config.REPO
 EXAMPLE_CONFIG = REPO / "config.example.yaml"
 DATABASE = "billing"
+OWN_MARKER = ".credit-exporter-native-stack"  # what may be emptied at the next start
 # --fast-alerts: every alert's `for` shortened, so a demo shows notifications in seconds
 LEVELS = ("UsageHigh", "AlmostExhausted", "Exhausted")  # alert_rules/settings.yml
 FAST_ALERT_OVERRIDES = {
@@ -197,6 +199,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error(f"--days: must be at least 1, got {args.days}")
+    work = args.workdir
+    if work.exists() and any(work.iterdir()) and not (work / OWN_MARKER).exists():
+        parser.error(f"--workdir {work}: not empty and not a native stack's; refusing to "
+                     "empty it (give a new or empty directory)")  # fmt: skip
     return args
 
 
@@ -210,6 +216,7 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
+    (work / OWN_MARKER).touch()
     host = args.host
     at = {name: f"{host}:{getattr(args, f'{name}_port')}"
           for name in ("exporter", "prometheus", "alertmanager", "webhook")}  # fmt: skip

@@ -239,3 +239,12 @@ def test_sigint_stops_every_process_and_the_database(stack: NativeStack) -> None
         with pytest.raises(OSError):
             http_get(f"{url}/-/healthy")
     assert not (stack.workdir / "postgres" / "pgdata" / "postmaster.pid").exists()
+
+
+def test_a_non_empty_workdir_it_did_not_create_is_refused_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert f"--workdir {tmp_path}: not empty and not a native stack's" in done.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
