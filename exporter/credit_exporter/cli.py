@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     from credit_exporter.report.run import add_report_parser
 
     add_report_parser(sub, cmd_report)
+    from credit_exporter.demo import data_command
+
+    data_command.add_parser(sub)
 
     cat = sub.add_parser("catalog", help="print the metric catalogue")
     cat.add_argument("--format", choices=["json", "markdown"], default="json")
