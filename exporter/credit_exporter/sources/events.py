@@ -283,9 +283,11 @@ class _Gate:
                 self.refused += 1
                 self.fold(value, settled)
                 return
-                self.pending.add(labels)
-                if len(self.pending) >= 2 * room:
-                    self._trim(room)
+            self.pending.add(labels)
+            _add_value(self.targets[0 if settled else 1], labels, value)
+            if len(self.pending) >= 2 * room:
+                self._trim(room)
+            return
         _add_value(self.targets[0 if settled else 1], labels, value)
 
     def fold(self, value: Value, settled: bool) -> None:
