@@ -389,8 +389,9 @@ def _label_problems(at: str, metric: catalog.Metric, mapping: MetricMapping) -> 
             problems.append(f"{at}.{key}: a label is listed twice")
     if both := sorted(set(mapping.hash_labels) & set(mapping.drop_labels)):
         problems.append(f"{at}.hash_labels: {', '.join(both)} is also dropped (drop_labels)")
-    expected, given = set(metric.labels) - set(mapping.drop_labels), set(mapping.labels)
-    if missing := sorted(expected - given):
+    # a dropped label needs no column, and the column it names, if any, is not read
+    expected, given = set(metric.labels), set(mapping.labels)
+    if missing := sorted(expected - given - set(mapping.drop_labels)):
         problems.append(f"{at}.labels: missing {', '.join(missing)} for {metric.name}")
     if extra := sorted(given - expected):
         allowed = ", ".join(metric.labels) or "none"
