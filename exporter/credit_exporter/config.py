@@ -32,6 +32,7 @@ from credit_exporter import limits as caps
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+_PLAIN_KEY = re.compile(r"[\w.-]+")
 
 
 def parse_duration(value: object) -> float:
@@ -254,8 +255,9 @@ class ConfigError(Exception):
     """A configuration that cannot be used; ``problems`` are ``key.path: problem`` lines."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
+        # one line each, whatever a key or value in the message holds
+        self.problems = [p.replace("\r", "\\r").replace("\n", "\\n") for p in problems]
+        super().__init__("\n".join(self.problems))
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
@@ -264,7 +266,9 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            # a key that is not a plain name (":", a newline, "") is quoted
+            text = item if _PLAIN_KEY.fullmatch(item) else repr(item)
+            parts.append(("." if parts else "") + text)
     return "".join(parts) or "(top level)"
 
 

@@ -105,6 +105,8 @@ def to_label_text(value: object) -> str:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             raise Refused("invalid_utf8") from None
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        raise Refused("unsupported_type")  # arrays, json: not an identifier
     if isinstance(value, str):
         # PostgreSQL text cannot hold these, but a lone surrogate must never
         # reach the UTF-8 encoder of /metrics
