@@ -7,15 +7,23 @@ produced by PostgreSQL, both as a state query and as a usage event stream.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 from support import http_get, select, start_exporter, wait_until
 
+from credit_exporter.config import ConfigError, parse_config
+from credit_exporter.db import Database
+from credit_exporter.health import Health
 from credit_exporter.limits import OVERFLOW
+from credit_exporter.sources.events import EventStream
 
 FLOOD_USERS = 1_000_000
 CAP = 10_000
@@ -44,7 +52,7 @@ ANALYZE flood_usage;
 """
 
 
-def flood_config(dsn: str) -> dict[str, object]:
+def flood_config(dsn: str) -> dict[str, Any]:
     return {
         "databases": {"billing": {"dsn": dsn, "statement_timeout": "120s"}},
         "queries": {
@@ -212,3 +220,168 @@ def test_a_flood_keeps_the_exporter_under_its_documented_peak_memory(flooded) ->
     assert peak_mb < PEAK_RSS_BOUND_MB
     docs = (Path(__file__).parents[1] / "docs" / "limits.md").read_text()
     assert f"{PEAK_RSS_BOUND_MB} MB" in docs
+
+
+# --- admission across polls, in process ------------------------------------------------
+
+SMALL_TABLE = """
+CREATE TABLE usage (
+    id bigserial PRIMARY KEY,
+    occurred_at timestamptz NOT NULL DEFAULT now(),
+    org text NOT NULL, channel text NOT NULL, credits numeric(18, 6) NOT NULL
+);
+"""
+
+
+class CappedStream:
+    """An in-process stream over ``usage`` whose channel counter is capped at ``cap``."""
+
+    def __init__(self, dsn: str, cap: int) -> None:
+        config = parse_config(
+            {
+                "databases": {"billing": {"dsn": dsn}},
+                "streams": {"s": {
+                    "database": "billing", "key": "id", "time": "occurred_at",
+                    "sql": "SELECT id, occurred_at, org AS organization, channel, credits"
+                           " FROM usage",
+                    "metrics": [{"metric": "credit_spent_by_channel_credits_total",
+                                 "value": "credits", "labels": ["organization", "channel"],
+                                 "limits": {"max_series_per_metric": cap}}],
+                }},
+            }
+        )  # fmt: skip
+        self.health = Health(CollectorRegistry())
+        self.health.register_query("s", 15)
+        self.loop = asyncio.new_event_loop()
+        self.database = Database("billing", config.databases["billing"])
+        self.stream = EventStream("s", config.streams["s"], self.database, self.health)
+
+    def poll(self) -> dict[tuple[str, ...], Decimal]:
+        assert self.loop.run_until_complete(self.stream.run_once()), self.health.queries
+        return dict(self.stream.exported["credit_spent_by_channel_credits_total"])
+
+    def refused(self) -> float:
+        metric = "credit_spent_by_channel_credits_total"
+        return self.health.dropped_series.labels(metric, "series_limit")._value.get()
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.database.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def usage_db(empty_db: str) -> str:
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(SMALL_TABLE)
+    return empty_db
+
+
+def add_usage(dsn: str, rows: list[tuple[str, str]]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for channel, credits in rows:
+            conn.execute(
+                "INSERT INTO usage (org, channel, credits) VALUES ('acme', %s, %s)",
+                (channel, credits),
+            )
+
+
+def sql_total(dsn: str) -> Decimal:
+    with psycopg.connect(dsn) as conn:
+        (total,) = conn.execute("SELECT sum(credits) FROM usage").fetchone()  # type: ignore[misc]
+    return total
+
+
+@pytest.fixture
+def capped(usage_db: str) -> Iterator[CappedStream]:
+    stream = CappedStream(usage_db, cap=3)
+    yield stream
+    stream.close()
+
+
+OVER = (OVERFLOW, OVERFLOW)
+
+
+def test_admission_starts_with_the_smallest_label_sets_when_over_the_cap(
+    usage_db: str, capped: CappedStream
+) -> None:
+    add_usage(usage_db, [("web", "1"), ("api", "2"), ("sms", "4"), ("phone", "8")])
+    assert capped.poll() == {
+        ("acme", "api"): Decimal(2), ("acme", "phone"): Decimal(8), OVER: Decimal(5),
+    }  # fmt: skip
+    assert capped.refused() == 2
+
+
+def test_a_refused_label_set_stays_in_the_overflow_and_admitted_ones_keep_counting(
+    usage_db: str, capped: CappedStream
+) -> None:
+    add_usage(usage_db, [("web", "1"), ("api", "2"), ("sms", "4"), ("phone", "8")])
+    capped.poll()
+    # "aaa" sorts before every admitted label set, but admission is closed
+    add_usage(usage_db, [("aaa", "0.5"), ("api", "1"), ("sms", "0.25")])
+    assert capped.poll() == {
+        ("acme", "api"): Decimal(3), ("acme", "phone"): Decimal(8), OVER: Decimal("5.75"),
+    }  # fmt: skip
+    assert sum(capped.poll().values()) == sql_total(usage_db)
+
+
+def test_label_sets_are_admitted_while_there_is_room_and_then_admission_closes(
+    usage_db: str, capped: CappedStream
+) -> None:
+    add_usage(usage_db, [("web", "1")])
+    assert capped.poll() == {("acme", "web"): Decimal(1)}
+    add_usage(usage_db, [("sms", "2"), ("api", "4")])  # room for one: api (smaller) wins
+    assert capped.poll() == {
+        ("acme", "web"): Decimal(1), ("acme", "api"): Decimal(4), OVER: Decimal(2),
+    }  # fmt: skip
+    add_usage(usage_db, [("sms", "1"), ("web", "1")])
+    exported = capped.poll()
+    assert exported[OVER] == Decimal(3) and exported[("acme", "web")] == Decimal(2)
+    assert sum(exported.values()) == sql_total(usage_db)
+
+
+def test_no_series_of_a_capped_counter_ever_decreases_or_disappears(
+    usage_db: str, capped: CappedStream
+) -> None:
+    previous: dict[tuple[str, ...], Decimal] = {}
+    for batch in range(6):
+        add_usage(usage_db, [(f"c{(batch * 3 + i) % 7}", "1.000001") for i in range(3)])
+        exported = capped.poll()
+        assert len(exported) <= 3
+        assert all(exported.get(k, Decimal(-1)) >= v for k, v in previous.items())
+        assert sum(exported.values()) == sql_total(usage_db)
+        previous = exported
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [({"max_series_per_metric": 0},
+      "limits.max_series_per_metric: Input should be greater than or equal to 1"),
+     ({"max_label_value_length": 8},
+      "limits.max_label_value_length: Input should be greater than or equal to 16"),
+     ({"max_series": 5}, "limits.max_series: unknown key"),
+     ({"max_series_per_metric": "many"},
+      "limits.max_series_per_metric: Input should be a valid integer, unable to parse string"
+      " as an integer")],
+)  # fmt: skip
+def test_bad_limits_are_reported_with_their_key_path(limits: dict[str, Any], problem: str) -> None:
+    base = flood_config("dbname=x")
+    with pytest.raises(ConfigError) as error:
+        parse_config({**base, "limits": limits})
+    assert error.value.problems == [problem]
+
+
+def test_a_mapping_limit_overrides_the_top_level_default() -> None:
+    config = parse_config({**flood_config("dbname=x"), "limits": {"max_series_per_metric": 50}})
+    capped, default = config.streams["usage"].metrics
+    assert (capped.policy.max_series, default.policy.max_series) == (CAP, 50)
+
+
+def test_a_bad_mapping_limit_names_the_mapping() -> None:
+    config = flood_config("dbname=x")
+    config["queries"]["budgets"]["metrics"][0]["limits"] = {"max_label_value_length": 10**6}
+    with pytest.raises(ConfigError) as error:
+        parse_config(config)
+    assert error.value.problems == [
+        "queries.budgets.metrics[0].limits.max_label_value_length:"
+        " Input should be less than or equal to 65536"
+    ]
