@@ -32,7 +32,7 @@ from credit_exporter import limits as caps
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
-_PLAIN_KEY = re.compile(r"[\w.-]+")
+_UNCLEAR_KEY = re.compile(r"^$|^[\s:]|: |\s$")
 
 
 def parse_duration(value: object) -> float:
@@ -266,8 +266,8 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            # a key that is not a plain name (":", a newline, "") is quoted
-            text = item if _PLAIN_KEY.fullmatch(item) else repr(item)
+            # a key that would blur "path: problem" (":", a newline, "") is quoted
+            text = repr(item) if _UNCLEAR_KEY.search(item) or not item.isprintable() else item
             parts.append(("." if parts else "") + text)
     return "".join(parts) or "(top level)"
 
