@@ -325,6 +325,9 @@ class Split:
     over_limit: Counter[str] = field(default_factory=Counter)  # groups folded, by metric
 
 
+_Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
+
+
 class PollSplit:
     """Splits one poll's aggregate rows, chunk by chunk, into settled and live series."""
 
@@ -335,17 +338,23 @@ class PollSplit:
             settled={p.metric.name: {} for p in plan.metrics},
             live={p.metric.name: {} for p in plan.metrics},
         )
-        self.by_mask: dict[int, list[tuple[_MetricPlan, _Gate]]] = {}
+        self.by_mask: dict[int, list[tuple[_MetricPlan, _Gate, _Slots]]] = {}
         for metric_plan in plan.metrics:
             gate = _Gate(metric_plan, admissions[metric_plan.metric.name],
                          self.result.settled, self.result.live)  # fmt: skip
-            self.by_mask.setdefault(metric_plan.grouping_mask, []).append((metric_plan, gate))
+            slots = tuple(
+                (label, None if column is None else self.index[column])
+                for label, column in metric_plan.label_slots
+            )
+            self.by_mask.setdefault(metric_plan.grouping_mask, []).append(
+                (metric_plan, gate, slots)
+            )
 
     def feed(self, rows: list[tuple[Any, ...]]) -> None:
         index, dropped = self.index, self.result.dropped_rows
         for row in rows:
             settled = bool(row[index["__settled"]])
-            for plan, gate in self.by_mask.get(row[index["__grouping"]], []):
+            for plan, gate, slots in self.by_mask.get(row[index["__grouping"]], []):
                 groups_rows = int(row[index["__rows"]])
                 try:
                     value = _value(plan, row, index)
@@ -355,8 +364,8 @@ class PollSplit:
                 policy = plan.mapping.policy
                 try:
                     labels: LabelValues = tuple(
-                        "" if column is None else policy.label(label, row[index[column]])
-                        for label, column in plan.label_slots
+                        "" if column is None else policy.label(label, row[column])
+                        for label, column in slots
                     )
                 except Refused as refused:
                     dropped[refused.reason] += groups_rows
@@ -369,7 +378,7 @@ class PollSplit:
 
     def finish(self) -> Split:
         for gates in self.by_mask.values():
-            for plan, gate in gates:
+            for plan, gate, _ in gates:
                 gate.finish()
                 if gate.refused:
                     self.result.over_limit[plan.metric.name] += gate.refused
