@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 # Rows per FETCH of a server-side cursor: large enough that round trips do not
 # dominate, small enough that a chunk in memory is a few MB.
 CHUNK_ROWS = 5_000
+# What DECLARE ... CURSOR FOR accepts, after leading comments and parentheses.
+_SELECT_LIKE = re.compile(
+    r"^(\s|--[^\n]*\n|/\*.*?\*/|\()*(SELECT|WITH|VALUES|TABLE)\b", re.IGNORECASE | re.DOTALL
+)
 
 
 class QueryError(Exception):
@@ -223,6 +228,13 @@ class Database:
         """
         if isinstance(query, str):
             query = query.strip().rstrip(";")
+            if not _SELECT_LIKE.match(query):
+                # not a query a cursor can run (a write, SHOW): run it plainly so
+                # the error is the server's own ("read-only transaction", ...)
+                result = await self.fetch(query, timeout)
+                for start in range(0, max(1, len(result.rows)), chunk_rows):
+                    await consume(result.columns, result.rows[start : start + chunk_rows])
+                return len(result.rows)
         total = 0
         async with (
             self.read_only(timeout, settings={"cursor_tuple_fraction": "1"}) as conn,
