@@ -129,6 +129,7 @@ def test_the_valid_base_config_loads() -> None:
     assert config.queries["balances"].metrics[0].policy.max_series == 10
 
 
+@pytest.mark.slow
 @FUZZ
 @given(VALUES)
 def test_any_yaml_like_document_loads_or_fails_with_key_paths(data: Any) -> None:
@@ -171,6 +172,7 @@ def mutate(seed: int) -> Any:
     return config
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.integers(0, 2**64).map(mutate))
 def test_a_mutated_valid_config_loads_or_fails_with_key_paths(config: Any) -> None:
@@ -230,6 +232,7 @@ def random_rows(seed: int) -> list[tuple[Any, ...]]:
     return [tuple(random_cell(rng) for _ in STATE_COLUMNS) for _ in range(rng.randint(0, 12))]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.integers(0, 2**64).map(random_rows))
 def test_state_conversion_exports_only_finite_floats_under_capped_labels(
@@ -317,6 +320,7 @@ def aggregate_rows(seed: int) -> list[tuple[Any, ...]]:
     return rows
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.integers(0, 2**64).map(aggregate_rows))
 def test_stream_splitting_keeps_values_exact_finite_and_labels_capped(
