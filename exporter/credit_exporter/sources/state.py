@@ -24,8 +24,6 @@ from credit_exporter.metric_state import LabelValues, MetricState
 
 log = logging.getLogger(__name__)
 
-MAX_LABEL_VALUE_LENGTH = DEFAULT_POLICY.max_label_value_length
-
 
 @dataclass
 class Conversion:
