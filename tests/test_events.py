@@ -475,15 +475,15 @@ def test_an_unexpected_error_fails_one_run_and_the_next_run_recovers(ev_db, harn
     """A bug in one run must not end the polling task: it counts as a failed run."""
     insert(ev_db, [("acme", "bot", "4")])
     h = harness()
-    split = h.stream.plan.split
+    splitter = h.stream.plan.splitter
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    h.stream.plan.split = broken  # type: ignore[method-assign]
+    h.stream.plan.splitter = broken  # type: ignore[method-assign]
     assert h.loop.run_until_complete(h.stream.run_once()) is False
     status = h.health.queries["usage"]
     assert not status.up and "RuntimeError: boom" in (status.last_error or "")
-    h.stream.plan.split = split  # type: ignore[method-assign]
+    h.stream.plan.splitter = splitter  # type: ignore[method-assign]
     h.poll()
     assert h.spent_by_org() == {"acme": Decimal(4)}

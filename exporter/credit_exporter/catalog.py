@@ -126,7 +126,7 @@ METRICS: tuple[Metric, ...] = (
     _m("credit_spent_by_user_credits_total", C, "credits",
        "Credits consumed, by team member, department and model.",
        (ORG, "department", "user", MODEL), EV, Group.SPEND,
-       30_000, "10k users x ~3 models each actually used; cap with limits.series_per_metric"),
+       30_000, "10k users x ~3 models each actually used; cap with limits.max_series_per_metric"),
     _m("credit_spent_by_channel_credits_total", C, "credits",
        "Credits consumed, by channel (web chat, WhatsApp, phone, SMS, Messenger, Instagram, "
        "Telegram, api).",
@@ -333,14 +333,18 @@ METRICS: tuple[Metric, ...] = (
        ("query", "reason"), EX, Group.EXPORTER,
        200, "50 queries x 4 reasons"),
     _m("credit_exporter_dropped_rows_total", C, "",
-       "Result rows skipped because a value or label could not be exported, by reason.",
+       "Result rows not exported as their own series because a value or label could not be "
+       "exported, by reason (null_label, null_value, not_a_number, not_finite, out_of_range, "
+       "duplicate_series, label_value_too_long, invalid_utf8, unsupported_type; see "
+       "docs/limits.md).",
        ("query", "reason"), EX, Group.EXPORTER,
-       300, "50 queries x ~6 reasons"),
+       450, "50 queries x 9 reasons"),
     _m("credit_exporter_dropped_series_total", C, "",
-       "Series not exported, or held at their previous value, by metric and reason "
-       "(series_limit, label_value_too_long, counter_decrease).",
+       "Series refused or held at their previous value, by metric and reason: series_limit "
+       "(state query: rows refused by the series cap in each poll; stream: groups folded into "
+       "the __overflow__ series), counter_decrease (a counter held instead of going down).",
        ("metric", "reason"), EX, Group.EXPORTER,
-       180, "60 metrics x 3 reasons"),
+       120, "60 metrics x 2 reasons"),
     _m("credit_exporter_exposition_bytes", G, "bytes",
        "Size of the last rendered /metrics body, uncompressed.",
        (), EX, Group.EXPORTER,

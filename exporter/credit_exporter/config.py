@@ -20,16 +20,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from credit_exporter import catalog, redact
+from credit_exporter import limits as caps
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+_UNCLEAR_KEY = re.compile(r"^$|^[\s:]|: |\s$")
 
 
 def parse_duration(value: object) -> float:
@@ -106,12 +109,76 @@ class DatabaseConfig(_Strict):
             raise ConfigError([f"{key}: {exc}"]) from None
 
 
+class LimitsConfig(_Strict):
+    """Caps on what one metric may export (docs/limits.md)."""
+
+    max_series_per_metric: int = Field(default=caps.DEFAULT_MAX_SERIES, ge=1, le=10_000_000)
+    max_label_value_length: int = Field(
+        default=caps.DEFAULT_MAX_LABEL_VALUE_LENGTH, ge=caps.HASH_HEX_DIGITS, le=65_536
+    )
+
+
+class MappingLimits(_Strict):
+    """A mapping's own caps; unset keys take the top-level ``limits``."""
+
+    max_series_per_metric: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_label_value_length: int | None = Field(default=None, ge=caps.HASH_HEX_DIGITS, le=65_536)
+
+
+class PrivacyConfig(_Strict):
+    """Where the HMAC key for ``hash_labels`` comes from: exactly one of env, file."""
+
+    hmac_key_env: str | None = None
+    hmac_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_key_source(self) -> PrivacyConfig:
+        if (self.hmac_key_env is None) == (self.hmac_key_file is None):
+            raise ValueError("give exactly one of hmac_key_env, hmac_key_file")
+        return self
+
+    def resolve_key(self) -> bytes:
+        """The key's bytes; ConfigError naming the key (never showing it) if unusable."""
+        if self.hmac_key_env is not None:
+            where = "privacy.hmac_key_env"
+            value = os.environ.get(self.hmac_key_env)
+            if not value:
+                raise ConfigError([f"{where}: environment variable {self.hmac_key_env} is not set"])
+            key = value.encode("utf-8", errors="surrogateescape")
+        else:
+            assert self.hmac_key_file is not None
+            where = "privacy.hmac_key_file"
+            try:
+                key = self.hmac_key_file.read_bytes().strip()
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or "invalid path"
+                raise ConfigError(
+                    [f"{where}: cannot read {self.hmac_key_file}: {reason}"]
+                ) from None
+        if len(key) < caps.MIN_HMAC_KEY_BYTES:
+            raise ConfigError(
+                [f"{where}: the key must be at least {caps.MIN_HMAC_KEY_BYTES} bytes long"]
+            )
+        return key
+
+
 class MetricMapping(_Strict):
     """How one metric is read from a query's rows."""
 
     metric: str
     value: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    limits: MappingLimits | None = None
+    # catalogue label names whose values are exported as a keyed HMAC
+    hash_labels: list[str] = Field(default_factory=list)
+    # catalogue label names exported empty, summed over (streams only)
+    drop_labels: list[str] = Field(default_factory=list)
+    _policy: caps.LabelPolicy | None = PrivateAttr(default=None)
+
+    @property
+    def policy(self) -> caps.LabelPolicy:
+        """Caps, hashing and dropping as resolved by ``parse_config``."""
+        return self._policy or caps.DEFAULT_POLICY
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -203,6 +270,8 @@ class ReportConfig(_Strict):
 
 
 class Config(_Strict):
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    privacy: PrivacyConfig | None = None
     databases: dict[Annotated[str, Field(pattern=NAME_PATTERN)], DatabaseConfig] = Field(
         min_length=1
     )
@@ -225,8 +294,9 @@ class ConfigError(Exception):
     """A configuration that cannot be used; ``problems`` are ``key.path: problem`` lines."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
+        # one line each, whatever a key or value in the message holds
+        self.problems = [p.replace("\r", "\\r").replace("\n", "\\n") for p in problems]
+        super().__init__("\n".join(self.problems))
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
@@ -235,7 +305,9 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            # a key that would blur "path: problem" (":", a newline, "") is quoted
+            text = repr(item) if _UNCLEAR_KEY.search(item) or not item.isprintable() else item
+            parts.append(("." if parts else "") + text)
     return "".join(parts) or "(top level)"
 
 
@@ -318,6 +390,11 @@ def _catalogue_problems(config: Config) -> list[str]:
             _not_state, "queries",
         ):  # fmt: skip
             columns = list(mapping.labels.values())
+            if mapping.drop_labels:
+                problems.append(
+                    f"{at}.drop_labels: only streams can drop a label (their counters are"
+                    " summed over it); a state query must aggregate in its SQL instead"
+                )
             if metric.type is catalog.MetricType.INFO:
                 if mapping.value is not None:
                     problems.append(f"{at}.value: {metric.name} is an _info metric, always 1")
@@ -344,15 +421,27 @@ def _catalogue_problems(config: Config) -> list[str]:
 
 def _label_problems(at: str, metric: catalog.Metric, mapping: MetricMapping) -> list[str]:
     problems = []
+    for key in ("hash_labels", "drop_labels"):
+        chosen: list[str] = getattr(mapping, key)
+        if unknown := sorted(set(chosen) - set(metric.labels)):
+            problems.append(
+                f"{at}.{key}: {', '.join(unknown)} not a label of {metric.name}"
+                f" (its labels: {', '.join(metric.labels) or 'none'})"
+            )
+        if len(set(chosen)) != len(chosen):
+            problems.append(f"{at}.{key}: a label is listed twice")
+    if both := sorted(set(mapping.hash_labels) & set(mapping.drop_labels)):
+        problems.append(f"{at}.hash_labels: {', '.join(both)} is also dropped (drop_labels)")
+    # a dropped label needs no column, and the column it names, if any, is not read
     expected, given = set(metric.labels), set(mapping.labels)
-    if missing := sorted(expected - given):
+    if missing := sorted(expected - given - set(mapping.drop_labels)):
         problems.append(f"{at}.labels: missing {', '.join(missing)} for {metric.name}")
     if extra := sorted(given - expected):
         allowed = ", ".join(metric.labels) or "none"
         problems.append(
             f"{at}.labels: {', '.join(extra)} not a label of {metric.name} (its labels: {allowed})"
         )
-    columns = list(mapping.labels.values())
+    columns = [c for label, c in mapping.labels.items() if label not in mapping.drop_labels]
     if len(set(columns)) != len(columns):
         problems.append(f"{at}.labels: two labels read the same column")
     return problems
@@ -368,7 +457,39 @@ def parse_config(data: Mapping[str, Any] | None) -> Config:
         raise ConfigError(_pydantic_problems(exc)) from None
     if problems := _catalogue_problems(config):
         raise ConfigError(problems)
+    _resolve_policies(config)
     return config
+
+
+def _mappings(config: Config) -> Iterator[tuple[str, MetricMapping]]:
+    for kind, sources in (("queries", config.queries), ("streams", config.streams)):
+        for name, source in sources.items():
+            for index, mapping in enumerate(source.metrics):
+                yield f"{kind}.{name}.metrics[{index}]", mapping
+
+
+def _resolve_policies(config: Config) -> None:
+    """Give every mapping its LabelPolicy; read the HMAC key once if any label is hashed."""
+    hashing = [at for at, mapping in _mappings(config) if mapping.hash_labels]
+    key = b""
+    if hashing:
+        if config.privacy is None:
+            raise ConfigError(
+                [f"privacy: required by {hashing[0]}.hash_labels (set hmac_key_env or"
+                 " hmac_key_file)"]
+            )  # fmt: skip
+        key = config.privacy.resolve_key()
+    for _, mapping in _mappings(config):
+        own = mapping.limits or MappingLimits()
+        mapping._policy = caps.LabelPolicy(
+            max_series=own.max_series_per_metric or config.limits.max_series_per_metric,
+            max_label_value_length=(
+                own.max_label_value_length or config.limits.max_label_value_length
+            ),
+            hashed=frozenset(mapping.hash_labels),
+            dropped=frozenset(mapping.drop_labels),
+            key=key if mapping.hash_labels else b"",
+        )
 
 
 def load_config(path: str | Path) -> Config:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,14 @@ from credit_exporter import redact
 from credit_exporter.config import ConfigError, DatabaseConfig
 
 log = logging.getLogger(__name__)
+
+# Rows per FETCH of a server-side cursor: large enough that round trips do not
+# dominate, small enough that a chunk in memory is a few MB.
+CHUNK_ROWS = 5_000
+# What DECLARE ... CURSOR FOR accepts, after leading comments and parentheses.
+_SELECT_LIKE = re.compile(
+    r"^(\s|--[^\n]*\n|/\*.*?\*/|\()*(SELECT|WITH|VALUES|TABLE)\b", re.IGNORECASE | re.DOTALL
+)
 
 
 class QueryError(Exception):
@@ -219,3 +228,43 @@ class Database:
             columns = tuple(col.name for col in cur.description)
             rows = await cur.fetchall()
         return Result(columns, rows)
+
+    async def fetch_chunks(
+        self,
+        query: str | sql.Composable,
+        timeout: float,
+        consume: Callable[[tuple[str, ...], list[tuple[Any, ...]]], Awaitable[None]],
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> int:
+        """Run one read-only query through a server-side cursor, handing ``consume``
+        one chunk of rows at a time; returns the row count.
+
+        Unlike ``fetch``, the whole result never sits in this process: a query
+        returning a million rows costs one chunk of memory plus what ``consume``
+        keeps. ``cursor_tuple_fraction = 1`` keeps the plan the one a plain
+        query would get (a cursor otherwise favours fast-start plans).
+        """
+        if isinstance(query, str):
+            query = query.strip().rstrip(";")
+            if not _SELECT_LIKE.match(query):
+                # not a query a cursor can run (a write, SHOW): run it plainly so
+                # the error is the server's own ("read-only transaction", ...)
+                result = await self.fetch(query, timeout)
+                for start in range(0, max(1, len(result.rows)), chunk_rows):
+                    await consume(result.columns, result.rows[start : start + chunk_rows])
+                return len(result.rows)
+        total = 0
+        async with (
+            self.read_only(timeout, settings={"cursor_tuple_fraction": "1"}) as conn,
+            conn.cursor(name="credit_exporter_chunks") as cur,
+        ):
+            await cur.execute(query)  # type: ignore[arg-type]
+            if cur.description is None:
+                raise QueryError("validation", "the query returned no result set")
+            columns = tuple(col.name for col in cur.description)
+            while rows := await cur.fetchmany(chunk_rows):
+                total += len(rows)
+                await consume(columns, rows)
+            if total == 0:
+                await consume(columns, [])
+        return total

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -29,10 +31,11 @@ from psycopg import sql
 
 from credit_exporter import catalog
 from credit_exporter.config import MetricMapping, StreamConfig
-from credit_exporter.db import Database
+from credit_exporter.db import CHUNK_ROWS, Database
 from credit_exporter.health import Health
+from credit_exporter.limits import Refused, overflow_labels
 from credit_exporter.metric_state import LabelValues
-from credit_exporter.sources.state import poll_forever, report_failure, to_label
+from credit_exporter.sources.state import poll_forever, report_failure
 from credit_exporter.textformat import LabelText, header, histogram_lines, simple_family
 
 log = logging.getLogger(__name__)
@@ -67,24 +70,25 @@ def _add(target: Aggregates, source: Aggregates) -> None:
     for metric, series in source.items():
         into = target.setdefault(metric, {})
         for labels, value in series.items():
-            present = into.get(labels)
-            if present is None:
-                into[labels] = value
-            elif isinstance(present, HistogramValue):
-                assert isinstance(value, HistogramValue)
-                into[labels] = present.add(value)
-            else:
-                assert isinstance(value, Decimal)
-                into[labels] = present + value
+            _add_value(into, labels, value)
 
 
 @dataclass(frozen=True)
 class _MetricPlan:
     mapping: MetricMapping
     metric: catalog.Metric
-    label_columns: tuple[str, ...]  # in the catalogue's label order
+    label_columns: tuple[str, ...]  # in the catalogue's label order, dropped labels left out
     grouping_mask: int
     aggregate_columns: tuple[str, ...]  # result columns this metric reads
+
+    @property
+    def label_slots(self) -> tuple[tuple[str, str | None], ...]:
+        """(label, column) per catalogue label; the column is None for a dropped label."""
+        dropped = self.mapping.policy.dropped
+        return tuple(
+            (label, None if label in dropped else self.mapping.labels[label])
+            for label in self.metric.labels
+        )
 
 
 @dataclass
@@ -99,8 +103,8 @@ class StreamPlan:
     def __post_init__(self) -> None:
         columns: list[str] = []
         for mapping in self.config.metrics:
-            for column in mapping.labels.values():
-                if column not in columns:
+            for label, column in mapping.labels.items():
+                if column not in columns and label not in mapping.policy.dropped:
                     columns.append(column)
         self.columns = columns
         self.aggregates = [("__rows", sql.SQL("count(*)"))]
@@ -108,7 +112,11 @@ class StreamPlan:
         summed: dict[str, str] = {}
         for index, mapping in enumerate(self.config.metrics):
             metric = catalog.get(mapping.metric)
-            label_columns = tuple(mapping.labels[label] for label in metric.labels)
+            label_columns = tuple(
+                mapping.labels[label]
+                for label in metric.labels
+                if label not in mapping.policy.dropped
+            )
             mask = sum(
                 1 << (len(columns) - 1 - i) for i, c in enumerate(columns) if c not in label_columns
             )
@@ -209,35 +217,203 @@ class StreamPlan:
             seen.setdefault(plan.grouping_mask, plan)
         return list(seen.values())
 
-    def split(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> tuple[
-        Aggregates, Aggregates, int
-    ]:  # fmt: skip
-        """Result rows -> (settled, live) aggregates per metric, and null-label rows skipped."""
-        index = {name: i for i, name in enumerate(columns)}
-        settled: Aggregates = {p.metric.name: {} for p in self.metrics}
-        live: Aggregates = {p.metric.name: {} for p in self.metrics}
-        by_mask: dict[int, list[_MetricPlan]] = {}
-        for plan in self.metrics:
-            by_mask.setdefault(plan.grouping_mask, []).append(plan)
-        skipped = 0
-        for row in rows:
-            target = settled if row[index["__settled"]] else live
-            for plan in by_mask.get(row[index["__grouping"]], []):
-                try:
-                    labels = tuple(to_label(row[index[c]]) for c in plan.label_columns)
-                except ValueError:
-                    skipped += int(row[index["__rows"]])
-                    continue
-                target[plan.metric.name][labels] = self._value(plan, row, index)
-        return settled, live, skipped
+    def split(
+        self,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        admissions: dict[str, Admission] | None = None,
+    ) -> Split:
+        """Result rows -> settled and live aggregates per metric (one chunk at a time
+        through ``PollSplit`` in the engine; whole here)."""
+        split = self.splitter(columns, admissions or self.admissions())
+        split.feed(rows)
+        return split.finish()
 
-    @staticmethod
-    def _value(plan: _MetricPlan, row: tuple[Any, ...], index: dict[str, int]) -> Value:
-        cells = [row[index[c]] for c in plan.aggregate_columns]
-        if plan.metric.type is catalog.MetricType.HISTOGRAM:
-            *buckets, count, total = cells
-            return HistogramValue([int(b) for b in buckets], int(count), Decimal(total or 0))
-        return Decimal(cells[0] or 0)
+    def splitter(self, columns: tuple[str, ...], admissions: dict[str, Admission]) -> PollSplit:
+        """A splitter for one poll's result with these columns."""
+        return PollSplit(self, columns, admissions)
+
+    def admissions(self) -> dict[str, Admission]:
+        """Fresh admission state: which label sets get a series of their own."""
+        return {
+            plan.metric.name: Admission(plan.mapping.policy.max_series - 1) for plan in self.metrics
+        }
+
+
+@dataclass
+class Admission:
+    """The label sets of one capped metric that have a series of their own.
+
+    ``room`` is the cap minus the overflow series. Admission only grows, and
+    closes for the life of the process the first time a label set is refused:
+    from then on every label set not admitted goes to the overflow series, so
+    a refused label set never moves out of it (the overflow never decreases)
+    and an admitted one never moves in.
+    """
+
+    room: int
+    admitted: set[LabelValues] = field(default_factory=set)
+    closed: bool = False
+
+
+class _Gate:
+    """One poll's admission for one metric: new label sets are admitted smallest first.
+
+    Pending label sets (new in this poll) are kept while they fit in twice the
+    room left; beyond that the largest are folded into the overflow series,
+    whose values they add to, so sums stay exact and memory stays bounded.
+    """
+
+    def __init__(self, plan: _MetricPlan, admission: Admission, settled: Aggregates,
+                 live: Aggregates) -> None:  # fmt: skip
+        self.admission = admission
+        self.targets = (settled[plan.metric.name], live[plan.metric.name])
+        self.overflow = overflow_labels(plan.metric.labels, plan.mapping.policy.dropped)
+        self.pending: set[LabelValues] = set()
+        self.cutoff: LabelValues | None = None  # pending label sets above it are refused
+        self.refused = 0  # groups (label set x settled/live) folded into the overflow
+
+    def add(self, labels: LabelValues, value: Value, settled: bool) -> None:
+        admission = self.admission
+        if labels not in admission.admitted and labels not in self.pending:
+            room = admission.room - len(admission.admitted)
+            if admission.closed or room <= 0 or (self.cutoff is not None and labels > self.cutoff):
+                self.refused += 1
+                self.fold(value, settled)
+                return
+            self.pending.add(labels)
+            _add_value(self.targets[0 if settled else 1], labels, value)
+            if len(self.pending) >= 2 * room:
+                self._trim(room)
+            return
+        _add_value(self.targets[0 if settled else 1], labels, value)
+
+    def fold(self, value: Value, settled: bool) -> None:
+        """Add a group to the overflow series whatever its labels."""
+        _add_value(self.targets[0 if settled else 1], self.overflow, value)
+
+    def _trim(self, keep: int) -> None:
+        if len(self.pending) <= keep:
+            return
+        ordered = sorted(self.pending)
+        for labels in ordered[keep:]:
+            for target in self.targets:
+                value = target.pop(labels, None)
+                if value is not None:
+                    _add_value(target, self.overflow, value)
+                    self.refused += 1
+        self.pending = set(ordered[:keep])
+        self.cutoff = ordered[keep - 1] if keep else ()
+
+    def finish(self) -> None:
+        """Commit this poll's admissions (only once its whole result has been read)."""
+        self._trim(max(0, self.admission.room - len(self.admission.admitted)))
+        self.admission.admitted |= self.pending
+        if self.cutoff is not None or len(self.admission.admitted) >= self.admission.room:
+            self.admission.closed = True
+
+
+@dataclass
+class Split:
+    """One poll's aggregates, and what was not exported as its own series."""
+
+    settled: Aggregates
+    live: Aggregates
+    dropped_rows: Counter[str] = field(default_factory=Counter)  # by dropped_rows reason
+    over_limit: Counter[str] = field(default_factory=Counter)  # groups folded, by metric
+
+
+_Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
+
+
+class PollSplit:
+    """Splits one poll's aggregate rows, chunk by chunk, into settled and live series."""
+
+    def __init__(self, plan: StreamPlan, columns: tuple[str, ...],
+                 admissions: dict[str, Admission]) -> None:  # fmt: skip
+        self.index = {name: i for i, name in enumerate(columns)}
+        self.result = Split(
+            settled={p.metric.name: {} for p in plan.metrics},
+            live={p.metric.name: {} for p in plan.metrics},
+        )
+        self.by_mask: dict[int, list[tuple[_MetricPlan, _Gate, _Slots]]] = {}
+        for metric_plan in plan.metrics:
+            gate = _Gate(metric_plan, admissions[metric_plan.metric.name],
+                         self.result.settled, self.result.live)  # fmt: skip
+            slots = tuple(
+                (label, None if column is None else self.index[column])
+                for label, column in metric_plan.label_slots
+            )
+            self.by_mask.setdefault(metric_plan.grouping_mask, []).append(
+                (metric_plan, gate, slots)
+            )
+
+    def feed(self, rows: list[tuple[Any, ...]]) -> None:
+        index, dropped = self.index, self.result.dropped_rows
+        for row in rows:
+            settled = bool(row[index["__settled"]])
+            for plan, gate, slots in self.by_mask.get(row[index["__grouping"]], []):
+                groups_rows = int(row[index["__rows"]])
+                try:
+                    value = _value(plan, row, index)
+                except Refused as refused:
+                    dropped[refused.reason] += groups_rows
+                    continue
+                policy = plan.mapping.policy
+                try:
+                    labels: LabelValues = tuple(
+                        "" if column is None else policy.label(label, row[column])
+                        for label, column in slots
+                    )
+                except Refused as refused:
+                    dropped[refused.reason] += groups_rows
+                    if refused.reason != "null_label":
+                        # too long or not UTF-8: the rows still count, in the
+                        # overflow series, so sum() stays equal to SQL
+                        gate.fold(value, settled)
+                    continue
+                gate.add(labels, value, settled)
+
+    def finish(self) -> Split:
+        for gates in self.by_mask.values():
+            for plan, gate, _ in gates:
+                gate.finish()
+                if gate.refused:
+                    self.result.over_limit[plan.metric.name] += gate.refused
+        return self.result
+
+
+def _value(plan: _MetricPlan, row: tuple[Any, ...], index: dict[str, int]) -> Value:
+    """A group's aggregate as exact Decimal or bucket counts; ``Refused`` when its
+    sum is NaN or infinite, or too large for the float that /metrics writes."""
+    cells = [row[index[c]] for c in plan.aggregate_columns]
+    if plan.metric.type is catalog.MetricType.HISTOGRAM:
+        *buckets, count, total = cells
+        value: Value = HistogramValue(
+            [int(b) for b in buckets], int(count), _finite(Decimal(total or 0))
+        )
+        return value
+    return _finite(Decimal(cells[0] or 0))
+
+
+def _finite(number: Decimal) -> Decimal:
+    if not number.is_finite():
+        raise Refused("not_finite")
+    if not math.isfinite(float(number)):
+        raise Refused("out_of_range")
+    return number
+
+
+def _add_value(series: dict[LabelValues, Value], labels: LabelValues, value: Value) -> None:
+    present = series.get(labels)
+    if present is None:
+        series[labels] = value
+    elif isinstance(present, HistogramValue):
+        assert isinstance(value, HistogramValue)
+        series[labels] = present.add(value)
+    else:
+        assert isinstance(value, Decimal)
+        series[labels] = present + value
 
 
 ACTIVITY_SQL = """
@@ -274,6 +450,9 @@ class EventStream:
         self.database = database
         self.health = health
         self.plan = StreamPlan(config)
+        self.admissions = self.plan.admissions()
+        for mapping in config.metrics:
+            health.register_metric(mapping.metric, ("series_limit",))
         self.horizon: Any = None  # rows with order value <= horizon are in the base
         self.candidates: list[Candidate] = []
         self.base: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
@@ -332,8 +511,8 @@ class EventStream:
         ]
         return horizon
 
-    async def poll(self) -> tuple[Any, Aggregates, Aggregates, int]:
-        """One poll: (new horizon, settled, live, rows skipped for a null label)."""
+    async def poll(self) -> tuple[Any, Split]:
+        """One poll: the new horizon and the aggregates split at it."""
         first = self.horizon is None
         timeout = self.config.startup_timeout if first else self.config.timeout
         horizon = await self._advance_horizon(timeout)
@@ -341,36 +520,44 @@ class EventStream:
         # GROUPING SETS sorts and skip JIT (measured: JIT compiled ~270
         # functions for ~9 s of a 31 s start-up on 1M rows; work_mem 256MB
         # took it from 31 s to 18.5 s). Incremental polls read few rows.
-        settings = {"jit": "off"}
+        settings = {"jit": "off", "cursor_tuple_fraction": "1"}
         if first:
             settings["work_mem"] = self.config.startup_work_mem
-        async with self.database.read_only(
-            timeout, repeatable_read=True, settings=settings, beyond_statement_timeout=first
-        ) as conn:
-            cur = await conn.execute(
+        # a server-side cursor: the start-up result can hold millions of groups,
+        # and only the capped series may stay in memory
+        async with (
+            self.database.read_only(
+                timeout, repeatable_read=True, settings=settings, beyond_statement_timeout=first
+            ) as conn,
+            conn.cursor(name="credit_exporter_stream") as cur,
+        ):
+            await cur.execute(
                 self.plan.statement(bounded=not first),
                 {"since": self.horizon, "horizon": horizon},
             )
             columns = tuple(c.name for c in cur.description or [])
-            rows = await cur.fetchall()
-        # off the event loop: the start-up result can be large, and scrapes must not wait
-        settled, live, skipped = await asyncio.to_thread(self.plan.split, columns, rows)
-        return horizon, settled, live, skipped
+            split = self.plan.splitter(columns, self.admissions)
+            while rows := await cur.fetchmany(CHUNK_ROWS):
+                # off the event loop: scrapes must not wait
+                await asyncio.to_thread(split.feed, rows)
+        return horizon, split.finish()
 
     async def run_once(self) -> bool:
         started = time.monotonic()
         try:
-            horizon, settled, live, skipped = await self.poll()
+            horizon, split = await self.poll()
         except Exception as exc:
             report_failure(self.health, "stream", self.name, started, exc)
             return False
-        _add(self.base, settled)
-        self.live = live
+        _add(self.base, split.settled)
+        self.live = split.live
         self.horizon = horizon
         self.exported = self._never_decreasing(self.totals())
-        if skipped:
-            self.health.dropped_rows.labels(self.name, "null_label").inc(skipped)
-        live_series = sum(len(s) for s in live.values())
+        for reason, count in split.dropped_rows.items():
+            self.health.dropped_rows.labels(self.name, reason).inc(count)
+        for metric, count in split.over_limit.items():
+            self.health.dropped_series.labels(metric, "series_limit").inc(count)
+        live_series = sum(len(s) for s in split.live.values())
         self.health.succeeded(self.name, time.monotonic() - started, live_series)
         return True
 

@@ -10,95 +10,127 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from credit_exporter import catalog
 from credit_exporter.config import MetricMapping, QueryConfig
 from credit_exporter.db import Database, QueryError, Result, classify
 from credit_exporter.health import Health
+from credit_exporter.limits import DEFAULT_POLICY, LabelPolicy, Refused, to_number
 from credit_exporter.metric_state import LabelValues, MetricState
 
 log = logging.getLogger(__name__)
 
-MAX_LABEL_VALUE_LENGTH = 1024
-
 
 @dataclass
 class Conversion:
-    """A query result turned into series, with what had to be skipped and why."""
+    """A query result turned into series, with what had to be skipped and why.
+
+    ``dropped`` counts rows by dropped_rows reason; ``over_limit`` counts, per
+    metric, the rows whose series was refused by the metric's series cap.
+    """
 
     snapshot: dict[str, dict[LabelValues, float]]
     dropped: Counter[str] = field(default_factory=Counter)
-
-
-def to_number(value: object) -> float:
-    """A sample value from a result cell; ValueError with a reason when it is not one."""
-    if value is None:
-        raise ValueError("null_value")
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    if isinstance(value, int | float | Decimal):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError("not_a_number") from None
-    else:
-        raise ValueError("not_a_number")
-    if not math.isfinite(number):
-        raise ValueError("not_finite")
-    return number
+    over_limit: Counter[str] = field(default_factory=Counter)
 
 
 def to_label(value: object) -> str:
-    if value is None:
-        raise ValueError("null_label")
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, bytes):
-        text = value.decode("utf-8", errors="replace")
-    else:
-        text = str(value)
-    if len(text) > MAX_LABEL_VALUE_LENGTH:
-        raise ValueError("label_value_too_long")
-    return text
+    """A cell as a label value under the default policy (``Refused`` if it cannot be one)."""
+    return DEFAULT_POLICY.label("", value)
+
+
+class _CappedSeries:
+    """The series of one metric, never more than ``2 * cap`` in memory while rows stream.
+
+    The survivors are the ``cap`` series with the smallest label values (a
+    sort order every replica shares): when the dict reaches twice the cap it is
+    trimmed to the smallest ``cap``, and anything above the largest survivor
+    is refused on sight from then on.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.series: dict[LabelValues, float] = {}
+        self.cutoff: LabelValues | None = None
+        self.refused = 0
+
+    def add(self, labels: LabelValues, value: float) -> bool:
+        """Keep the series; False if it is a duplicate of one already kept."""
+        if self.cutoff is not None and labels > self.cutoff:
+            self.refused += 1
+            return True
+        if labels in self.series:
+            return False
+        self.series[labels] = value
+        if len(self.series) >= 2 * self.cap:
+            self.trim()
+        return True
+
+    def trim(self) -> None:
+        if len(self.series) <= self.cap:
+            return
+        ordered = sorted(self.series)
+        for labels in ordered[self.cap :]:
+            del self.series[labels]
+        self.refused += len(ordered) - self.cap
+        self.cutoff = ordered[self.cap - 1]
+
+
+class Converter:
+    """Turns a state query's rows into capped series, one chunk of rows at a time."""
+
+    def __init__(self, columns: tuple[str, ...], mappings: list[MetricMapping]) -> None:
+        index = {name: i for i, name in enumerate(columns)}
+        for mapping in mappings:
+            wanted = [*mapping.labels.values(), *([mapping.value] if mapping.value else [])]
+            if missing := [column for column in wanted if column not in index]:
+                raise QueryError(
+                    "validation",
+                    f"{mapping.metric}: result has no column {', '.join(missing)} "
+                    f"(columns: {', '.join(columns)})",
+                )
+        self.dropped: Counter[str] = Counter()
+        self._plans: list[
+            tuple[str, LabelPolicy, tuple[tuple[str, int], ...], int | None, _CappedSeries]
+        ] = []
+        for mapping in mappings:
+            metric = catalog.get(mapping.metric)
+            label_cells = tuple((label, index[mapping.labels[label]]) for label in metric.labels)
+            value_column = index[mapping.value] if mapping.value else None
+            series = _CappedSeries(mapping.policy.max_series)
+            self._plans.append((mapping.metric, mapping.policy, label_cells, value_column, series))
+
+    def feed(self, rows: list[tuple[object, ...]]) -> None:
+        for _, policy, label_cells, value_column, series in self._plans:
+            for row in rows:
+                try:
+                    labels = tuple(policy.label(label, row[i]) for label, i in label_cells)
+                    value = 1.0 if value_column is None else to_number(row[value_column])
+                except Refused as refused:
+                    self.dropped[refused.reason] += 1
+                    continue
+                if not series.add(labels, value):
+                    self.dropped["duplicate_series"] += 1
+
+    def finish(self) -> Conversion:
+        conversion = Conversion(snapshot={}, dropped=self.dropped)
+        for metric, _, _, _, series in self._plans:
+            series.trim()
+            conversion.snapshot[metric] = series.series
+            if series.refused:
+                conversion.over_limit[metric] = series.refused
+        return conversion
 
 
 def convert(result: Result, mappings: list[MetricMapping]) -> Conversion:
     """Map rows onto series; raise QueryError(validation) if a named column is missing."""
-    index = {name: i for i, name in enumerate(result.columns)}
-    for mapping in mappings:
-        wanted = [*mapping.labels.values(), *([mapping.value] if mapping.value else [])]
-        if missing := [column for column in wanted if column not in index]:
-            raise QueryError(
-                "validation",
-                f"{mapping.metric}: result has no column {', '.join(missing)} "
-                f"(columns: {', '.join(result.columns)})",
-            )
-    conversion = Conversion(snapshot={m.metric: {} for m in mappings})
-    for mapping in mappings:
-        metric = catalog.get(mapping.metric)
-        label_columns = [index[mapping.labels[label]] for label in metric.labels]
-        value_column = index[mapping.value] if mapping.value else None
-        series = conversion.snapshot[mapping.metric]
-        for row in result.rows:
-            try:
-                labels = tuple(to_label(row[i]) for i in label_columns)
-                value = 1.0 if value_column is None else to_number(row[value_column])
-            except ValueError as reason:
-                conversion.dropped[str(reason)] += 1
-                continue
-            if labels in series:
-                conversion.dropped["duplicate_series"] += 1
-                continue
-            series[labels] = value
-    return conversion
+    converter = Converter(result.columns, mappings)
+    converter.feed(result.rows)
+    return converter.finish()
 
 
 class StateQuery:
@@ -117,21 +149,34 @@ class StateQuery:
         self.database = database
         self.state = state
         self.health = health
+        for mapping in config.metrics:
+            health.register_metric(mapping.metric, ("series_limit",))
 
     async def run_once(self) -> bool:
         """Run the query once and publish its snapshot; True on success."""
         started = time.monotonic()
-        try:
-            result = await self.database.fetch(self.config.sql, self.config.timeout)
+        converter: Converter | None = None
+
+        async def consume(columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+            nonlocal converter
+            if converter is None:
+                converter = Converter(columns, self.config.metrics)
             # off the event loop: 100k rows take ~0.4 s, and scrapes must not wait
-            conversion = await asyncio.to_thread(convert, result, self.config.metrics)
+            await asyncio.to_thread(converter.feed, rows)
+
+        try:
+            rows = await self.database.fetch_chunks(self.config.sql, self.config.timeout, consume)
+            assert converter is not None
+            conversion = converter.finish()
         except Exception as exc:
             report_failure(self.health, "query", self.name, started, exc)
             return False
         for reason, count in conversion.dropped.items():
             self.health.dropped_rows.labels(self.name, reason).inc(count)
+        for metric, count in conversion.over_limit.items():
+            self.health.dropped_series.labels(metric, "series_limit").inc(count)
         self.state.replace(self.name, conversion.snapshot)
-        self.health.succeeded(self.name, time.monotonic() - started, len(result.rows))
+        self.health.succeeded(self.name, time.monotonic() - started, rows)
         return True
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
