@@ -22,11 +22,20 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from credit_exporter import redact
 from credit_exporter.demo.embedded import EmbeddedPostgres
 from credit_exporter.demo.schema import apply_migrations
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_ALL = os.environ.get("CREDIT_EXPORTER_REQUIRE_ALL") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_secrets() -> Iterator[None]:
+    """Secrets remembered by one test (redact.register is process-wide) must not mask
+    another test's output."""
+    yield
+    redact.forget_all()
 
 
 def skip_or_fail(reason: str) -> None:

@@ -496,15 +496,20 @@ class Stack:
     history_to: datetime
 
 
-def backfill_history(config: Path, dsn: str, data_dir: Path) -> tuple[datetime, datetime]:
-    """Write the demo's last ``HISTORY`` into TSDB blocks where Prometheus will start."""
+def backfill_history(
+    config: Path, dsn: str, data_dir: Path, instance: str
+) -> tuple[datetime, datetime]:
+    """Write the demo's last ``HISTORY`` into TSDB blocks where Prometheus will start,
+    labelled like the live scrapes so that they continue the same series (two series
+    for one counter would double every sum() until the backfilled one went stale)."""
     now = datetime.now(UTC)
     to = datetime.fromtimestamp(now.timestamp() // 600 * 600, UTC)  # steps land on :00, :10
     start = to - HISTORY
     done = subprocess.run(
         [sys.executable, "-m", "credit_exporter", "backfill", "--quiet", "--config", str(config),
          "--from", start.isoformat(), "--to", to.isoformat(),
-         "--step", f"{int(HISTORY_STEP.total_seconds())}s", "--output", str(data_dir)],
+         "--step", f"{int(HISTORY_STEP.total_seconds())}s", "--output", str(data_dir),
+         "--label", "job=credit-exporter", "--label", f"instance={instance}"],
         env={**os.environ, "CREDIT_EXPORTER_DSN": dsn}, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
@@ -533,7 +538,8 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         wait_until(lambda: http_get(exporter.url + "/-/ready")[0] == 200, 60, "exporter ready")
         alerts = work / "test_alerts.yml"
         alerts.write_text(yaml.safe_dump(TEST_ALERT_RULES))
-        history = backfill_history(exporter.config_path, dsn, work / "prometheus" / "data")
+        target = exporter.url.removeprefix("http://")
+        history = backfill_history(exporter.config_path, dsn, work / "prometheus" / "data", target)
         prometheus = start_prometheus(
             work / "prometheus", [exporter.url.removeprefix("http://")],
             rule_files=[RULES, alerts], extra_args=["--storage.tsdb.retention.time=3650d"],

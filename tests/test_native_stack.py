@@ -218,7 +218,8 @@ def test_recording_rules_are_backfilled_over_the_last_day(stack: NativeStack) ->
     def recorded() -> list[dict[str, Any]]:
         return stack.query(f"{record}[1h]", at=half_day_ago)
 
-    wait_until(lambda: bool(recorded()), 90, "Prometheus to load the recorded blocks", step=1)
+    # Prometheus picks up new blocks at its once-a-minute reload; give a loaded machine two
+    wait_until(lambda: bool(recorded()), 180, "Prometheus to load the recorded blocks", step=1)
     evaluated_at = float(recorded()[0]["values"][-1][0])
     sums = {(r["metric"]["organization"], r["metric"].get("agent", "")): float(r["value"][1])
             for r in stack.query(record, at=evaluated_at)}  # fmt: skip

@@ -42,6 +42,12 @@ def register(secret: str) -> None:
             _secrets.add(secret)
 
 
+def forget_all() -> None:
+    """Forget every remembered secret (for tests: a process never needs to)."""
+    with _lock:
+        _secrets.clear()
+
+
 def checked_dsn(dsn: str) -> str:
     """Return ``dsn`` after checking that libpq can parse it; remember its password.
 
