@@ -494,6 +494,7 @@ class Stack:
     added: dict[str, float]
     history_from: datetime
     history_to: datetime
+    live_from: float  # when the live scrapes had begun, before the new usage was written
 
 
 def backfill_history(
@@ -552,6 +553,7 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 60,
                 "three scrapes",
             )
+            live_from = time.time()
             time.sleep(2.5)
             added = write_fresh_usage(dsn)
             probes = [f"sum(increase({m}[1m])) > 0" for m in MOVED]
@@ -570,7 +572,7 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                     f" served now {served}"
                 ) from None
             time.sleep(2)  # a couple more samples after the jump
-            yield Stack(prometheus, dsn, added, *history)
+            yield Stack(prometheus, dsn, added, *history, live_from)
         finally:
             prometheus.stop()
     finally:
@@ -675,10 +677,11 @@ def test_paid_agent_panels_return_data_for_a_paid_agent(stack: Stack) -> None:
 
 
 def _instant(prometheus: PrometheusProcess, panel: Panel, ref: str = "A",
-             at: float | None = None) -> list[dict]:  # fmt: skip
+             at: float | None = None, range_seconds: int = 3600) -> list[dict]:  # fmt: skip
     values, options = defaults(prometheus, DASHBOARDS[panel.dashboard])
     target = next(t for t in panel.targets if t["refId"] == ref)
-    return run_target(prometheus, panel, target, values, options, at)["data"]["result"]
+    return run_target(prometheus, panel, target, values, options, at,
+                      range_seconds=range_seconds)["data"]["result"]  # fmt: skip
 
 
 def _panel(uid: str, title: str) -> Panel:
@@ -721,16 +724,17 @@ def test_panels_show_the_backfilled_history(stack: Stack) -> None:
 
 
 def test_credits_used_in_range_counts_the_credits_written(stack: Stack) -> None:
-    """The Usage headline over a range that starts before the new usage: the recorded
-    series moved by exactly the credits the billing database gained, and the panel shows
-    that figure (increase() extrapolates towards the range ends: up to a few samples)."""
+    """The Usage headline over a range that starts after the backfilled history and
+    before the new usage: the recorded series moved by exactly the credits the billing
+    database gained, and the panel shows that figure (increase() extrapolates towards the
+    range ends: up to a few samples)."""
     panel = _panel("credit-usage", "Credits used in range")
     at = time.time()
-    shown = float(_instant(stack.prometheus, panel, at=at)[0]["value"][1])
+    window = int(at - stack.live_from)  # whole seconds: $__range as Grafana sends it
+    shown = float(_instant(stack.prometheus, panel, at=at, range_seconds=window)[0]["value"][1])
+    recorded = 'organization_agent:credit_spent_credits_total:sum{organization="acme"}'
     delta = stack.prometheus.query(
-        'max_over_time(organization_agent:credit_spent_credits_total:sum{organization="acme"}'
-        "[1h]) - min_over_time(organization_agent:credit_spent_credits_total:sum"
-        '{organization="acme"}[1h])'
+        f"max_over_time({recorded}[{window}s]) - min_over_time({recorded}[{window}s])"
     )
     moved = sum(float(r["value"][1]) for r in delta)
     assert moved == pytest.approx(stack.added["acme"], rel=1e-9)

@@ -107,6 +107,17 @@ def exported_totals(exporter: ExporterProcess) -> dict[str, float]:
     return by_org(exporter.samples())
 
 
+def exporter_over_events(
+    db: EmbeddedPostgres, events: int, tmp_path: Path, started: list[ExporterProcess]
+) -> ExporterProcess:
+    """An exporter on ``db`` once ``events`` rows exist, its totals equal to SQL."""
+    insert_events(db.dsn(), events)
+    exporter = start_exporter(config(db.dsn()), tmp_path)
+    started.append(exporter)
+    wait_until(lambda: exported_totals(exporter) == sql_totals(db.dsn()), 20, "first totals")
+    return exporter
+
+
 def runs(exporter: ExporterProcess, query: str) -> float:
     return exporter.value("credit_exporter_query_duration_seconds_count", query=query) or 0.0
 
@@ -115,11 +126,8 @@ def test_sighup_applies_new_intervals_and_keeps_counter_values(
     flappable_db: EmbeddedPostgres, exporter_on: list[ExporterProcess], tmp_path: Path
 ) -> None:
     dsn = flappable_db.dsn()
-    insert_events(dsn, 500)
-    exporter = start_exporter(config(dsn), tmp_path)
-    exporter_on.append(exporter)
+    exporter = exporter_over_events(flappable_db, 500, tmp_path, exporter_on)
     expected = sql_totals(dsn)
-    wait_until(lambda: exported_totals(exporter) == expected, 20, "counters equal SQL")
 
     exporter.config_path.write_text(
         yaml.safe_dump(config(dsn, seats_interval="4s", stream_interval="4s"))
@@ -149,10 +157,14 @@ class Seen:
 
 
 class Scrapers:
-    """``count`` threads scraping /metrics back to back, keeping what each response showed."""
+    """``count`` threads scraping /metrics every ``period`` seconds, keeping what each
+    response showed. Back to back, 20 threads parsing bodies would starve this test's
+    own thread of the GIL (its 4 s sleeps took 20 s and more); 10 scrapes a second
+    each is still far beyond any Prometheus."""
 
-    def __init__(self, url: str, count: int) -> None:
+    def __init__(self, url: str, count: int, period: float = 0.1) -> None:
         self.url = url
+        self.period = period
         self.statuses: Counter[int] = Counter()
         self.seen: list[Seen] = []
         self.errors: list[str] = []
@@ -171,7 +183,7 @@ class Scrapers:
             thread.join(30)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.period):
             sent = time.monotonic()
             try:
                 with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
@@ -219,10 +231,7 @@ def test_twenty_scrapers_for_60s_while_the_database_flaps(
     flappable_db: EmbeddedPostgres, exporter_on: list[ExporterProcess], tmp_path: Path
 ) -> None:
     dsn = flappable_db.dsn()
-    insert_events(dsn, 2000)
-    exporter = start_exporter(config(dsn), tmp_path)
-    exporter_on.append(exporter)
-    wait_until(lambda: exported_totals(exporter) == sql_totals(dsn), 20, "first totals")
+    exporter = exporter_over_events(flappable_db, 2000, tmp_path, exporter_on)
     pid = exporter.process.pid
     rss_samples: list[int] = []
     outages = 0

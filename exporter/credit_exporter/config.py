@@ -492,17 +492,25 @@ def _resolve_policies(config: Config) -> None:
         )
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's document; ``ValueError("PATH: problem")`` if it cannot be read or parsed."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"{path}: {problem}{where}"]) from None
+        raise ValueError(f"{path}: {problem}{where}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        data = read_yaml(path)
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
     return parse_config(data)

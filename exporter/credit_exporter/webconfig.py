@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 from aiohttp import web
+
+from credit_exporter.config import read_yaml
 
 REALM = "credit-exporter"
 CACHE_SIZE = 1024
@@ -342,14 +343,7 @@ def load_web_config(path: str | Path) -> WebConfig:
     """Read and validate a web config file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WebConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise WebConfigError([f"{path}: {problem}{where}"]) from None
+        data = read_yaml(path)
+    except ValueError as exc:
+        raise WebConfigError([str(exc)]) from None
     return parse_web_config(data, path.parent)
