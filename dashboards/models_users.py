@@ -70,7 +70,18 @@ MODEL_SUCCESS = (
     f"[$__range])) / ({MODEL_PROMPTS} > 0)"
 )
 
-PEAK_HOURS_SQL = """
+# The organization's billed usage events of the selected models in the time range,
+# shared by the peak-hour and weekday queries (indented for their subqueries).
+MODEL_USAGE_IN_RANGE = """\
+  FROM usage_events e
+  JOIN organizations o ON o.id = e.organization_id
+  JOIN models m ON m.id = e.model_id
+  WHERE o.slug = '$organization'
+    AND m.slug ~ '^${model:regex}$'
+    AND $__timeFilter(e.occurred_at)
+    AND NOT e.playground"""
+
+PEAK_HOURS_SQL = f"""
 SELECT lpad(h::text, 2, '0') || ':00' AS "Hour",
        coalesce(s.credits, 0)
          / greatest(extract(epoch FROM ($__timeTo()::timestamptz - $__timeFrom()::timestamptz))
@@ -79,19 +90,13 @@ FROM generate_series(0, 23) AS h
 LEFT JOIN (
   SELECT extract(hour FROM e.occurred_at AT TIME ZONE '$timezone')::int AS hour,
          sum(e.credits) AS credits
-  FROM usage_events e
-  JOIN organizations o ON o.id = e.organization_id
-  JOIN models m ON m.id = e.model_id
-  WHERE o.slug = '$organization'
-    AND m.slug ~ '^${model:regex}$'
-    AND $__timeFilter(e.occurred_at)
-    AND NOT e.playground
+{MODEL_USAGE_IN_RANGE}
   GROUP BY 1
 ) s ON s.hour = h
 ORDER BY h
 """
 
-PEAK_WEEKDAYS_SQL = """
+PEAK_WEEKDAYS_SQL = f"""
 WITH days AS (
   SELECT extract(isodow FROM d)::int AS dow, count(*) AS n
   FROM generate_series(date_trunc('day', $__timeFrom()::timestamptz AT TIME ZONE '$timezone'),
@@ -102,13 +107,7 @@ WITH days AS (
 usage AS (
   SELECT extract(isodow FROM e.occurred_at AT TIME ZONE '$timezone')::int AS dow,
          sum(e.credits) AS credits
-  FROM usage_events e
-  JOIN organizations o ON o.id = e.organization_id
-  JOIN models m ON m.id = e.model_id
-  WHERE o.slug = '$organization'
-    AND m.slug ~ '^${model:regex}$'
-    AND $__timeFilter(e.occurred_at)
-    AND NOT e.playground
+{MODEL_USAGE_IN_RANGE}
   GROUP BY 1
 )
 SELECT (ARRAY['Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday',
