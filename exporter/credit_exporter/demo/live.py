@@ -21,6 +21,7 @@ import heapq
 import itertools
 import logging
 import random
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Coroutine
@@ -29,22 +30,23 @@ from datetime import datetime
 
 import psycopg
 
+from credit_exporter.demo import pgbinary
 from credit_exporter.demo.generator import (
     DOC_SHARE,
     MS_PER_DAY,
     MS_PER_HOUR,
-    NULL,
+    POOL_FIELD,
     PROMPT_PLAYGROUND,
     RETURNING_VISITOR,
     RUNAWAY,
     RUNAWAY_FACTOR,
+    STREAM_COLUMNS,
     SUBSCRIBE,
     Agent,
     ConversationPlan,
     Org,
     Renderer,
     Sampler,
-    TimestampText,
     World,
     add_months,
     build_world,
@@ -60,12 +62,11 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
 MAX_TICK_GAP_MS = 10_000  # after a pause or an outage, do not catch up on more than this
 RATE_WINDOW_DAYS = 28  # history used for the per-hour-of-day rates
-USAGE_COLUMNS = (
-    "occurred_at, organization_id, project_id, department_id, user_id, agent_id, model_id, "
-    "service_type_id, pricing_rule_id, task_category_id, channel_id, conversation_id, pool, "
-    "credits, input_tokens, output_tokens, voice_seconds, documents, tool_runs, "
-    "latency_seconds, success, playground"
-)
+# The bulk load's binary row layout without the id, which the sequence assigns here.
+USAGE_COLUMNS = STREAM_COLUMNS["usage_events"].removeprefix("id, ")
+USAGE_WIDTH = USAGE_COLUMNS.count(",") + 1
+EVENT_HEAD = struct.Struct(">hiqiq")  # field count, occurred_at, conversation_id
+EVENT_HEAD_WITHOUT_CONVERSATION = struct.Struct(">hiqi")
 
 
 class WrongDatabase(Exception):
@@ -105,7 +106,6 @@ class LiveWriter:
         self.rng = random.Random(f"{seed}:live")
         self.sampler = Sampler(self.rng)
         self.render = Renderer()
-        self.ts = TimestampText()
         self.rates: dict[int, list[float]] = {}  # org id -> usage events per hour, by hour
         self.period_end: dict[int, int] = {}  # org id -> end of the current period (ms)
         self.visitors: dict[int, list[int]] = defaultdict(list)  # agent id -> recent visitors
@@ -354,17 +354,24 @@ class LiveWriter:
             if pool == "plan":
                 plan_left[org] = round(balance * 1_000_000)
         drawn: dict[tuple[int, str], int] = defaultdict(int)
-        lines = []
+        parts = [pgbinary.SIGNATURE]
         for e in events:
-            _, org, dims, conv, pg, credits, amount, rest = self.render.event(e)
+            t, org, dims, conv, pg, credits, tail = self.render.event(e)
             pool = "plan" if pg or plan_left[org] > 0 else "topup"
             if not pg:
                 drawn[org, pool] += credits
                 if pool == "plan":
                     plan_left[org] -= credits
-            lines.append(f"{self.ts(e[0])}\t{dims}\t{conv or NULL}\t{pool}\t{amount}\t{rest}\n")
-        async with cur.copy(f"COPY usage_events ({USAGE_COLUMNS}) FROM STDIN") as copy:
-            await copy.write("".join(lines))
+            us = pgbinary.timestamp_us(t)
+            parts += (
+                EVENT_HEAD.pack(USAGE_WIDTH, 8, us, 8, conv) if conv
+                else EVENT_HEAD_WITHOUT_CONVERSATION.pack(USAGE_WIDTH, 8, us, -1),
+                dims, POOL_FIELD[pool], tail,
+            )  # fmt: skip
+        parts.append(pgbinary.TRAILER)
+        statement = f"COPY usage_events ({USAGE_COLUMNS}) FROM STDIN WITH (FORMAT binary)"
+        async with cur.copy(statement) as copy:
+            await copy.write(b"".join(parts))
         for (org, pool), micro in sorted(drawn.items()):
             await cur.execute(
                 "UPDATE credit_pools SET balance = balance - %s::numeric / 1000000, "
