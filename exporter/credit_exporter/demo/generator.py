@@ -1255,12 +1255,13 @@ class Batch:
     events_done: int = 0  # usage events rendered so far, this batch included
 
 
-# In the bulk stream a usage event is rendered once into binary parts:
-#   (t, organization, dims, conversation or 0, playground, credits, tail)
+# In the bulk stream a usage event is rendered once into binary parts
+#   (organization, dims, playground, credits, tail)
 # where dims holds the fields organization ... channel and tail credits ...
-# playground; a message is (t, conversation, rest, feedback) with rest the
-# fields organization ... unanswered and feedback (delay_ms, fields organization
-# ... rating) or None.
+# playground; rows waiting in the hour buckets are (t, conversation or 0, that
+# tuple), so a reused prompt or conversation shares it. A message is (t,
+# conversation, rest, feedback) with rest the fields organization ... unanswered
+# and feedback (delay_ms, fields organization ... rating) or None.
 PROMPT_SLOTS_BITS = 12  # rendered prompts kept per (organization, churn side, latency class)
 CONVERSATION_SLOTS_BITS = 8  # rendered conversations kept per (agent, latency class)
 
@@ -1274,10 +1275,11 @@ class Renderer:
         self._seconds: dict[int, bytes] = {}  # milliseconds -> numeric seconds field
         self._messages: dict[tuple, bytes] = {}
         self._feedback: dict[tuple, bytes] = {}
-        self.scopes: dict[bytes, tuple[int, int, int]] = {}  # dims -> project, dept, user
+        self.scopes: dict[bytes, tuple[int, int, int, int]] = {}  # dims -> org ... user
 
     def event(self, e: tuple) -> tuple:
-        (t, org, project, dept, user, agent, model, svc, rule, task, channel, conv, credits,
+        """The rendered parts of the sampler's event ``e`` (its time and conversation aside)."""
+        (_, org, project, dept, user, agent, model, svc, rule, task, channel, _, credits,
          inp, out, voice, docs, tools, latency, ok, pg) = e  # fmt: skip
         key = e[1:11]
         dims = self._dims.get(key)
@@ -1287,13 +1289,13 @@ class Renderer:
                              int4(agent) if agent else pgbinary.NULL, int4(model), int4(svc),
                              int4(rule), int4(task), int4(channel)))  # fmt: skip
             self._dims[key] = dims
-            self.scopes[dims] = (project, dept, user)
+            self.scopes[dims] = (org, project, dept, user)
         tail = b"".join((
             pgbinary.numeric(credits, 6), TWO_INT4.pack(4, inp, 4, out), self.seconds(voice),
             TWO_INT4.pack(4, docs, 4, tools), self.seconds(latency),
             pgbinary.TRUE if ok else pgbinary.FALSE, pgbinary.TRUE if pg else pgbinary.FALSE,
         ))  # fmt: skip
-        return (t, org, dims, conv, pg, credits, tail)
+        return (org, dims, pg, credits, tail)
 
     def refund_tail(self, credits: int) -> bytes:
         """A refund's or correction's fields from credits on: zero units, latency 0, success."""
@@ -1339,7 +1341,7 @@ class ConversationTemplate:
     type: str
     playground: bool
     messages: tuple[tuple[int, bytes], ...]  # (offset, rest): each use draws its own rating
-    events: tuple[tuple, ...]  # (offset, organization, dims, playground, credits, tail)
+    events: tuple[tuple[int, tuple], ...]  # (offset, rendered event)
     duration: int  # offset of the last message
     last_offset: int  # offset of the last row of any kind
     rated_model: ModelSpec | None  # the model a visitor may rate (None: no rating possible)
@@ -1436,7 +1438,7 @@ class Stream:
                 bucket.append(self._prompt(org, start + int(rng.random() * span), lat))
             for _ in range(stochastic_round(expected[oi] * DOC_SHARE, rng)):
                 t = start + int(rng.random() * span)
-                bucket.append(self.render.event(self.sampler.document_ingest(org, t)))
+                bucket.append((t, 0, self.render.event(self.sampler.document_ingest(org, t))))
         self._runaway(k, start, end)
         self._emit_events(k)
         self._emit_messages(k)
@@ -1452,9 +1454,9 @@ class Stream:
         rendered = slots[n]
         if rendered is None:
             playground = self.rng.random() < PROMPT_PLAYGROUND
-            rendered = self.render.event(self.sampler.prompt(org, t, lat, playground))[1:]
+            rendered = self.render.event(self.sampler.prompt(org, t, lat, playground))
             slots[n] = rendered
-        return (t, *rendered)
+        return (t, 0, rendered)
 
     def _forced_conversations(
         self, start: int, end: int
@@ -1490,14 +1492,14 @@ class Stream:
         if template is None:
             plan = self.sampler.plan_conversation(org, agent)
             messages, events, _ = self.sampler.conversation(plan, 0, 0, lat, None)
-            event_parts = tuple(self.render.event(e) for e in events)
+            rendered = tuple((e[0], self.render.event(e)) for e in events)
             rateable = not plan.playground and plan.type != "call"
             template = ConversationTemplate(
                 plan.channel_id,
                 plan.type,
                 plan.playground,
                 tuple((m[0], m[2]) for m in map(self.render.message, messages)),
-                tuple((e[0], e[1], e[2], e[4], e[5], e[6]) for e in event_parts),
+                rendered,
                 messages[-1][0],
                 max(messages[-1][0], max((e[0] for e in events), default=0)),
                 agent.model if rateable else None,
@@ -1512,8 +1514,7 @@ class Stream:
         conv = self.next_id("conversations")
         visitor = self._visitor(agent, tpl.channel_id, tpl.playground, t)
         messages = [(t + off, conv, rest, None) for off, rest in tpl.messages]
-        events = [(t + off, o, dims, conv, pg, c, tail)
-                  for off, o, dims, pg, c, tail in tpl.events]  # fmt: skip
+        events = [(t + off, conv, rendered) for off, rendered in tpl.events]
         if tpl.rated_model is not None and self.rng.random() < FEEDBACK:
             model = tpl.rated_model
             rating = RATING[model.id].pick(self.rng)
@@ -1540,7 +1541,7 @@ class Stream:
         self._add_conversation(
             conv, plan.org, plan.agent, plan.channel_id, visitor, plan.type, t, ended,
             plan.playground, [self.render.message(m) for m in messages],
-            [self.render.event(e) for e in events],
+            [(e[0], conv, self.render.event(e)) for e in events],
         )  # fmt: skip
 
     def _add_conversation(
@@ -1652,7 +1653,7 @@ class Stream:
         for _ in range(n):
             t = begin + int(self.rng.random() * (end - begin))
             step = self.sampler.runaway_step(self.runaway_agent, self.runaway_conv, t)
-            bucket.append(self.render.event(step))
+            bucket.append((t, self.runaway_conv, self.render.event(step)))
 
     # --- rendering ----------------------------------------------------------------
 
@@ -1665,10 +1666,11 @@ class Stream:
         width = WIDTH["usage_events"]
         plan = POOL_FIELD["plan"]
         pool_fields = [POOL_FIELD[pool] for pool in pools]
-        usage, period_start = self.period_usage, self.period_start
+        period_start = self.period_start
+        billed: dict[bytes, int] = {}  # credits of this hour's current-period rows, by dims
         eid = self.ids["usage_events"]
-        for e in rows:
-            t, org, dims, conv, pg, credits, tail = e
+        countdown = self.next_refund
+        for t, conv, (org, dims, pg, credits, tail) in rows:
             eid += 1
             us = (t - PG_EPOCH_MS) * 1000
             out += (
@@ -1678,24 +1680,34 @@ class Stream:
                 plan if pg else pool_fields[org],
                 tail,
             )  # fmt: skip
-            if t >= period_start[org] and not pg:
-                key = (org, pools[org], dims)
-                usage[key] = usage.get(key, 0) + credits
-            self.next_refund -= 1
-            if self.next_refund <= 0 and credits > 0 and not pg:
-                self._schedule_refund(e)
+            countdown -= 1
+            if pg:
+                continue
+            if t >= period_start[org]:
+                billed[dims] = billed.get(dims, 0) + credits
+            if countdown <= 0 and credits > 0:
+                countdown = self._schedule_refund(t, conv, org, dims, credits)
+        self.next_refund = countdown
         self.ids["usage_events"] = eid
+        usage, scopes = self.period_usage, self.render.scopes
+        for dims, credits in billed.items():
+            org = scopes[dims][0]
+            key = (org, pools[org], dims)
+            usage[key] = usage.get(key, 0) + credits
 
-    def _schedule_refund(self, e: tuple) -> None:
-        """A refund or correction: negative credits on the same dimensions, later."""
+    def _schedule_refund(self, t: int, conv: int, org: int, dims: bytes, credits: int) -> int:
+        """A refund or correction: negative credits on the same dimensions, later.
+
+        Returns the number of billable events until the next one.
+        """
         rng = self.rng
-        self.next_refund = rng.randint(*REFUND_EVERY)
-        t = e[0] + MS_PER_HOUR + rng.randrange(35 * MS_PER_HOUR)
-        if t >= self.tl.now:
-            return
-        credits = -e[5] if rng.random() < 0.7 else -(e[5] // 2) or -1
-        refund = (t, e[1], e[2], e[3], False, credits, self.render.refund_tail(credits))
-        self.events[self.tl.hour_of(t)].append(refund)
+        countdown = rng.randint(*REFUND_EVERY)
+        t += MS_PER_HOUR + rng.randrange(35 * MS_PER_HOUR)
+        if t < self.tl.now:
+            credits = -credits if rng.random() < 0.7 else -(credits // 2) or -1
+            refund = (org, dims, False, credits, self.render.refund_tail(credits))
+            self.events[self.tl.hour_of(t)].append((t, conv, refund))
+        return countdown
 
     def _emit_messages(self, k: int) -> None:
         rows = self.messages.pop(k, [])
@@ -1840,14 +1852,15 @@ class PeriodUsage:
     def from_stream(
         cls,
         sums: dict[tuple[int, str, bytes], int],
-        scopes: dict[bytes, tuple[int, int, int]],
+        scopes: dict[bytes, tuple[int, int, int, int]],
     ) -> PeriodUsage:
-        """``sums`` by (org, pool, dims); ``scopes`` gives dims' project, department, user."""
+        """``sums`` by (org, pool, dims); ``scopes`` gives dims' org, project, department,
+        user."""
         drawn: dict[tuple[int, str], int] = defaultdict(int)
         scoped: dict[tuple[int, str, int], int] = defaultdict(int)
         for (org, pool, dims), credits in sums.items():
             drawn[org, pool] += credits
-            project, department, user = scopes[dims]
+            _, project, department, user = scopes[dims]
             scoped[org, "department", department] += credits
             scoped[org, "project", project] += credits
             scoped[org, "user", user] += credits

@@ -356,7 +356,8 @@ class LiveWriter:
         drawn: dict[tuple[int, str], int] = defaultdict(int)
         parts = [pgbinary.SIGNATURE]
         for e in events:
-            t, org, dims, conv, pg, credits, tail = self.render.event(e)
+            t, conv = e[0], e[11]
+            org, dims, pg, credits, tail = self.render.event(e)
             pool = "plan" if pg or plan_left[org] > 0 else "topup"
             if not pg:
                 drawn[org, pool] += credits
