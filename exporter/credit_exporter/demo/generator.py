@@ -46,6 +46,7 @@ Credits are integer micro-credits until they are formatted.
 
 from __future__ import annotations
 
+import gc
 import math
 import queue
 import random
@@ -2138,7 +2139,7 @@ def _copy_stream(
     producer = _Producer(lambda emit: Stream(world, timeline, seed, emit))
     expected = sum(map(sum, timeline.expected))
     bar = ProgressBar(expected, label="demo data", unit="usage events", enabled=progress)
-    with _quick_thread_switches():
+    with _quick_thread_switches(), _no_cyclic_gc():
         producer.start()
         try:
             while (item := producer.queue.get()) is not None:
@@ -2152,6 +2153,24 @@ def _copy_stream(
             producer.join()
             bar.close()
     return producer.stream
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while the stream runs.
+
+    The stream allocates millions of short-lived tuples, none in a reference
+    cycle (reference counting frees them), and each allocation burst triggers a
+    collection that walks them; the full ones also walk every slot and template.
+    Counted with callgrind at 280k events: 2.8% of the stream's instructions.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @contextmanager
