@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick         # smoke check: 100k events, 10k series (~2 min)
     python benchmarks/run.py --sizes 1000000,10000000
     python benchmarks/run.py --scrape-only   # only /metrics under load (~2 min)
+    python benchmarks/run.py --intake-only   # only the loads, 1M and 10M (~6 min)
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
 (``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
@@ -32,9 +33,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", help="usage_events counts, e.g. 1000000,10000000")
     parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN, help="%(default)s")
     parser.add_argument("--output", type=Path, help="where to write the Markdown")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--scrape-only", action="store_true", help="only the /metrics load (section 4)"
     )
+    only.add_argument("--intake-only", action="store_true", help="only the loads (section 3)")
     return parser.parse_args(argv)
 
 
@@ -51,6 +54,8 @@ def output_path(args: argparse.Namespace) -> Path:
         return args.output
     if args.scrape_only:
         return suite.OUT / "RESULTS-scrape.md"
+    if args.intake_only:
+        return suite.OUT / "RESULTS-intake.md"
     return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
 
 
@@ -70,10 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
         output_path(args).write_text(text, encoding="utf-8")
         return 0
-    sizes = [
-        suite.measure_size(args.admin_dsn, events, plan, plan.intake_reps if i == 0 else 1, log)
-        for i, events in enumerate(plan.sizes)
-    ]
+    if args.intake_only:
+        loaded = [suite.measure_intake(args.admin_dsn, events, plan, log) for events in plan.sizes]
+        text = report.intake_document(described, command.strip(), loaded)
+        print(text)
+        output_path(args).write_text(text, encoding="utf-8")
+        return 0
+    sizes = [suite.measure_size(args.admin_dsn, events, plan, log) for events in plan.sizes]
     log(f"/metrics with {plan.series:,} series:")
     scraped = suite.measure_scrape(args.admin_dsn, plan, log)
     text = report.document(described, plan, command.strip(), sizes, scraped)

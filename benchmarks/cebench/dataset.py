@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -45,6 +47,54 @@ class Load:
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.summary.seconds
+
+    def phase_seconds(self, name: str) -> float:
+        """Seconds of one of load_demo's phases (copy, constraints, finish, analyze)."""
+        return dict(self.summary.phases).get(name, 0.0)
+
+
+@dataclass(frozen=True)
+class BareLoad:
+    """PostgreSQL's own load of the same usage_events rows from a file: the ceiling.
+
+    psql copies the table out in binary, then, in one transaction, into a new
+    table created in that transaction (COPY FREEZE, like load_demo) and builds
+    its primary key and the two secondary indexes; rolled back.
+    """
+
+    events: int
+    copy_seconds: float
+    index_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.copy_seconds + self.index_seconds
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds
+
+
+def bare_load(dsn: str, events: int) -> BareLoad:
+    with tempfile.TemporaryDirectory(prefix="ce-bench-") as tmp:
+        path = Path(tmp) / "usage_events.bin"
+        times = pg.psql_script_seconds(
+            dsn,
+            f"""\\timing off
+\\copy usage_events TO '{path}' WITH (FORMAT binary)
+BEGIN;
+CREATE TABLE ce_bench_bare (LIKE usage_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+\\timing on
+\\copy ce_bench_bare FROM '{path}' WITH (FORMAT binary, FREEZE)
+ALTER TABLE ce_bench_bare ADD PRIMARY KEY (id);
+CREATE INDEX ON ce_bench_bare (occurred_at);
+CREATE INDEX ON ce_bench_bare (organization_id, occurred_at);
+\\timing off
+ROLLBACK;""",
+        )
+    if len(times) != 4:
+        raise RuntimeError(f"expected 4 timings from the bare load, psql printed {times}")
+    return BareLoad(events, times[0], sum(times[1:]))
 
 
 def load(dsn: str, events: int) -> Load:

@@ -59,7 +59,9 @@ class Executed:
 
 
 class _RecordingConnection:
-    """Delegates to a psycopg connection, noting what ``execute`` was asked to run."""
+    """Delegates to a psycopg connection, noting what ``execute`` was asked to run,
+    on the connection or on a cursor it opened (the aggregate runs through a
+    server-side cursor)."""
 
     def __init__(self, conn: Any, log: list[Executed]) -> None:
         self._conn = conn
@@ -69,8 +71,32 @@ class _RecordingConnection:
         self._log.append(Executed(statement, params))
         return await self._conn.execute(statement, params, **kwargs)
 
+    def cursor(self, *args: Any, **kwargs: Any) -> _RecordingCursor:
+        return _RecordingCursor(self._conn.cursor(*args, **kwargs), self._log)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
+
+
+class _RecordingCursor:
+    def __init__(self, cursor: Any, log: list[Executed]) -> None:
+        self._cursor = cursor
+        self._log = log
+
+    async def __aenter__(self) -> _RecordingCursor:
+        await self._cursor.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._cursor.__aexit__(*exc)
+
+    async def execute(self, statement: pg.Statement, params: Any = None, **kwargs: Any) -> Any:
+        self._log.append(Executed(statement, params))
+        await self._cursor.execute(statement, params, **kwargs)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
 
 
 class RecordingDatabase:

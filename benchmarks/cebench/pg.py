@@ -126,9 +126,18 @@ _PSQL_TIME = re.compile(r"^Time: ([0-9.]+) ms", re.MULTILINE)
 
 def psql_seconds(dsn: str, statement: str) -> float:
     """Wall time of ``statement`` in psql (``\\timing``), its rows sent to /dev/null."""
+    return psql_script_seconds(dsn, statement.rstrip().rstrip(";") + ";")[0]
+
+
+def psql_script_seconds(dsn: str, script_text: str) -> list[float]:
+    """Run a psql script with ``\\timing`` on; the seconds of each statement, in order.
+
+    Meta-commands such as ``\\copy`` are timed like statements; ``\\timing off``
+    lines in the script leave their statements out of the list.
+    """
     params = conninfo_to_dict(dsn)
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
-        script.write("\\timing on\n" + statement.rstrip().rstrip(";") + ";\n")
+        script.write("\\timing on\n" + script_text.rstrip() + "\n")
         script.flush()
         command = [
             "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
@@ -137,10 +146,10 @@ def psql_seconds(dsn: str, statement: str) -> float:
             "-o", "/dev/null", "-f", script.name,
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=True)
-    match = _PSQL_TIME.search(result.stdout)
-    if match is None:
+    times = [float(ms) / 1000 for ms in _PSQL_TIME.findall(result.stdout)]
+    if not times:
         raise RuntimeError(f"psql printed no timing: {result.stdout!r} {result.stderr!r}")
-    return float(match.group(1)) / 1000
+    return times
 
 
 def execute(dsn: str, statement: Statement, params: Any = None) -> list[tuple[Any, ...]]:

@@ -23,7 +23,7 @@ class Plan:
     """Sizes and repetition counts of one run."""
 
     sizes: tuple[int, ...]
-    intake_reps: int  # load_demo runs at the first size
+    intake_reps: int  # load_demo runs per size up to 2M events (2 above)
     steady_reps: int  # steady-state polls per size
     new_events: int  # inserted before each steady-state poll
     series: int  # /metrics series
@@ -33,6 +33,10 @@ class Plan:
     def heavy_reps(self, events: int) -> int:
         """Repetitions of whole-table work (start-up, full aggregates, query-exporter)."""
         return 3 if events <= 2_000_000 else 2
+
+    def loads(self, events: int) -> int:
+        """load_demo runs at a size (each one replaces the data)."""
+        return self.intake_reps if events <= 2_000_000 else min(self.intake_reps, 2)
 
 
 QUICK = Plan(sizes=(100_000,), intake_reps=2, steady_reps=5, new_events=1000, series=10_000,
@@ -47,6 +51,7 @@ class SizeResult:
 
     events: int
     loads: list[dataset.Load] = field(default_factory=list)
+    bare: dataset.BareLoad | None = None  # PostgreSQL's own load of the same usage_events
     example_startup: str = ""  # outcome with config.example.yaml's own statement_timeout
     totals_match: bool = False  # engine's start-up total == SQL SUM, to the credit
     series: int = 0
@@ -71,12 +76,32 @@ def load_dataset(dsn: str, events: int, reps: int, log: Log) -> list[dataset.Loa
     loads = []
     for rep in range(reps):
         result = dataset.load(dsn, events)
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.summary.phases)
         log(
             f"  load {rep + 1}/{reps}: {result.summary.usage_events:,} usage events in "
-            f"{result.summary.seconds:.1f}s ({result.events_per_second:,.0f}/s)"
+            f"{result.summary.seconds:.1f}s ({result.events_per_second:,.0f}/s; {phases})"
         )
         loads.append(result)
     return loads
+
+
+def intake(dsn: str, events: int, plan: Plan, result: SizeResult, log: Log) -> None:
+    """load_demo repeated, then PostgreSQL's own load of the usage_events it wrote."""
+    result.loads = load_dataset(dsn, events, plan.loads(events), log)
+    result.bare = dataset.bare_load(dsn, result.loads[-1].summary.usage_events)
+    log(
+        f"  bare COPY + indexes of usage_events in psql: {result.bare.seconds:.1f}s "
+        f"({result.bare.events_per_second:,.0f}/s)"
+    )
+
+
+def measure_intake(admin_dsn: str, events: int, plan: Plan, log: Log) -> SizeResult:
+    """Section 3 alone (``run.py --intake-only``)."""
+    result = SizeResult(events)
+    with pg.bench_database(admin_dsn, f"{events // 1000}k") as dsn:
+        log(f"{events:,} usage events:")
+        intake(dsn, events, plan, result, log)
+    return result
 
 
 # --- start-up and steady state ---------------------------------------------
@@ -202,12 +227,12 @@ def query_exporter_baseline(
     result.qe_query = qe.query_seconds(body) / reps
 
 
-def measure_size(admin_dsn: str, events: int, plan: Plan, intake_reps: int, log: Log) -> SizeResult:
+def measure_size(admin_dsn: str, events: int, plan: Plan, log: Log) -> SizeResult:
     result = SizeResult(events)
     reps = plan.heavy_reps(events)
     with pg.bench_database(admin_dsn, f"{events // 1000}k") as dsn:
         log(f"{events:,} usage events:")
-        result.loads = load_dataset(dsn, events, intake_reps, log)
+        intake(dsn, events, plan, result, log)
         result.example_startup = asyncio.run(example_startup(dsn))
         log(f"  start-up with the example's statement_timeout: {result.example_startup}")
         aggregate = asyncio.run(engine_section(dsn, plan, result, log))
