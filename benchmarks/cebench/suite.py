@@ -29,6 +29,8 @@ class Plan:
     series: int  # /metrics series
     load_seconds: float  # per /metrics load mode
     clients: int = 20
+    burst_events: int = 100_000  # inserted before each "how many per second" poll
+    burst_reps: int = 3
 
     def heavy_reps(self, events: int) -> int:
         """Repetitions of whole-table work (start-up, full aggregates, query-exporter)."""
@@ -61,6 +63,10 @@ class SizeResult:
     steady_db: Repeated | None = None  # ms, EXPLAIN ANALYZE of every statement of the poll
     steady_planning: Repeated | None = None  # ms, of which planning
     steady_rows: int = 0
+    burst_wall: Repeated | None = None  # seconds, a poll after burst_events new events
+    burst_db: Repeated | None = None  # ms, EXPLAIN ANALYZE of that poll's statements
+    burst_rows: int = 0
+    burst_totals_match: bool = False
     steady_statements: dict[str, Repeated] = field(default_factory=dict)  # kind -> DB ms
     groupby_db: Repeated | None = None  # ms, sum over the per-label-set queries
     groupby_queries: int = 0
@@ -138,6 +144,7 @@ async def engine_section(dsn: str, plan: Plan, result: SizeResult, log: Log) -> 
         result.totals_match = harness.exported_total(SPENT) == sql_total
         result.series = harness.series_count()
         await steady_polls(dsn, harness, plan, result, log)
+        await burst_polls(dsn, harness, plan, result, log)
     finally:
         await harness.close()
     result.startup_engine = Repeated.of([first.seconds])
@@ -169,6 +176,7 @@ async def steady_polls(
             rows.append(sum(e.table_rows for kind, e in statements if kind == "aggregate"))
             for kind, explained in statements:
                 by_kind.setdefault(kind, []).append(explained.database_ms)
+    harness.restore(state)  # the last poll counted rows that are deleted now
     result.steady_wall = Repeated.of(walls)
     result.steady_db = Repeated.of(db)
     result.steady_planning = Repeated.of(planning)
@@ -177,6 +185,41 @@ async def steady_polls(
     log(
         f"  steady state: {result.steady_db.median:.1f} ms DB, "
         f"{result.steady_wall.median * 1000:.1f} ms wall, {result.steady_rows:,} rows"
+    )
+
+
+async def burst_polls(
+    dsn: str, harness: engine.StreamHarness, plan: Plan, result: SizeResult, log: Log
+) -> None:
+    """How many new events a poll absorbs per second: ``burst_events`` new rows, one poll.
+
+    Like the steady polls (same state each time, rows deleted after), with a
+    check that the exported total still equals the SQL sum after each.
+    """
+    state = harness.snapshot()
+    walls, db, rows, matches = [], [], [], []
+    with pg.Explainer(dsn) as explainer:
+        for _ in range(plan.burst_reps):
+            last_id = dataset.insert_new_events(dsn, plan.burst_events)
+            harness.restore(state)
+            poll = await harness.poll()
+            matches.append(
+                harness.exported_total(SPENT) == Decimal(pg.execute(dsn, SPENT_SQL)[0][0])
+            )
+            statements = engine.explain_poll(explainer, poll)
+            dataset.delete_events_after(dsn, last_id)
+            walls.append(poll.seconds)
+            db.append(sum(e.database_ms for _, e in statements))
+            rows.append(sum(e.table_rows for kind, e in statements if kind == "aggregate"))
+    harness.restore(state)  # the last poll counted rows that are deleted now
+    result.burst_wall = Repeated.of(walls)
+    result.burst_db = Repeated.of(db)
+    result.burst_rows = int(statistics.median(rows))
+    result.burst_totals_match = all(matches)
+    wall = result.burst_wall.median
+    log(
+        f"  poll after {plan.burst_events:,} new events: {wall:.2f}s wall, "
+        f"{result.burst_db.median / 1000:.2f}s DB ({plan.burst_events / wall:,.0f} events/s)"
     )
 
 
