@@ -303,8 +303,8 @@ parameters; wall is the whole `run_once()`.
 {steady_table(sizes)}
 
 How many new events a poll absorbs: the same, after {plan.burst_events:,} new events
-(n={plan.burst_reps}). The aggregate runs in one backend, so this is about one core's worth;
-at the example's 15 s interval a stream keeps up while the rate stays below it.
+(n={plan.burst_reps}). A poll's aggregate runs in one backend (no parallel plan), so this is
+one core's worth: a stream keeps up with a sustained rate below it, whatever its interval.
 
 {burst_table(plan, sizes)}
 
