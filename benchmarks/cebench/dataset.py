@@ -165,7 +165,7 @@ class ActivitySampler:
 
     def _run(self) -> None:
         query = (
-            "SELECT state, wait_event, left(query, 80) FROM pg_stat_activity "
+            "SELECT state, wait_event, left(query, 200) FROM pg_stat_activity "
             "WHERE datname = %s AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
@@ -189,6 +189,8 @@ class ActivitySampler:
                 if table in {"usage_events", "messages"}
                 else ("COPY writing (other tables)")
             )
+        if text.startswith("ALTER TABLE") and " FOREIGN KEY " not in text:
+            return "index builds"  # a primary key or unique constraint
         for prefix, label in (
             ("CREATE INDEX", "index builds"),
             ("CREATE UNIQUE INDEX", "index builds"),
