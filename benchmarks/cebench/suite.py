@@ -23,7 +23,7 @@ class Plan:
     """Sizes and repetition counts of one run."""
 
     sizes: tuple[int, ...]
-    intake_reps: int  # load_demo runs per size up to 2M events (2 above)
+    intake_reps: int  # load_demo runs per size (each replaces the data)
     steady_reps: int  # steady-state polls per size
     new_events: int  # inserted before each steady-state poll
     series: int  # /metrics series
@@ -35,10 +35,6 @@ class Plan:
     def heavy_reps(self, events: int) -> int:
         """Repetitions of whole-table work (start-up, full aggregates, query-exporter)."""
         return 3 if events <= 2_000_000 else 2
-
-    def loads(self, events: int) -> int:
-        """load_demo runs at a size (each one replaces the data)."""
-        return self.intake_reps if events <= 2_000_000 else min(self.intake_reps, 2)
 
 
 QUICK = Plan(sizes=(100_000,), intake_reps=2, steady_reps=5, new_events=1000, series=10_000,
@@ -93,7 +89,7 @@ def load_dataset(dsn: str, events: int, reps: int, log: Log) -> list[dataset.Loa
 
 def intake(dsn: str, events: int, plan: Plan, result: SizeResult, log: Log) -> None:
     """load_demo repeated, then PostgreSQL's own load of the usage_events it wrote."""
-    result.loads = load_dataset(dsn, events, plan.loads(events), log)
+    result.loads = load_dataset(dsn, events, plan.intake_reps, log)
     result.bare = dataset.bare_load(dsn, result.loads[-1].summary.usage_events)
     log(
         f"  bare COPY + indexes of usage_events in psql: {result.bare.seconds:.1f}s "
