@@ -77,7 +77,6 @@ MS_PER_SECOND = 1_000
 MS_PER_MINUTE = 60_000
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
-NULL = "\\N"
 
 # Average billable usage events per day at scale 1.0, all organizations together.
 EVENTS_PER_DAY = 3_000
@@ -1263,6 +1262,7 @@ class Batch:
 # tuple), so a reused prompt or conversation shares it. A message is (t,
 # conversation, rest, feedback) with rest the fields organization ... unanswered
 # and feedback (delay_ms, fields organization ... rating) or None.
+
 # Rendered prompts kept per (organization, churn side, latency class): 36 x 1024 in all;
 # rendered conversations kept per (agent, latency class): 129 x 128. Fewer slots means
 # less sampling on a 1M-event load (the generator took 15% less time than with 4096 and
@@ -1703,7 +1703,8 @@ class Stream:
     def _schedule_refund(self, t: int, conv: int, org: int, dims: bytes, credits: int) -> int:
         """A refund or correction: negative credits on the same dimensions, later.
 
-        Returns the number of billable events until the next one.
+        Returns the new countdown: the next refund goes to the first billed row
+        once that many more rows (of any kind) have been rendered.
         """
         rng = self.rng
         countdown = rng.randint(*REFUND_EVERY)
