@@ -190,7 +190,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--scrape-interval", default="15s", help="and rule evaluation interval")
     parser.add_argument("--backfill-step", default="1h", help="history older than a day")
-    parser.add_argument("--backfill-recent-step", default="1m", help="the last day")
+    parser.add_argument(
+        "--backfill-recent-step", default="1m",
+        help="the last day; at most 5m, the lookback the recording rules are evaluated with",
+    )  # fmt: skip
     parser.add_argument("--live-speed", type=float, default=1.0, help="live traffic multiplier")
     parser.add_argument(
         "--fast-alerts", action="store_true",

@@ -79,7 +79,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeStack]:
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--days", str(DAYS), "--workdir", str(workdir),
          *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))),
-         "--backfill-step", "1h", "--backfill-recent-step", "10m",
+         # at most the 5m lookback, or the recorded rules can miss every sample (test_compose)
+         "--backfill-step", "1h", "--backfill-recent-step", "5m",
          "--scrape-interval", "2s", "--fast-alerts"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

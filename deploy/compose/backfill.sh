@@ -4,8 +4,11 @@
 # and instance labels of the live scrape so the live samples continue the same
 # series. Older history at BACKFILL_STEP (default 1h), the last day at
 # BACKFILL_RECENT_STEP (default 1m): 90 days at 1m would be ~125 GB of transient
-# OpenMetrics (docs/backfill.md). Runs once per data volume (marker file, which
-# also tells backfill-rules.sh the last day's range and step).
+# OpenMetrics (docs/backfill.md). BACKFILL_RECENT_STEP at most 5m: backfill-rules.sh
+# evaluates the recording rules over the last day, and a coarser step leaves the
+# 5-minute lookback empty at the evaluation times for some start times. Runs once
+# per data volume (marker file, which also tells backfill-rules.sh the last day's
+# range and step).
 # deploy/native_stack.py runs this same script with the paths and the instance
 # overridden by the environment variables below.
 set -eu
