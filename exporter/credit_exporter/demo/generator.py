@@ -60,6 +60,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from operator import itemgetter
 from statistics import NormalDist
 from typing import Generic, TypeVar
@@ -1271,16 +1272,42 @@ PROMPT_SLOTS_BITS = 10
 CONVERSATION_SLOTS_BITS = 7
 
 
+def _seconds_field(ms: int) -> bytes:
+    """A numeric(..., 3) field of seconds, from milliseconds."""
+    return pgbinary.numeric(ms, 3)
+
+
+def _message_fields(org: int, agent: int, role: str, unanswered: bool) -> bytes:
+    return b"".join((pgbinary.int4(org), pgbinary.int4(agent), pgbinary.text(role),
+                     pgbinary.boolean(unanswered)))  # fmt: skip
+
+
+def _feedback_fields(org: int, agent: int, model: int, rating: int) -> bytes:
+    return b"".join((pgbinary.int4(org), pgbinary.int4(agent), pgbinary.int4(model),
+                     pgbinary.int2(rating)))  # fmt: skip
+
+
+def _conversation_fields(org: int, agent: int, channel: int, kind: str, playground: bool) -> bytes:
+    return b"".join((pgbinary.int4(org), pgbinary.int4(agent), pgbinary.int4(channel),
+                     pgbinary.text(kind), pgbinary.boolean(playground)))  # fmt: skip
+
+
+def _owner_fields(org: int, agent: int) -> bytes:
+    """The organization and agent fields of a visitor's or a subscription's row."""
+    return pgbinary.int4(org) + pgbinary.int4(agent)
+
+
 class Renderer:
     """Turns the sampler's value tuples into the stream's binary parts (cached where
-    the same bytes recur: dimensions, message and feedback fields)."""
+    the same bytes recur: dimensions, seconds, message and feedback fields)."""
 
     def __init__(self) -> None:
         self._dims: dict[tuple, bytes] = {}
-        self._seconds: dict[int, bytes] = {}  # milliseconds -> numeric seconds field
-        self._messages: dict[tuple, bytes] = {}
-        self._feedback: dict[tuple, bytes] = {}
         self.scopes: dict[bytes, tuple[int, int, int, int]] = {}  # dims -> org ... user
+        # per renderer, so a long-lived live writer's caches go with it
+        self.seconds = cache(_seconds_field)
+        self.message_fields = cache(_message_fields)
+        self.feedback = cache(_feedback_fields)
 
     def event(self, e: tuple) -> tuple:
         """The rendered parts of the sampler's event ``e`` (its time and conversation aside)."""
@@ -1308,34 +1335,12 @@ class Renderer:
         return b"".join((pgbinary.numeric(credits, 6), no_units, zero, no_units, zero,
                          pgbinary.TRUE, pgbinary.FALSE))  # fmt: skip
 
-    def seconds(self, ms: int) -> bytes:
-        """A numeric(…, 3) field of seconds, from milliseconds."""
-        field_ = self._seconds.get(ms)
-        if field_ is None:
-            field_ = self._seconds[ms] = pgbinary.numeric(ms, 3)
-        return field_
-
     def message(self, m: tuple) -> tuple:
         t, conv, org, agent, role, unanswered, feedback = m
-        key = (org, agent, role, unanswered)
-        rest = self._messages.get(key)
-        if rest is None:
-            rest = self._messages[key] = b"".join((
-                pgbinary.int4(org), pgbinary.int4(agent), pgbinary.text(role),
-                pgbinary.boolean(unanswered)))  # fmt: skip
         if feedback is not None:
             delay, model, rating = feedback
             feedback = (delay, self.feedback(org, agent, model, rating))
-        return (t, conv, rest, feedback)
-
-    def feedback(self, org: int, agent: int, model: int, rating: int) -> bytes:
-        key = (org, agent, model, rating)
-        fields = self._feedback.get(key)
-        if fields is None:
-            fields = self._feedback[key] = b"".join((
-                pgbinary.int4(org), pgbinary.int4(agent), pgbinary.int4(model),
-                pgbinary.int2(rating)))  # fmt: skip
-        return fields
+        return (t, conv, self.message_fields(org, agent, role, unanswered), feedback)
 
 
 @dataclass(frozen=True)
@@ -1387,8 +1392,8 @@ class Stream:
         self.testers: dict[int, int] = {}  # agent id -> playground visitor id
         self.batch = Batch()
         self.batch_from = 0  # usage events before this batch
-        self.conversation_fields: dict[tuple, bytes] = {}  # organization ... playground
-        self.owner_fields: dict[int, bytes] = {}  # agent id -> organization, agent
+        self.conversation_fields = cache(_conversation_fields)
+        self.owner_fields = cache(_owner_fields)
         self.next_refund = self.rng.randint(*REFUND_EVERY) // 3
         # Billable credits of each org's current billing period, by (org, pool, dims),
         # summed as rows are rendered: the allocations and budgets are computed from
@@ -1553,12 +1558,7 @@ class Stream:
         self, conv: int, org: Org, agent: Agent, channel: int, visitor: int, kind: str, t: int,
         ended: int | None, playground: bool, messages: list[tuple], events: list[tuple],
     ) -> None:  # fmt: skip
-        key = (org.id, agent.id, channel, kind, playground)
-        fields = self.conversation_fields.get(key)
-        if fields is None:
-            fields = self.conversation_fields[key] = b"".join((
-                pgbinary.int4(org.id), pgbinary.int4(agent.id), pgbinary.int4(channel),
-                pgbinary.text(kind), pgbinary.boolean(playground)))  # fmt: skip
+        fields = self.conversation_fields(org.id, agent.id, channel, kind, playground)
         started, width = (t - PG_EPOCH_MS) * 1000, WIDTH["conversations"]
         self.batch.parts["conversations"] += (
             FOUR_INT8.pack(width, 8, conv, 8, visitor, 8, started, 8, (ended - PG_EPOCH_MS) * 1000)
@@ -1603,18 +1603,10 @@ class Stream:
         vid = self.next_id("visitors")
         self.batch.parts["visitors"] += (
             TWO_INT8.pack(WIDTH["visitors"], 8, vid, 8, (t - PG_EPOCH_MS) * 1000),
-            self._owner_fields(agent),
+            self.owner_fields(agent.org_id, agent.id),
             pgbinary.text(contact),
         )
         return vid
-
-    def _owner_fields(self, agent: Agent) -> bytes:
-        """The organization and agent fields of an agent's rows."""
-        fields = self.owner_fields.get(agent.id)
-        if fields is None:
-            fields = pgbinary.int4(agent.org_id) + pgbinary.int4(agent.id)
-            self.owner_fields[agent.id] = fields
-        return fields
 
     def _subscription(self, agent: Agent, visitor: int, t: int) -> None:
         """A paid-agent subscription with its monthly charges (and the odd refund)."""
@@ -1634,7 +1626,7 @@ class Stream:
             else FOUR_INT8.pack(
                 width, 8, sid, 8, visitor, 8, begin, 8, pgbinary.timestamp_us(cancelled)
             ),
-            self._owner_fields(agent),
+            self.owner_fields(agent.org_id, agent.id),
         )
         paid = agent.paid
         charge = started
