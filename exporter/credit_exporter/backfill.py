@@ -48,8 +48,10 @@ from psycopg import sql
 
 from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, StreamConfig, parse_duration
+from credit_exporter.db import QueryError
 from credit_exporter.demo.progress import ProgressBar
 from credit_exporter.sources.events import HistogramValue, StreamPlan, le_text
+from credit_exporter.sources.ordering import TimeColumn, describe_ordering_sync
 from credit_exporter.sources.state import to_label
 
 DEFAULT_OUTPUT = "credit-exporter-backfill"
@@ -211,7 +213,7 @@ class _Timestamps:
 # --- the query -------------------------------------------------------------------------
 
 
-def bucket_statement(plan: StreamPlan) -> sql.Composed:
+def bucket_statement(plan: StreamPlan, time_column: TimeColumn) -> sql.Composed:
     """The stream's SQL wrapped as ONE grouped pass: per series and step bucket.
 
     ``__bucket`` is the index of the first step ``T`` with ``time <= T``: 0 for
@@ -219,9 +221,10 @@ def bucket_statement(plan: StreamPlan) -> sql.Composed:
     ``(T[k-1], T[k]]``. Rows after the last step are not read. Integer
     microsecond arithmetic keeps the bucket edges exact. The aggregates are the
     live engine's own (``StreamPlan.aggregates``), so sums and histogram
-    buckets are computed the same way.
+    buckets are computed the same way. ``time_column`` says how the stream's
+    time is typed (a naive timestamp is read in the stream's time_zone).
     """
-    time_column = sql.SQL("events.") + sql.Identifier(plan.config.time)
+    instant = time_column.instant()
     columns = [sql.Identifier(c) for c in plan.columns]
     masks: dict[int, tuple[str, ...]] = {}
     for metric_plan in plan.metrics:
@@ -245,9 +248,9 @@ def bucket_statement(plan: StreamPlan) -> sql.Composed:
         ]
     )  # fmt: skip
     bucket = sql.SQL(
-        "greatest(0, ((extract(epoch FROM {time}::timestamptz) * 1000000)::bigint"
+        "greatest(0, ((extract(epoch FROM {time}) * 1000000)::bigint"
         " - %(first_us)s::bigint + %(step_us)s::bigint - 1) / %(step_us)s::bigint)"
-    ).format(time=time_column)
+    ).format(time=instant)
     return sql.SQL(
         "SELECT {select_list} FROM ("
         "SELECT events.*, {bucket} AS __bucket "
@@ -258,7 +261,7 @@ def bucket_statement(plan: StreamPlan) -> sql.Composed:
         select_list=select_list,
         bucket=bucket,
         source=plan.source,
-        time=time_column,
+        time=instant,
         sets=sets,
         order=sql.SQL(", ").join([*columns, sql.Identifier("__bucket")]),
     )
@@ -546,8 +549,12 @@ def _read_stream(
     say(f"{name}: one grouped pass over the rows up to {steps.at(steps.count - 1).isoformat()}")
     started = time.monotonic()
     cursor_name = f"credit_exporter_backfill_{name}"
+    try:
+        ordering = describe_ordering_sync(conn, plan.shape_statement(), stream)
+    except QueryError as error:
+        raise BackfillError(f"streams.{name}: {error}") from None
     with conn.cursor(name=cursor_name, scrollable=True) as cur:
-        cur.execute(bucket_statement(plan), statement_params(steps))
+        cur.execute(bucket_statement(plan, ordering.time), statement_params(steps))
         # runs the aggregate and counts its rows, for the progress bar
         moved = conn.execute(sql.SQL("MOVE ALL FROM {}").format(sql.Identifier(cursor_name)))
         total = max(moved.rowcount, 0)

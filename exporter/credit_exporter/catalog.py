@@ -345,6 +345,39 @@ METRICS: tuple[Metric, ...] = (
        "the __overflow__ series), counter_decrease (a counter held instead of going down).",
        ("metric", "reason"), EX, Group.EXPORTER,
        120, "60 metrics x 2 reasons"),
+    _m("credit_exporter_counter_excess", G, "",
+       "How far a stream metric's exported values are above the database's current totals, "
+       "summed over its series, because decreases are held (a counter never goes down within "
+       "a process): settled rows deleted or lowered. In the metric's unit (a histogram: "
+       "observations). 0 when every series equals the database.",
+       ("metric",), EX, Group.EXPORTER,
+       60, "one per stream metric"),
+    _m("credit_exporter_reconcile_chunks_total", C, "",
+       "Time chunks of settled history the reconcile compared with the database, by result "
+       "(same, different).",
+       ("query", "result"), EX, Group.EXPORTER,
+       40, "20 streams x 2 results"),
+    _m("credit_exporter_reconcile_rows_total", C, "",
+       "Rows the reconcile found in settled history that the polls had not counted, by reason: "
+       "late (committed after the stream's window), deleted (counted, then removed).",
+       ("query", "reason"), EX, Group.EXPORTER,
+       40, "20 streams x 2 reasons"),
+    _m("credit_exporter_reconcile_difference_total", C, "",
+       "Differences the reconcile found between a metric's settled totals and the database, "
+       "in the metric's unit (a histogram: observations), by direction: up (folded into the "
+       "counters), down (held; see credit_exporter_counter_excess).",
+       ("query", "metric", "direction"), EX, Group.EXPORTER,
+       120, "60 stream metrics x 2 directions"),
+    _m("credit_exporter_reconcile_database_seconds_total", C, "seconds",
+       "Wall time of the reconcile's queries: its rate is the share of one database core the "
+       "reconcile uses.",
+       ("query",), EX, Group.EXPORTER,
+       20, "one per stream"),
+    _m("credit_exporter_reconcile_last_success_timestamp_seconds", G, "seconds",
+       "Time the stream's last reconcile pass over settled history completed, as a Unix "
+       "timestamp. Differences that arrived since are not counted yet.",
+       ("query",), EX, Group.EXPORTER,
+       20, "one per stream"),
     _m("credit_exporter_exposition_bytes", G, "bytes",
        "Size of the last rendered /metrics body, uncompressed.",
        (), EX, Group.EXPORTER,

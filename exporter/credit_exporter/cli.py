@@ -109,11 +109,12 @@ async def _check_queries(config: Config) -> int:
         for name, stream in config.streams.items():
             started = time.monotonic()
             plan = StreamPlan(stream)
+            order = stream.key or stream.time
             database = databases[stream.database]
             try:
-                top = await database.fetch(plan.top_statement(), stream.timeout)
+                top = await database.fetch(plan.top_statement(order), stream.timeout)
                 shape = await database.fetch(plan.shape_statement(), stream.timeout)
-                needed = {plan.order_column, stream.time} | {
+                needed = {order, stream.time} | {
                     column
                     for mapping in stream.metrics
                     for column in [*mapping.labels.values(), mapping.value]
@@ -127,7 +128,7 @@ async def _check_queries(config: Config) -> int:
                 continue
             newest = top.rows[0][0] if top.rows else "none"
             elapsed = time.monotonic() - started
-            print(f"ok   {name}: stream, newest {plan.order_column} {newest}, "
+            print(f"ok   {name}: stream, newest {order} {newest}, "
                   f"{elapsed * 1000:.0f} ms")  # fmt: skip
     finally:
         for database in databases.values():

@@ -12,7 +12,8 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -212,33 +213,88 @@ class QueryConfig(_Strict):
         return self
 
 
+class ReconcileConfig(_Strict):
+    """The background comparison of settled history with the database (docs/event-engine.md)."""
+
+    # a pass over settled history starts this long after the previous one started
+    interval: Duration = 3600.0
+    # width of the time chunks whose row counts and sums are compared
+    chunk: Duration = 3600.0
+    # database time of the reconcile's queries, as a share of wall time while a pass runs
+    max_db_share: float = Field(default=0.01, gt=0, le=1)
+
+
 class StreamConfig(_Strict):
     """A usage event stream: its rows feed exact, absolute counters and histograms.
 
     ``sql`` returns one row per event with the ``time`` column, the optional
     ``key`` column, the label columns and the value columns; the engine wraps
     it (see docs/event-engine.md), so it must be a plain SELECT without ORDER
-    BY or LIMIT. ``key`` is the insertion-order column (a bigserial id): with
-    it, rows inserted with old timestamps are still counted. Without it the
-    engine orders rows by ``time``, which must then be the insertion time.
+    BY or LIMIT. ``key`` is the insertion-order column (an integer fed by a
+    sequence): with it, rows committed long after their time are still counted.
+    Without it the engine orders rows by ``time`` and waits ``arrives_within``
+    before settling them. ``changes_within`` declares how long after its time a
+    row's values may still change (a row inserted first and completed by an
+    UPDATE); rows that young are re-aggregated on every poll.
     """
 
     database: str
     sql: str = Field(min_length=1)
     time: str = Field(min_length=1)
     key: str | None = None
+    # how naive time columns (timestamp, date) are read; epoch-number time columns' unit
+    time_zone: str = "UTC"
+    epoch_unit: Literal["s", "ms", "us"] = "s"
+    # a row commits at most this long after its time (streams ordered by time; default: settle)
+    arrives_within: Duration | None = None
+    # a row's values may change for this long after its time (default: never after insert)
+    changes_within: Duration | None = None
     interval: Duration = 15.0
     timeout: Duration = 15.0
     startup_timeout: Duration = 600.0
     settle: Duration = 120.0
     # PostgreSQL memory size for the start-up aggregate's sorts (SET LOCAL work_mem)
     startup_work_mem: str = Field(default="64MB", pattern=r"^\d+\s*(kB|MB|GB)$")
+    reconcile: ReconcileConfig | Literal[False] = Field(default_factory=ReconcileConfig)
     metrics: list[MetricMapping] = Field(min_length=1)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as UTC or Europe/Berlin)"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> StreamConfig:
         _check_timeout_within_interval(self.timeout, self.interval)
         return self
+
+    @model_validator(mode="after")
+    def _arrival_needs_time_order(self) -> StreamConfig:
+        if self.key is not None and self.arrives_within is not None:
+            raise ValueError(
+                "arrives_within: a stream with a key counts every row when it commits, whatever"
+                " its time; arrives_within is for streams ordered by time (remove one of them)"
+            )
+        return self
+
+    @property
+    def by_time(self) -> bool:
+        """Whether rows settle by their time (no key, or values that change after insert)."""
+        return self.key is None or self.changes_within is not None
+
+    @property
+    def window(self) -> float:
+        """How far behind now() the time horizon trails: rows younger than this are live."""
+        if self.key is not None:
+            return self.changes_within or 0.0
+        arrival = self.settle if self.arrives_within is None else self.arrives_within
+        return max(arrival, self.changes_within or 0.0)
 
 
 class ReportConfig(_Strict):

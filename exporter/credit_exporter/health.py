@@ -29,6 +29,10 @@ DROPPED_ROW_REASONS = (
 )  # fmt: skip
 
 
+RECONCILE_RESULTS = ("same", "different")
+RECONCILE_REASONS = ("late", "deleted")
+
+
 def _help(name: str) -> str:
     return catalog.get(name).help
 
@@ -97,6 +101,34 @@ class Health:
             "credit_exporter_exposition_series", _help("credit_exporter_exposition_series"),
             ["metric"], registry=registry,
         )  # fmt: skip
+        self.counter_excess = Gauge(
+            "credit_exporter_counter_excess", _help("credit_exporter_counter_excess"),
+            ["metric"], registry=registry,
+        )  # fmt: skip
+        self.reconcile_chunks = Counter(
+            "credit_exporter_reconcile_chunks_total",
+            _help("credit_exporter_reconcile_chunks_total"),
+            ["query", "result"], registry=registry,
+        )  # fmt: skip
+        self.reconcile_rows = Counter(
+            "credit_exporter_reconcile_rows_total", _help("credit_exporter_reconcile_rows_total"),
+            ["query", "reason"], registry=registry,
+        )  # fmt: skip
+        self.reconcile_difference = Counter(
+            "credit_exporter_reconcile_difference_total",
+            _help("credit_exporter_reconcile_difference_total"),
+            ["query", "metric", "direction"], registry=registry,
+        )  # fmt: skip
+        self.reconcile_seconds = Counter(
+            "credit_exporter_reconcile_database_seconds_total",
+            _help("credit_exporter_reconcile_database_seconds_total"),
+            ["query"], registry=registry,
+        )  # fmt: skip
+        self.reconcile_last_success = Gauge(
+            "credit_exporter_reconcile_last_success_timestamp_seconds",
+            _help("credit_exporter_reconcile_last_success_timestamp_seconds"),
+            ["query"], registry=registry,
+        )  # fmt: skip
         self.reload_ok = Gauge(
             "credit_exporter_config_last_reload_successful",
             _help("credit_exporter_config_last_reload_successful"),
@@ -123,6 +155,18 @@ class Health:
         for reason in reasons:
             self.dropped_series.labels(metric, reason)
 
+    def register_stream(self, name: str, metrics: list[str]) -> None:
+        """Create a stream's reconcile series at 0, so increase() sees the first finding."""
+        for result in RECONCILE_RESULTS:
+            self.reconcile_chunks.labels(name, result)
+        for reason in RECONCILE_REASONS:
+            self.reconcile_rows.labels(name, reason)
+        self.reconcile_seconds.labels(name)
+        for metric in metrics:
+            self.counter_excess.labels(metric).set(0)
+            for direction in ("up", "down"):
+                self.reconcile_difference.labels(name, metric, direction)
+
     def forget_query(self, name: str) -> None:
         self.queries.pop(name, None)
         for metric in (self.up, self.last_success, self.duration, self.rows):
@@ -131,6 +175,8 @@ class Health:
         for reason in ERROR_REASONS:
             with contextlib.suppress(KeyError):
                 self.errors.remove(name, reason)
+        with contextlib.suppress(KeyError):
+            self.reconcile_last_success.remove(name)
 
     def succeeded(self, name: str, duration: float, rows: int) -> None:
         status = self.queries[name]

@@ -23,19 +23,30 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
 
 from credit_exporter import catalog
-from credit_exporter.config import MetricMapping, StreamConfig
-from credit_exporter.db import CHUNK_ROWS, Database
+from credit_exporter.config import MetricMapping, ReconcileConfig, StreamConfig
+from credit_exporter.db import CHUNK_ROWS, Database, classify
 from credit_exporter.health import Health
 from credit_exporter.limits import Refused, overflow_labels
 from credit_exporter.metric_state import LabelValues
+from credit_exporter.sources.ordering import Horizon, Ordering, describe_ordering
+from credit_exporter.sources.reconcile import Reconciler
 from credit_exporter.sources.state import poll_forever, report_failure
+from credit_exporter.sources.totals import (
+    Aggregates,
+    Checksum,
+    HistogramValue,
+    Value,
+    add_aggregates,
+    add_checksums,
+    add_value,
+    magnitude,
+)
 from credit_exporter.textformat import LabelText, header, histogram_lines, simple_family
 
 log = logging.getLogger(__name__)
@@ -44,33 +55,6 @@ log = logging.getLogger(__name__)
 # a session left "idle in transaction" for hours must not make every poll
 # re-read hours of events. Past it, only ``settle`` protects late commits.
 MAX_GUARD_HOLD_SECONDS = 3600.0
-
-
-@dataclass
-class HistogramValue:
-    """Cumulative bucket counts (``le`` order, +Inf excluded), count and exact sum."""
-
-    buckets: list[int]
-    count: int = 0
-    total: Decimal = Decimal(0)
-
-    def add(self, other: HistogramValue) -> HistogramValue:
-        return HistogramValue(
-            [a + b for a, b in zip(self.buckets, other.buckets, strict=True)],
-            self.count + other.count,
-            self.total + other.total,
-        )
-
-
-Value = Decimal | HistogramValue
-Aggregates = dict[str, dict[LabelValues, Value]]
-
-
-def _add(target: Aggregates, source: Aggregates) -> None:
-    for metric, series in source.items():
-        into = target.setdefault(metric, {})
-        for labels, value in series.items():
-            _add_value(into, labels, value)
 
 
 @dataclass(frozen=True)
@@ -132,7 +116,9 @@ class StreamPlan:
                     )  # fmt: skip
                     names.append(name)
                 self.aggregates.append((f"__h{index}_count", sql.SQL("count({})").format(observed)))
-                self.aggregates.append((f"__h{index}_sum", sql.SQL("sum({})").format(observed)))
+                self.aggregates.append(
+                    (f"__h{index}_sum", sql.SQL("sum({}::numeric)").format(observed))
+                )
                 names += [f"__h{index}_count", f"__h{index}_sum"]
                 aggregate_columns = tuple(names)
             elif mapping.value is None:
@@ -142,7 +128,7 @@ class StreamPlan:
                     summed[mapping.value] = f"__s{len(summed)}"
                     self.aggregates.append(
                         (summed[mapping.value],
-                         sql.SQL("sum({})").format(sql.Identifier(mapping.value))),
+                         sql.SQL("sum({}::numeric)").format(sql.Identifier(mapping.value))),
                     )  # fmt: skip
                 aggregate_columns = (summed[mapping.value],)
             self.metrics.append(
@@ -154,36 +140,75 @@ class StreamPlan:
         """The stream's own SQL, as the subquery every statement wraps."""
         return sql.SQL(self.config.sql.strip().rstrip(";"))  # type: ignore[arg-type]
 
-    @property
-    def order_column(self) -> str:
-        """The column rows are ordered by: the insertion key, else the time."""
-        return self.config.key or self.config.time
-
-    def top_statement(self) -> sql.Composed:
-        """The highest ordering value visible now (an index scan backwards, one row)."""
-        order = sql.Identifier(self.order_column)
+    def top_statement(self, column: str) -> sql.Composed:
+        """The highest value of ``column`` visible now (an index scan backwards, one row)."""
+        order = sql.Identifier(column)
         return sql.SQL(
             "SELECT events.{order} FROM (\n{source}\n) AS events"
             " WHERE events.{order} IS NOT NULL ORDER BY events.{order} DESC LIMIT 1"
+        ).format(order=order, source=self.source)
+
+    def bottom_statement(self, column: str) -> sql.Composed:
+        """The lowest value of ``column`` (an index scan forwards, one row)."""
+        order = sql.Identifier(column)
+        return sql.SQL(
+            "SELECT events.{order} FROM (\n{source}\n) AS events"
+            " WHERE events.{order} IS NOT NULL ORDER BY events.{order} LIMIT 1"
         ).format(order=order, source=self.source)
 
     def shape_statement(self) -> sql.Composed:
         """No rows, only the stream's columns (check-config --connect)."""
         return sql.SQL("SELECT * FROM (\n{source}\n) AS events LIMIT 0").format(source=self.source)
 
-    def statement(self, bounded: bool) -> sql.Composed:
-        """The aggregate; ``bounded`` adds ``order > %(since)s`` (every poll but the first)."""
-        time_column = sql.Identifier(self.order_column)
-        lower = sql.SQL("WHERE {} > %(since)s").format(time_column) if bounded else sql.SQL("")
+    @property
+    def fingerprint(self) -> sql.Composable:
+        """A sum of hashes of every row's label columns: a checksum that moves when a settled
+        row's labels change even though no count or sum does."""
+        if not self.columns:
+            return sql.SQL("0")
+        return sql.SQL("sum(hashtext(ROW({})::text))").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+        )
+
+    @property
+    def checksum_columns(self) -> tuple[str, ...]:
+        """The result columns of a chunk's checksum, in order."""
+        return (*(name for name, _ in self.aggregates), "__fp")
+
+    def _aggregate_list(self) -> list[sql.Composable]:
+        return [
+            *[sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+              for name, expr in self.aggregates],
+            sql.SQL("{} AS __fp").format(self.fingerprint),
+        ]  # fmt: skip
+
+    def _chunk(self, ordering: Ordering) -> sql.Composable:
+        return sql.SQL("floor({} / %(chunk)s)::bigint").format(ordering.time.position())
+
+    def aggregate_statement(
+        self, ordering: Ordering, branches: list[sql.Composable], settled: sql.Composable
+    ) -> sql.Composed:
+        """One GROUPING SETS aggregate, every metric's label set plus the time chunk.
+
+        The rows read are the union of ``branches`` (WHERE clauses; none means
+        every row), each marked ``__settled`` by ``settled``. The chunk set
+        (``__by_chunk`` 0) carries the per-chunk checksums the reconcile compares.
+        """
         label_columns = [sql.Identifier(c) for c in self.columns]
         sets = sql.SQL(", ").join(
-            sql.SQL("({})").format(
-                sql.SQL(", ").join(
-                    [sql.Identifier("__settled"), *[sql.Identifier(c) for c in plan.label_columns]]
-                )
-            )
-            for plan in self._distinct_sets()
-        )
+            [
+                *(
+                    sql.SQL("({})").format(
+                        sql.SQL(", ").join(
+                            [sql.Identifier("__settled"),
+                             *[sql.Identifier(c) for c in plan.label_columns]]
+                        )
+                    )
+                    for plan in self._distinct_sets()
+                ),
+                sql.SQL("(__settled, __chunk)"),
+            ]
+        )  # fmt: skip
         grouping = (
             sql.SQL("GROUPING({})").format(sql.SQL(", ").join(label_columns))
             if label_columns
@@ -193,22 +218,64 @@ class StreamPlan:
             [
                 sql.Identifier("__settled"),
                 sql.SQL("{} AS __grouping").format(grouping),
+                sql.SQL("GROUPING(__chunk) AS __by_chunk"),
+                sql.Identifier("__chunk"),
                 *label_columns,
-                *[sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
-                  for name, expr in self.aggregates],
+                *self._aggregate_list(),
             ]
-        )  # fmt: skip
+        )
+        branch = sql.SQL(
+            "SELECT events.*, ({settled}) AS __settled, {chunk} AS __chunk"
+            " FROM (\n{source}\n) AS events"
+        ).format(settled=settled, chunk=self._chunk(ordering), source=self.source)
+        rows = sql.SQL(" UNION ALL ").join(
+            [sql.SQL("{} WHERE {}").format(branch, where) for where in branches] or [branch]
+        )
         return sql.SQL(
-            "SELECT {select_list} FROM ("
-            "SELECT events.*, ({time} <= %(horizon)s) AS __settled "
-            "FROM (\n{source}\n) AS events {lower}"
-            ") AS stream GROUP BY GROUPING SETS ({sets})"
+            "SELECT {select_list} FROM ({rows}) AS stream GROUP BY GROUPING SETS ({sets})"
+        ).format(select_list=select_list, rows=rows, sets=sets)
+
+    def poll_statement(
+        self, ordering: Ordering, since: Horizon | None, settle_at: Horizon | None
+    ) -> sql.Composed:
+        """The rows not settled at ``since``, split by whether they are settled at ``settle_at``
+        (parameters from ``Ordering.params`` with prefixes since and at)."""
+        return self.aggregate_statement(
+            ordering, ordering.unsettled_branches(since, "since"), ordering.settled(settle_at, "at")
+        )
+
+    @staticmethod
+    def _in_chunks(ordering: Ordering, null_time: bool) -> sql.Composable:
+        """The rows of chunks [lo, hi) (parameters lo, hi), or those with a NULL time."""
+        column = ordering.time.column
+        if null_time:
+            return sql.SQL("{} IS NULL").format(column)
+        return sql.SQL("{column} >= {lo} AND {column} < {hi}").format(
+            column=column, lo=ordering.time.param("lo"), hi=ordering.time.param("hi")
+        )
+
+    def history_statement(
+        self, ordering: Ordering, at: Horizon, null_time: bool = False
+    ) -> sql.Composed:
+        """The per-series totals of the rows settled at ``at`` in chunks [lo, hi)."""
+        where = sql.SQL("({}) AND {}").format(
+            ordering.settled(at, "at"), self._in_chunks(ordering, null_time)
+        )
+        return self.aggregate_statement(ordering, [where], sql.SQL("TRUE"))
+
+    def checksum_statement(
+        self, ordering: Ordering, at: Horizon, null_time: bool = False
+    ) -> sql.Composed:
+        """Per chunk in [lo, hi): the checksum of the rows settled at ``at``."""
+        return sql.SQL(
+            "SELECT {chunk} AS __chunk, {aggregates} FROM (\n{source}\n) AS events"
+            " WHERE ({settled}) AND {within} GROUP BY 1"
         ).format(
-            select_list=select_list,
-            time=sql.SQL("events.") + time_column,
+            chunk=self._chunk(ordering),
+            aggregates=sql.SQL(", ").join(self._aggregate_list()),
             source=self.source,
-            lower=lower,
-            sets=sets,
+            settled=ordering.settled(at, "at"),
+            within=self._in_chunks(ordering, null_time),
         )
 
     def _distinct_sets(self) -> list[_MetricPlan]:
@@ -282,15 +349,15 @@ class _Gate:
                 self.fold(value, settled)
                 return
             self.pending.add(labels)
-            _add_value(self.targets[0 if settled else 1], labels, value)
+            add_value(self.targets[0 if settled else 1], labels, value)
             if len(self.pending) >= 2 * room:
                 self._trim(room)
             return
-        _add_value(self.targets[0 if settled else 1], labels, value)
+        add_value(self.targets[0 if settled else 1], labels, value)
 
     def fold(self, value: Value, settled: bool) -> None:
         """Add a group to the overflow series whatever its labels."""
-        _add_value(self.targets[0 if settled else 1], self.overflow, value)
+        add_value(self.targets[0 if settled else 1], self.overflow, value)
 
     def _trim(self, keep: int) -> None:
         if len(self.pending) <= keep:
@@ -300,7 +367,7 @@ class _Gate:
             for target in self.targets:
                 value = target.pop(labels, None)
                 if value is not None:
-                    _add_value(target, self.overflow, value)
+                    add_value(target, self.overflow, value)
                     self.refused += 1
         self.pending = set(ordered[:keep])
         self.cutoff = ordered[keep - 1] if keep else ()
@@ -321,6 +388,8 @@ class Split:
     live: Aggregates
     dropped_rows: Counter[str] = field(default_factory=Counter)  # by dropped_rows reason
     over_limit: Counter[str] = field(default_factory=Counter)  # groups folded, by metric
+    # per time chunk (None: rows without a time), the checksum of the rows it settled
+    checksums: dict[int | None, Checksum] = field(default_factory=dict)
 
 
 _Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
@@ -332,6 +401,7 @@ class PollSplit:
     def __init__(self, plan: StreamPlan, columns: tuple[str, ...],
                  admissions: dict[str, Admission]) -> None:  # fmt: skip
         self.index = {name: i for i, name in enumerate(columns)}
+        self.checksum_columns = plan.checksum_columns
         self.result = Split(
             settled={p.metric.name: {} for p in plan.metrics},
             live={p.metric.name: {} for p in plan.metrics},
@@ -350,8 +420,15 @@ class PollSplit:
 
     def feed(self, rows: list[tuple[Any, ...]]) -> None:
         index, dropped = self.index, self.result.dropped_rows
+        by_chunk = index.get("__by_chunk")
+        checksum = [index[name] for name in self.checksum_columns] if by_chunk is not None else []
         for row in rows:
             settled = bool(row[index["__settled"]])
+            if by_chunk is not None and row[by_chunk] == 0:
+                if settled:
+                    chunk = row[index["__chunk"]]
+                    self.result.checksums[chunk] = tuple(row[i] for i in checksum)
+                continue
             for plan, gate, slots in self.by_mask.get(row[index["__grouping"]], []):
                 groups_rows = int(row[index["__rows"]])
                 try:
@@ -404,18 +481,6 @@ def _finite(number: Decimal) -> Decimal:
     return number
 
 
-def _add_value(series: dict[LabelValues, Value], labels: LabelValues, value: Value) -> None:
-    present = series.get(labels)
-    if present is None:
-        series[labels] = value
-    elif isinstance(present, HistogramValue):
-        assert isinstance(value, HistogramValue)
-        series[labels] = present.add(value)
-    else:
-        assert isinstance(value, Decimal)
-        series[labels] = present + value
-
-
 ACTIVITY_SQL = """
 SELECT now(),
        (SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
@@ -428,8 +493,16 @@ SELECT now(),
              AND backend_type = 'client backend'
              AND xact_start IS NOT NULL
              AND application_name IS DISTINCT FROM current_setting('application_name')),
-         '{}')
+         '{{}}'),
+       {cutoff}
 """
+
+
+def activity_statement(ordering: Ordering) -> sql.Composed:
+    """now(), whether this role sees other sessions, the open transactions, and ``now()``
+    minus the stream's window in its time column's type (parameter ``window``)."""
+    cutoff = ordering.time.cutoff("window") if ordering.by_time else sql.SQL("NULL")
+    return sql.SQL(ACTIVITY_SQL).format(cutoff=cutoff)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -439,6 +512,13 @@ class Candidate:
     value: Any  # the highest ordering value visible when read
     open_transactions: frozenset[str]  # "pid@xact_start" read right after it
     seen: float  # time.monotonic() when read
+
+
+def _later(current: Any, new: Any) -> Any:
+    """The horizon never moves back (naive times in a zone with DST can, by an hour)."""
+    if new is None:
+        return current
+    return new if current is None or new > current else current
 
 
 class EventStream:
@@ -453,14 +533,32 @@ class EventStream:
         self.admissions = self.plan.admissions()
         for mapping in config.metrics:
             health.register_metric(mapping.metric, ("series_limit",))
-        self.horizon: Any = None  # rows with order value <= horizon are in the base
+        health.register_stream(name, [mapping.metric for mapping in config.metrics])
+        self.ordering: Ordering | None = None  # the ordering columns' types, read at first poll
+        self.horizon: Horizon | None = None  # rows settled at it are in the base
         self.candidates: list[Candidate] = []
         self.base: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
         self.live: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
         # what /metrics shows: base + live, never below what it showed before
         self.exported: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
+        # per time chunk, the checksum of the rows settled into the base
+        self.checksums: dict[int | None, Checksum] = {}
+        self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
+        # polls and reconcile steps take turns: each sees a horizon nobody else moves
+        self.lock = asyncio.Lock()
+        reconcile = config.reconcile or ReconcileConfig()
+        self.chunk_width = 0  # seconds, known once the time column's type is
+        self._chunk = reconcile.chunk
+        self.reconciler = Reconciler(self, config.reconcile) if config.reconcile else None
 
-    async def _advance_horizon(self, timeout: float) -> Any:
+    async def describe(self, timeout: float) -> Ordering:
+        """The ordering columns' types, read from the stream's result (no rows)."""
+        async with self.database.read_only(timeout) as conn:
+            ordering = await describe_ordering(conn, self.plan.shape_statement(), self.config)
+        self.chunk_width = ordering.time.chunk_seconds(self._chunk)
+        return ordering
+
+    async def _advance_horizon(self, ordering: Ordering, timeout: float) -> Horizon:
         """Read a new candidate, release the safe ones, return the new horizon.
 
         Order matters: the top value is read first, the open transactions
@@ -468,19 +566,25 @@ class EventStream:
         commit a row at or below the top value is in that set. A candidate is
         released when none of its transactions is open any more (read before
         the aggregate's snapshot is taken), or, when this role cannot see other
-        sessions, once ``settle`` has passed.
+        sessions, once ``settle`` has passed. The guarded column is the key, or
+        without one the time, which also trails ``now()`` by the stream's window;
+        a keyed stream whose rows change settles by both (the time part trails
+        by ``changes_within``).
         """
+        guarded = ordering.key.name if ordering.key is not None else ordering.time.name
+        previous = self.horizon or Horizon()
+        guarded_horizon = previous.key if ordering.key is not None else previous.time
         async with self.database.read_only(timeout) as conn:
-            cur = await conn.execute(self.plan.top_statement())
+            cur = await conn.execute(self.plan.top_statement(guarded))
             top = await cur.fetchone()
         async with self.database.read_only(timeout) as conn:
-            cur = await conn.execute(ACTIVITY_SQL)
+            cur = await conn.execute(activity_statement(ordering), {"window": self.config.window})
             row = await cur.fetchone()
         assert row is not None
-        db_now, can_see_all, open_list = row
+        _, can_see_all, open_list, cutoff = row
         open_now = frozenset(open_list)
         now = time.monotonic()
-        if top is not None and (self.horizon is None or top[0] > self.horizon):
+        if top is not None and (guarded_horizon is None or top[0] > guarded_horizon):
             self.candidates.append(Candidate(top[0], open_now, now))
         max_hold = max(self.config.settle, MAX_GUARD_HOLD_SECONDS)
         released: list[Candidate] = []
@@ -495,27 +599,40 @@ class EventStream:
                         " below the horizon will not be counted", self.name, max_hold,
                     )  # fmt: skip
                 released.append(candidate)
-        horizon = self.horizon
-        if released:
-            value = max(c.value for c in released)
-            if self.config.key is None:
-                # ordered by time: also leave room for timestamps taken before BEGIN
-                cap = db_now - timedelta(seconds=self.config.settle)
-                value = min(value, cap)
-            if horizon is None or value > horizon:
-                horizon = value
+        value = max((c.value for c in released), default=None)
+        if ordering.key is not None:
+            horizon = Horizon(
+                key=_later(previous.key, value),
+                time=_later(previous.time, cutoff) if ordering.by_time else None,
+            )
+            guarded_horizon = horizon.key
+        else:
+            capped = None if value is None else min(value, cutoff)
+            horizon = Horizon(time=_later(previous.time, capped))
+            guarded_horizon = horizon.time
         self.candidates = [
             c
             for c in self.candidates
-            if c not in released and (horizon is None or c.value > horizon)
+            if c not in released and (guarded_horizon is None or c.value > guarded_horizon)
         ]
         return horizon
 
-    async def poll(self) -> tuple[Any, Split]:
+    def params(self, since: Horizon | None, settle_at: Horizon | None) -> dict[str, Any]:
+        assert self.ordering is not None
+        return {
+            **self.ordering.params(since, "since"),
+            **self.ordering.params(settle_at, "at"),
+            "chunk": self.chunk_width,
+        }
+
+    async def poll(self) -> tuple[Horizon, Split]:
         """One poll: the new horizon and the aggregates split at it."""
-        first = self.horizon is None
+        if self.ordering is None:
+            self.ordering = await self.describe(self.config.timeout)
+        ordering = self.ordering
+        first = not ordering.complete(self.horizon)
         timeout = self.config.startup_timeout if first else self.config.timeout
-        horizon = await self._advance_horizon(timeout)
+        horizon = await self._advance_horizon(ordering, timeout)
         # The start-up aggregate is the one big statement: give it memory for its
         # GROUPING SETS sorts and skip JIT (measured: JIT compiled ~270
         # functions for ~9 s of a 31 s start-up on 1M rows; work_mem 256MB
@@ -532,34 +649,52 @@ class EventStream:
             conn.cursor(name="credit_exporter_stream") as cur,
         ):
             await cur.execute(
-                self.plan.statement(bounded=not first),
-                {"since": self.horizon, "horizon": horizon},
+                self.plan.poll_statement(ordering, self.horizon, horizon),
+                self.params(self.horizon, horizon),
             )
-            columns = tuple(c.name for c in cur.description or [])
-            split = self.plan.splitter(columns, self.admissions)
-            while rows := await cur.fetchmany(CHUNK_ROWS):
-                # off the event loop: scrapes must not wait
-                await asyncio.to_thread(split.feed, rows)
-        return horizon, split.finish()
+            split = await self.read_split(cur)
+        return horizon, split
+
+    async def read_split(self, cur: Any) -> Split:
+        """An aggregate's rows, chunk by chunk, split into settled and live series."""
+        columns = tuple(c.name for c in cur.description or [])
+        split = self.plan.splitter(columns, self.admissions)
+        while rows := await cur.fetchmany(CHUNK_ROWS):
+            # off the event loop: scrapes must not wait
+            await asyncio.to_thread(split.feed, rows)
+        return split.finish()
 
     async def run_once(self) -> bool:
         started = time.monotonic()
-        try:
-            horizon, split = await self.poll()
-        except Exception as exc:
-            report_failure(self.health, "stream", self.name, started, exc)
-            return False
-        _add(self.base, split.settled)
-        self.live = split.live
-        self.horizon = horizon
-        self.exported = self._never_decreasing(self.totals())
+        async with self.lock:
+            try:
+                horizon, split = await self.poll()
+            except Exception as exc:
+                if classify(exc).reason not in ("connection", "timeout"):
+                    self.ordering = None  # a changed table: read its column types again
+                report_failure(self.health, "stream", self.name, started, exc)
+                return False
+            add_aggregates(self.base, split.settled)
+            for chunk, checksum in split.checksums.items():
+                self.checksums[chunk] = add_checksums(self.checksums.get(chunk), checksum)
+            self.live = split.live
+            self.horizon = horizon
+            self.publish()
         for reason, count in split.dropped_rows.items():
             self.health.dropped_rows.labels(self.name, reason).inc(count)
         for metric, count in split.over_limit.items():
             self.health.dropped_series.labels(metric, "series_limit").inc(count)
         live_series = sum(len(s) for s in split.live.values())
         self.health.succeeded(self.name, time.monotonic() - started, live_series)
+        log.debug(
+            "stream %s: poll in %.3fs, horizon %s, %d live series",
+            self.name, time.monotonic() - started, horizon, live_series,
+        )  # fmt: skip
         return True
+
+    def publish(self) -> None:
+        """Export base + live, never below what was exported before."""
+        self.exported = self._never_decreasing(self.totals())
 
     def _never_decreasing(self, totals: Aggregates) -> Aggregates:
         """Keep the previous value of any series that would go down, and say so.
@@ -567,39 +702,48 @@ class EventStream:
         Append-only rows can only make base + live grow; a decrease means rows
         were deleted or updated under the exporter (or a value column went
         negative). Prometheus would read it as a counter reset and rate() would
-        jump, so the series holds its value and the incident is counted.
+        jump, so the series holds its value, the incident is counted, and
+        credit_exporter_counter_excess says how far the held values are above
+        the database's totals.
         """
+        held: set[tuple[str, LabelValues]] = set()
         for metric, series in totals.items():
             previous = self.exported.get(metric, {})
-            for labels, value in series.items():
-                before = previous.get(labels)
-                if before is None:
-                    continue
-                went_down = (
-                    value.count < before.count or value.total < before.total
-                    if isinstance(value, HistogramValue) and isinstance(before, HistogramValue)
-                    else value < before  # type: ignore[operator]
-                )
-                if went_down:
-                    series[labels] = before
-                    self.health.dropped_series.labels(metric, "counter_decrease").inc()
-                    log.warning(
-                        "stream %s: %s%s would decrease; holding", self.name, metric, labels
-                    )
+            excess = Decimal(0)
             for labels, before in previous.items():
-                if labels not in series:  # a live series whose rows vanished
-                    series[labels] = before
-                    self.health.dropped_series.labels(metric, "counter_decrease").inc()
+                value = series.get(labels)
+                if value is not None and not _went_down(value, before):
+                    continue
+                series[labels] = before
+                excess += magnitude(before) - (Decimal(0) if value is None else magnitude(value))
+                held.add((metric, labels))
+                self.health.dropped_series.labels(metric, "counter_decrease").inc()
+                if (metric, labels) not in self.held:
+                    log.warning(
+                        "stream %s: %s%s would decrease (rows deleted or lowered); holding",
+                        self.name, metric, labels,
+                    )  # fmt: skip
+            self.health.counter_excess.labels(metric).set(float(excess))
+        self.held = held
         return totals
 
     def totals(self) -> Aggregates:
         """base + live, per metric and label set."""
         merged: Aggregates = {name: dict(series) for name, series in self.base.items()}
-        _add(merged, self.live)
+        add_aggregates(merged, self.live)
         return merged
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
-        await poll_forever(self.run_once, self.config.interval, on_poll)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(poll_forever(self.run_once, self.config.interval, on_poll))
+            if self.reconciler is not None:
+                tasks.create_task(self.reconciler.run_forever(on_poll))
+
+
+def _went_down(value: Value, before: Value) -> bool:
+    if isinstance(value, HistogramValue) and isinstance(before, HistogramValue):
+        return value.count < before.count or value.total < before.total
+    return value < before  # type: ignore[operator]
 
 
 def le_text(bound: float) -> str:
@@ -618,7 +762,7 @@ class StreamRenderer:
         """The text of every stream-fed family, and its sample-line count."""
         totals: Aggregates = {}
         for stream in list(self.streams.values()):
-            _add(totals, stream.exported)
+            add_aggregates(totals, stream.exported)
         parts: list[str] = []
         counts: dict[str, int] = {}
         for metric in catalog.METRICS:

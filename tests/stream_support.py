@@ -1,0 +1,96 @@
+"""One stream of a config, polled and reconciled in-process against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry
+from psycopg import sql
+
+from credit_exporter.config import Config, parse_config
+from credit_exporter.db import Database
+from credit_exporter.health import Health
+from credit_exporter.sources.events import EventStream
+
+
+def one_stream_config(dsn: str, stream: dict[str, Any], name: str = "s") -> Config:
+    """A config with one database and the one stream ``stream``."""
+    return parse_config({"databases": {"db": {"dsn": dsn}}, "streams": {name: stream}})
+
+
+class InProcessStream:
+    """An EventStream on its own event loop: ``poll()`` and ``reconcile()`` run one step."""
+
+    def __init__(self, config: Config, name: str = "s") -> None:
+        self.name = name
+        self.registry = CollectorRegistry()
+        self.health = Health(self.registry)
+        self.health.register_query(name, 1)
+        self.loop = asyncio.new_event_loop()
+        stream_config = config.streams[name]
+        self.database = Database("db", config.databases[stream_config.database])
+        self.stream = EventStream(name, stream_config, self.database, self.health)
+
+    def poll(self) -> None:
+        ok = self.loop.run_until_complete(self.stream.run_once())
+        assert ok, self.health.queries[self.name].last_error
+
+    def poll_error(self) -> str:
+        """Poll once, expecting a failure; its message."""
+        assert not self.loop.run_until_complete(self.stream.run_once())
+        return self.health.queries[self.name].last_error or ""
+
+    def reconcile(self) -> bool:
+        """One reconcile pass; True when it found and folded in a difference."""
+        assert self.stream.reconciler is not None
+        return self.loop.run_until_complete(self.stream.reconciler.run_pass())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.database.close())
+        self.loop.close()
+
+    def exported(self, metric: str) -> dict[tuple[str, ...], Any]:
+        return dict(self.stream.exported.get(metric, {}))
+
+    def total(self, metric: str) -> Decimal:
+        return sum(self.exported(metric).values(), Decimal(0))
+
+    def by_first_label(self, metric: str) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for labels, value in self.exported(metric).items():
+            totals[labels[0]] = totals.get(labels[0], Decimal(0)) + value
+        return totals
+
+    def sample(self, name: str, **labels: str) -> float:
+        """A self-metric's current value."""
+        value = self.registry.get_sample_value(name, labels)
+        assert value is not None, (name, labels)
+        return value
+
+    def explain_steady_poll(self, dsn: str, seqscan: bool = True) -> str:
+        """EXPLAIN of the poll the stream would run next (its horizon unchanged).
+
+        ``seqscan=False`` asks for the plan a large table would get: on a few
+        rows the planner rightly prefers a sequential scan, so this shows whether
+        the filter can be an index condition at all.
+        """
+        stream = self.stream
+        assert stream.ordering is not None and stream.horizon is not None
+        statement = stream.plan.poll_statement(stream.ordering, stream.horizon, stream.horizon)
+        with psycopg.connect(dsn) as conn:
+            if not seqscan:
+                conn.execute("SET enable_seqscan = off")
+            rows = conn.execute(
+                sql.SQL("EXPLAIN ") + statement, stream.params(stream.horizon, stream.horizon)
+            ).fetchall()
+        return "\n".join(row[0] for row in rows)
+
+
+def sql_value(dsn: str, query: str, params: Any = None) -> Any:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
