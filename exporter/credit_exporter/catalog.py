@@ -112,6 +112,11 @@ C, G, H, INFO = MetricType.COUNTER, MetricType.GAUGE, MetricType.HISTOGRAM, Metr
 ST, EV, EX = Source.STATE, Source.EVENTS, Source.EXPORTER
 ORG = "organization"
 MODEL = "gen_ai_request_model"
+# Values of the budget metrics' ``scope`` label: a platform's own budget scopes,
+# then an LLM gateway's teams and virtual API keys. Dashboards offer each of them.
+BUDGET_SCOPES: tuple[str, ...] = (
+    "organization", "department", "project", "user", "team", "api_key",
+)  # fmt: skip
 
 METRICS: tuple[Metric, ...] = (
     # --- spend: credits consumed, one counter per breakdown -------------------
