@@ -46,6 +46,10 @@ DASH_HEALTH = "credit-exporter-health"
 BUDGET_RATIO = "organization_scope_scope_id:credit_budget_usage:ratio"
 POOL_RATIO = "organization_pool:credit_pool_usage:ratio"
 BUDGET_KEY = ("organization", "scope", "scope_id")
+# How a budget scope reads in a sentence where its label value does not read as
+# a word ("the API key budget ci-bot of acme"); other scopes (department,
+# project, user, team, or any a configuration invents) read as they are.
+SCOPE_NOUNS = {"api_key": "API key"}
 POOL_KEY = ("organization", "pool")
 AGENT_KEY = ("organization", "project", "agent")
 
@@ -161,6 +165,12 @@ def q(
     )
 
 
+def scope_noun() -> str:
+    """Template text naming the alert's budget scope in a sentence (SCOPE_NOUNS)."""
+    branches = [f'if eq $labels.scope "{value}" }}}}{noun}' for value, noun in SCOPE_NOUNS.items()]
+    return "{{ " + "{{ else ".join(branches) + "{{ else }}{{ $labels.scope }}{{ end }}"
+
+
 def selector(labels: Sequence[str]) -> str:
     return "{" + ",".join(f"{label}=%q" for label in labels) + "}"
 
@@ -244,13 +254,16 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         "max(credit_billing_period_end_timestamp_seconds{organization=%q}) - time()",
         ["organization"], fmt="humanizeDuration",
     )  # fmt: skip
+    # "the organization budget of acme", "the team budget ml-research of acme",
+    # "the API key budget ci-bot of acme"
+    noun = scope_noun()
     who = (
         '{{ if eq $labels.scope "organization" }}the organization budget of '
-        "{{ $labels.organization }}{{ else }}the {{ $labels.scope }} budget "
+        f"{{{{ $labels.organization }}}}{{{{ else }}}}the {noun} budget "
         "{{ $labels.scope_id }} of {{ $labels.organization }}{{ end }}"
     )
     who_capital = who.replace("}}the ", "}}The ")
-    who_short = "{{ $labels.organization }} {{ $labels.scope }} {{ $labels.scope_id }}"
+    who_short = f"{{{{ $labels.organization }}}} {noun} {{{{ $labels.scope_id }}}}"
     dashboard = links.dashboard(DASH_BUDGETS, "organization", "scope", "scope_id")
     rules: list[dict[str, Any]] = [
         {

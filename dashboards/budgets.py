@@ -1,9 +1,10 @@
 """Budgets and plan health (seeds 003, 004).
 
 Budget used against its limit per scope (organization, department, project,
-user) with the 75/90/100% colours the alerts use, the projected end-of-period
-spend, hours until exhaustion at the current burn, plan-health tiles, slots and
-seats, auto-recharge, top-ups and the budget alerts firing now.
+user, and an LLM gateway's team and API key) with the 75/90/100% colours the
+alerts use, the projected end-of-period spend, hours until exhaustion at the
+current burn, plan-health tiles, slots and seats, auto-recharge, top-ups and the
+budget alerts firing now.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ SCOPE_PROJECTED = (
 BURN = f"max by ({SCOPE}) (deriv({USED_RAW}[$burn_window]))"
 HOURS_TO_LIMIT = f"clamp_min({LIMIT} - {USED}, 0) / ({BURN} > 0) / 3600"
 HOURS_STEPS = steps(("red", None), ("orange", 24), ("yellow", 72), ("green", 168))
+# Budget scopes of the contract (catalog.BUDGET_SCOPES, in its order; a test
+# compares them), as (shown, label value): a scope whose value is not a word is
+# spelt out in the variable and in the tables' Scope column.
+SCOPES = (("organization", "organization"), ("department", "department"),
+          ("project", "project"), ("user", "user"), ("team", "team"),
+          ("API key", "api_key"))  # fmt: skip
+SPELT_OUT = [(text, value) for text, value in SCOPES if text != value]
+SCOPE_NAMES = [{"type": "value", "options": {value: {"text": text, "index": i}
+                for i, (text, value) in enumerate(SPELT_OUT)}}]  # fmt: skip
 QUOTAS = (
     ("text_queries", "Text queries", COUNT, 1),
     ("voice_seconds", "Voice minutes", MINUTES, 60),
@@ -75,18 +85,18 @@ def variables() -> list[dict]:
         prometheus_variable(),
         organization_variable(),
         custom_variable(
-            "scope", "Budget scope",
-            [(s, s) for s in ("organization", "department", "project", "user")],
-            default=["organization", "department", "project", "user"], multi=True,
-            include_all=True, all_value=".*",
-            description="Budget scopes to show: organization, department, project, user.",
+            "scope", "Budget scope", SCOPES, default=[value for _, value in SCOPES],
+            multi=True, include_all=True, all_value=".*",
+            description="Budget scopes to show: organization, department, project, user, "
+            "and an LLM gateway's team and API key (virtual key).",
         ),
         query_variable(
             "scope_id", "Scope",
             'label_values(credit_budget_used_credits{organization="$organization", '
             'scope=~"$scope"}, scope_id)',
             multi=True, include_all=True, all_value=".*",
-            description="Department, project slug or user e-mail of a budget.",
+            description="Department, project slug or user e-mail of a budget; for a gateway, "
+            "the team alias (else its id) or the API key alias (else the start of its hash).",
         ),
         custom_variable(
             "burn_window", "Burn rate over",
@@ -190,8 +200,9 @@ def items() -> list:
         row("Budgets by scope"),
         bargauge(
             "Budget used by scope",
-            "Credits used this period as a share of each budget's monthly limit, per scope "
-            "(organization, department, project, user). Click a bar for the Usage dashboard.",
+            "Credits used this period as a share of each budget's limit: one bar per budget "
+            "that has a limit, named <scope>: <budget>, the scope being organization, "
+            "department, project, user, team or api_key. Click a bar for the Usage dashboard.",
             [prom(f"sort_desc(100 * {USED} / {LIMIT})", "{{scope}}: {{scope_id}}")],
             PERCENT, thresholds=BUDGET_PERCENT, max_value=120, links=[usage], width=12,
             height=12, seeds="003 Budgets by department/user/project with 75/90/100%",
@@ -207,9 +218,10 @@ def items() -> list:
         ),
         table(
             "Budgets by scope",
-            "Every budget: credits used this period, the limit, the share used (coloured "
-            "75/90/100%), the projected end-of-period use and hours until the limit at the "
-            "current burn.",
+            "Every budget of every scope (organization, department, project, user, team, "
+            "API key): credits used this period, the limit (empty when it has none), the "
+            "share used (coloured 75/90/100%), the projected end-of-period use and hours "
+            "until the limit at the current burn.",
             [prom(USED, ref="A"), prom(LIMIT, ref="B"),
              prom(f"100 * {USED} / {LIMIT}", ref="C"), prom(SCOPE_PROJECTED, ref="D"),
              prom(HOURS_TO_LIMIT, ref="E")],
@@ -220,6 +232,7 @@ def items() -> list:
                  "Value #E": "Hours to limit"},
                 hide=("organization",)),
             overrides=[
+                override("byName", "Scope", mappings=SCOPE_NAMES),
                 override("byName", "Used %", unit=PERCENT, thresholds=BUDGET_PERCENT,
                          **{"custom.cellOptions": {"type": "color-background"}}),
                 override("byName", "Hours to limit", unit=HOURS, decimals=0),
@@ -286,6 +299,7 @@ def items() -> list:
                  "scope": "Scope", "scope_id": "Budget", "pool": "Pool", "quota": "Quota",
                  "project": "Project", "agent": "Agent"},
                 hide=("__name__", "alertstate", "Value", "instance", "job", "organization")),
+            overrides=[override("byName", "Scope", mappings=SCOPE_NAMES)],
             width=24, height=7, seeds="003 Usage alerts at 75%, 90% and 100%",
         ),
     ]  # fmt: skip

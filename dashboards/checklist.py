@@ -1,4 +1,5 @@
-"""Every view item of the seeds (issue 5's list) and the panels that reproduce it.
+"""Every view item of the seeds (issue 5's list), plus the budget scopes LLM
+gateways add (team, api_key), and the panels that reproduce it.
 
 A panel entry is a panel title on the dashboard; ``$name`` is a template
 variable of that dashboard. tests/test_dashboards.py checks every entry exists,
@@ -104,6 +105,8 @@ ITEMS: tuple[Item, ...] = (
         ("per-scope budget used vs limit with 75/90/100 thresholds",
          ("Organization budget used", "Budget used by scope", "Budgets by scope", "$scope",
           "$scope_id")),
+        ("budgets of an LLM gateway's teams and virtual API keys (scope team, api_key)",
+         ("Budget used by scope", "Budgets by scope", "Firing budget alerts", "$scope")),
         ("projected end-of-period spend", ("Projected end-of-period spend",)),
         ("hours until exhaustion at the current burn",
          ("Hours until credits run out", "Hours until budget limit by scope", "$burn_window")),

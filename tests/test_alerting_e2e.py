@@ -88,6 +88,14 @@ CASES = [
             severity="warning", threshold="75"), False, False),
     (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="project", scope_id="u1@acme",
             severity="warning", threshold="75"), False, False),
+    # a gateway's team and virtual key: the exhausted team mutes its own 75%,
+    # not the 75% of a key that happens to share its id
+    (_alert(f"{BUDGET}Exhausted", organization="acme", scope="team", scope_id="ml-research",
+            severity="critical", threshold="100"), False, False),
+    (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="team", scope_id="ml-research",
+            severity="warning", threshold="75"), True, True),
+    (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="api_key", scope_id="ml-research",
+            severity="warning", threshold="75"), False, False),
     # 90% mutes 75% of the organization budget
     (_alert(f"{BUDGET}AlmostExhausted", organization="acme", scope="organization",
             scope_id="acme", severity="high", threshold="90"), False, False),

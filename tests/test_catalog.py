@@ -87,6 +87,14 @@ def test_spend_is_broken_down_by_every_seed_dimension() -> None:
     assert wanted <= spend_labels
 
 
+def test_budget_metrics_help_names_every_budget_scope() -> None:
+    for name in ("credit_budget_used_credits", "credit_budget_limit_credits"):
+        metric = catalog.get(name)
+        assert metric.labels == ("organization", "scope", "scope_id"), name
+        missing = [s for s in catalog.BUDGET_SCOPES if not re.search(rf"\b{s}\b", metric.help)]
+        assert not missing, (name, missing)
+
+
 def test_no_metric_is_budgeted_beyond_30k_series_per_organization() -> None:
     for metric in METRICS:
         assert 0 < metric.series_budget <= 30_000, metric.name

@@ -8,6 +8,7 @@ interpolates variables for the forms the dashboards use.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -56,6 +57,7 @@ from support import (
 
 from credit_exporter import catalog
 from credit_exporter.catalog import MetricType
+from credit_exporter.demo.shapes import gateway
 
 DASHBOARDS = load_dashboards()
 PANELS = [p for d in DASHBOARDS.values() for p in panels(d)]
@@ -259,6 +261,12 @@ def test_every_variable_is_used_by_a_panel_or_another_variable() -> None:
             dashboard).values()]])  # fmt: skip
         for name in variables(dashboard):
             assert re.search(rf"\$\{{?{name}\b", text), f"{uid}: ${name} is unused"
+
+
+def test_scope_variable_offers_every_budget_scope_of_the_catalogue() -> None:
+    scope = variables(DASHBOARDS["credit-budgets"])["scope"]
+    assert [o["value"] for o in scope["options"]] == list(catalog.BUDGET_SCOPES)
+    assert scope["current"]["value"] == ["$__all"]
 
 
 def test_default_time_ranges() -> None:
@@ -481,6 +489,31 @@ MOVED = ["organization_agent:credit_spent_credits_total:sum", "credit_conversati
          "credit_response_duration_seconds_count"]  # fmt: skip
 
 
+# An LLM gateway's budgets in acme (the default organization), exported by a second
+# exporter on the gateway's tables: a metric is fed by one query per configuration, so
+# a gateway's budgets and the billing schema's come from two exporters, as they would
+# in production. (scope, scope_id, used, limit or None)
+GATEWAY_TEAM = ("team", "ml-research", 800.0, 1000.0)
+GATEWAY_KEY = ("api_key", "ci-bot", 52.5, 50.0)  # past its limit: the test alert fires
+GATEWAY_UNLIMITED_KEY = ("api_key", hashlib.sha256(b"sk-free").hexdigest()[:12], 7.25, None)
+
+
+def load_gateway_budgets(dsn: str) -> None:
+    gateway.create(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO gateway_teams (team_id, team_alias, organization_id, max_budget, spend)"
+            " VALUES ('team-1', %s, 'acme', %s, %s)",
+            (GATEWAY_TEAM[1], GATEWAY_TEAM[3], GATEWAY_TEAM[2]),
+        )
+        conn.execute(
+            "INSERT INTO gateway_keys (token, key_alias, team_id, max_budget, spend) VALUES"
+            " (%s, %s, 'team-1', %s, %s), (%s, NULL, 'team-1', NULL, %s)",
+            (hashlib.sha256(b"sk-ci").hexdigest(), GATEWAY_KEY[1], GATEWAY_KEY[3],
+             GATEWAY_KEY[2], hashlib.sha256(b"sk-free").hexdigest(), GATEWAY_UNLIMITED_KEY[2]),
+        )  # fmt: skip
+
+
 # History loaded into Prometheus by `credit-exporter backfill` before it starts; backfill
 # writes samples on multiples of the step, so a query at a step's time finds one
 HISTORY = timedelta(hours=30)
@@ -528,6 +561,7 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     dsn = make_database()
     load_demo(dsn, days=7, seed=42)
+    load_gateway_budgets(dsn)
     config = yaml.safe_load(EXAMPLE.read_text())
     for query in config["queries"].values():
         query.update(interval="2s", timeout="2s")
@@ -535,14 +569,24 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stream.update(interval="1s", timeout="1s", settle="1s")
     work = tmp_path_factory.mktemp("dashboards")
     exporter = start_exporter(config, work / "exporter", env={"CREDIT_EXPORTER_DSN": dsn})
+    started = [exporter]
     try:
-        wait_until(lambda: http_get(exporter.url + "/-/ready")[0] == 200, 60, "exporter ready")
+        budgets = {name: {**query, "interval": "2s", "timeout": "2s"}
+                   for name, query in gateway.BUDGET_QUERIES.items()}  # fmt: skip
+        gateway_exporter = start_exporter(
+            {"databases": {"gateway": {"dsn_env": "CREDIT_EXPORTER_DSN"}}, "queries": budgets},
+            work / "gateway-exporter", env={"CREDIT_EXPORTER_DSN": dsn},
+        )  # fmt: skip
+        started.append(gateway_exporter)
+        for process in started:
+            wait_until(lambda p=process: http_get(p.url + "/-/ready")[0] == 200, 60,
+                       "exporter ready")  # fmt: skip
         alerts = work / "test_alerts.yml"
         alerts.write_text(yaml.safe_dump(TEST_ALERT_RULES))
         target = exporter.url.removeprefix("http://")
         history = backfill_history(exporter.config_path, dsn, work / "prometheus" / "data", target)
         prometheus = start_prometheus(
-            work / "prometheus", [exporter.url.removeprefix("http://")],
+            work / "prometheus", [target, gateway_exporter.url.removeprefix("http://")],
             rule_files=[RULES, alerts], extra_args=["--storage.tsdb.retention.time=3650d"],
         )  # fmt: skip
         try:
@@ -576,7 +620,8 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         finally:
             prometheus.stop()
     finally:
-        exporter.stop()
+        for process in started:
+            process.stop()
 
 
 def _series(prometheus: PrometheusProcess, selector: str) -> list[dict[str, str]]:
@@ -752,6 +797,48 @@ def test_firing_alerts_panel_lists_budget_alerts_of_the_organization(stack: Stac
     rows = _instant(stack.prometheus, _panel("credit-budgets", "Firing budget alerts"))
     assert rows and {r["metric"]["organization"] for r in rows} == {"acme"}
     assert all(r["metric"]["alertstate"] == "firing" for r in rows)
+
+
+def _by_scope(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    return {(r["metric"]["scope"], r["metric"]["scope_id"]): float(r["value"][1]) for r in rows}
+
+
+def test_budget_table_lists_team_and_api_key_budgets_with_their_limits(stack: Stack) -> None:
+    """The gateway's team and keys in the Budgets by scope table: used, limit, share used;
+    a key without a budget has its used credits and empty limit and share columns."""
+    table = _panel("credit-budgets", "Budgets by scope")
+    used, limit, share = (_by_scope(_instant(stack.prometheus, table, ref)) for ref in "ABC")
+    for scope, scope_id, spent, budget in (GATEWAY_TEAM, GATEWAY_KEY):
+        assert used[scope, scope_id] == spent
+        assert limit[scope, scope_id] == budget
+        assert share[scope, scope_id] == pytest.approx(100 * spent / budget, rel=1e-12)
+    scope, scope_id, spent, _ = GATEWAY_UNLIMITED_KEY
+    assert used[scope, scope_id] == spent
+    assert (scope, scope_id) not in limit and (scope, scope_id) not in share
+
+
+def test_scope_variable_narrows_the_budget_panels_to_one_gateway_scope(stack: Stack) -> None:
+    dashboard = DASHBOARDS["credit-budgets"]
+    panel = _panel("credit-budgets", "Budget used by scope")
+    values, options = defaults(stack.prometheus, dashboard)
+    for scope, shown in (("team", {GATEWAY_TEAM[1]}), ("api_key", {GATEWAY_KEY[1]})):
+        values["scope"] = [scope]
+        answer = run_target(stack.prometheus, panel, panel.targets[0], values, options)
+        bars = _by_scope(answer["data"]["result"])
+        assert {s for s, _ in bars} == {scope}, answer["expr"]
+        assert {i for _, i in bars} == shown
+    selector = interpolate(
+        re.fullmatch(r"label_values\((.*), scope_id\)", variables(dashboard)["scope_id"]["query"])
+        .group(1), dashboard, values, {},  # type: ignore[union-attr]
+    )  # fmt: skip
+    ids = {series["scope_id"] for series in _series(stack.prometheus, selector)}
+    assert ids == {GATEWAY_KEY[1], GATEWAY_UNLIMITED_KEY[1]}, selector
+
+
+def test_firing_alerts_panel_lists_an_exhausted_api_key_budget(stack: Stack) -> None:
+    rows = _instant(stack.prometheus, _panel("credit-budgets", "Firing budget alerts"))
+    keys = {r["metric"]["scope_id"] for r in rows if r["metric"].get("scope") == "api_key"}
+    assert keys == {GATEWAY_KEY[1]}
 
 
 def test_variable_queries_return_options(stack: Stack) -> None:

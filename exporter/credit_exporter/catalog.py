@@ -112,6 +112,11 @@ C, G, H, INFO = MetricType.COUNTER, MetricType.GAUGE, MetricType.HISTOGRAM, Metr
 ST, EV, EX = Source.STATE, Source.EVENTS, Source.EXPORTER
 ORG = "organization"
 MODEL = "gen_ai_request_model"
+# Values of the budget metrics' ``scope`` label: a platform's own budget scopes,
+# then an LLM gateway's teams and virtual API keys. Dashboards offer each of them.
+BUDGET_SCOPES: tuple[str, ...] = (
+    "organization", "department", "project", "user", "team", "api_key",
+)  # fmt: skip
 
 METRICS: tuple[Metric, ...] = (
     # --- spend: credits consumed, one counter per breakdown -------------------
@@ -262,12 +267,16 @@ METRICS: tuple[Metric, ...] = (
        (ORG,), ST, Group.STATE,
        1, "1 per organization"),
     _m("credit_budget_used_credits", G, "credits",
-       "Credits used in the current billing period by a budget scope "
-       "(scope is organization, department, project or user).",
+       "Credits used in the current period by a budget scope (scope is organization, "
+       "department, project, user, team or api_key: an LLM gateway's teams and virtual "
+       "keys). The period is the billing period, or the scope's own budget period where "
+       "it has one.",
        (ORG, "scope", "scope_id"), ST, Group.STATE,
-       10_071, "1 organization + 20 departments + 50 projects + 10k users"),
+       10_071, "1 organization + 20 departments + 50 projects + 10k users, or a gateway's "
+       "teams and API keys in their place"),
     _m("credit_budget_limit_credits", G, "credits",
-       "Credit limit of a budget scope for the current billing period.",
+       "Credit limit of a budget scope (organization, department, project, user, team or "
+       "api_key) for its current period; absent when the scope has no limit.",
        (ORG, "scope", "scope_id"), ST, Group.STATE,
        10_071, "same scopes as credit_budget_used_credits"),
     _m("credit_agent_slots_used", G, "",

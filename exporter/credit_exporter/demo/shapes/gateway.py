@@ -11,10 +11,17 @@ Modelled on the documented tables of open-source LLM proxies (LiteLLM's
   when a flush failed and was retried.
 - ``gateway_teams`` and ``gateway_keys``: a budget (``max_budget``, NULL for none)
   and the running ``spend`` of the current budget period, per team and per
-  virtual key (stored as the hash of the key, with an optional alias).
+  virtual key (stored as the hash of the key, with an optional alias), and the
+  organization the team or key belongs to (NULL when the gateway has none; a
+  key without one belongs to its team's).
+
+``BUDGET_QUERIES`` maps the budget tables onto the contract's budget scopes
+``team`` and ``api_key``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import psycopg
 
@@ -22,6 +29,7 @@ SCHEMA = """
 CREATE TABLE gateway_teams (
     team_id          text PRIMARY KEY,              -- a uuid, as text
     team_alias       text,
+    organization_id  text,                          -- NULL: no organization
     max_budget       double precision,              -- NULL: no budget
     spend            double precision NOT NULL DEFAULT 0,
     budget_duration  text,                          -- '30d', '1mo', ...
@@ -31,6 +39,7 @@ CREATE TABLE gateway_keys (
     token            text PRIMARY KEY,              -- sha256 of the virtual key
     key_alias        text,
     team_id          text REFERENCES gateway_teams (team_id),
+    organization_id  text,                          -- NULL: its team's, if any
     max_budget       double precision,
     spend            double precision NOT NULL DEFAULT 0,
     budget_reset_at  timestamp(3)
@@ -59,3 +68,79 @@ def create(dsn: str) -> None:
     """Create the gateway's tables in an empty database."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA)
+
+
+# --------------------------------------------------------------------------
+# Budgets: credit_budget_used_credits and credit_budget_limit_credits
+# --------------------------------------------------------------------------
+
+# The organization label of a team or key that has none (and, for a key, whose
+# team has none or which has no team): a gateway without organizations is one.
+NO_ORGANIZATION = "default"
+# A key without an alias is named by the start of its hash: with 12 hex digits
+# (48 bits), two of 10,000 unaliased keys of one organization share a name with
+# a probability of about 2e-7, and the name says nothing usable about the key.
+KEY_HASH_DIGITS = 12
+
+# One row per team and per key: labels, used credits, and the limit (NULL: none).
+_BUDGETS = f"""
+SELECT coalesce(t.organization_id, '{NO_ORGANIZATION}') AS organization,
+       'team' AS scope,
+       coalesce(nullif(t.team_alias, ''), t.team_id) AS scope_id,
+       t.spend AS used_credits,
+       t.max_budget AS limit_credits
+FROM gateway_teams t
+UNION ALL
+SELECT coalesce(k.organization_id, t.organization_id, '{NO_ORGANIZATION}'),
+       'api_key',
+       coalesce(nullif(k.key_alias, ''), left(k.token, {KEY_HASH_DIGITS})),
+       k.spend,
+       k.max_budget
+FROM gateway_keys k
+LEFT JOIN gateway_teams t ON t.team_id = k.team_id
+""".strip()
+_LABELS = ["organization", "scope", "scope_id"]
+
+
+def _budget_query(sql: str, metric: str, value: str) -> dict[str, Any]:
+    return {
+        "database": "gateway",
+        "interval": "30s",
+        "timeout": "10s",
+        "sql": sql + "\n",
+        "metrics": [{"metric": metric, "value": value, "labels": list(_LABELS)}],
+    }
+
+
+# State queries in the exporter's config form (the mapping under ``queries:``),
+# for a database named ``gateway`` in ``databases:``. A team's or key's budget
+# period is its own (``budget_duration``; the gateway zeroes ``spend`` at
+# ``budget_reset_at``), so "used" is ``spend`` as it stands: the credit here is
+# the gateway's spend unit (US dollars for LiteLLM).
+#
+# Exactness: ``spend`` is double precision, a float the gateway increments by
+# each request's cost, so it carries the gateway's binary rounding: at most
+# about 1e-16 of the total per addition (a million requests adding up to a
+# million leave it within a hundredth of a cent), not exact to the micro-credit
+# like the reference schema's numeric columns, and its last digits may differ
+# from the sum of spend_logs.spend over the same requests. The exporter adds
+# no error of its own: the float reaches /metrics unchanged (shortest
+# round-tripping repr), bit for bit what the column holds.
+#
+# Two queries, one per metric, each over teams and keys together: a metric may
+# be fed by one query only (check-config refuses a second, whose series could
+# collide), and a row feeds every metric of its query, so a NULL max_budget in
+# a query that also exported the limit would count as a dropped row
+# (null_value) on every poll. A team or key without a budget exports its used
+# credits only. Two teams with the same alias in one organization (gateways do
+# not require aliases to be unique) export one series, whichever row comes
+# first, and count the other as a dropped row (duplicate_series), which
+# CreditExporterRowsDropped reports.
+BUDGET_QUERIES: dict[str, dict[str, Any]] = {
+    "gateway_budgets": _budget_query(_BUDGETS, "credit_budget_used_credits", "used_credits"),
+    "gateway_budget_limits": _budget_query(
+        f"SELECT * FROM (\n{_BUDGETS}\n) budgets\nWHERE limit_credits IS NOT NULL",
+        "credit_budget_limit_credits",
+        "limit_credits",
+    ),
+}
