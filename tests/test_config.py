@@ -311,3 +311,11 @@ def test_a_bad_label_entry_names_its_key_path(agent: Any, key: str, problem: str
     with pytest.raises(ConfigError) as caught:
         parse_config(_spend_stream(agent))
     assert f"{key}: {problem}" in caught.value.problems, caught.value.problems
+
+
+def test_a_changed_if_null_makes_a_changed_stream_so_a_reload_recomputes_its_base() -> None:
+    """A reload keeps a stream's base only when its StreamConfig compares equal."""
+    before = parse_config(_spend_stream()).streams["spend"]
+    assert parse_config(_spend_stream()).streams["spend"] == before
+    changed = {"column": "api_key_alias", "if_null": "none"}
+    assert parse_config(_spend_stream(changed)).streams["spend"] != before
