@@ -4,6 +4,9 @@ real promtool and a real Prometheus."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import itertools
 import re
 import urllib.parse
@@ -18,11 +21,16 @@ import psycopg
 import pytest
 import yaml
 from conftest import require_binary
+from prometheus_client import CollectorRegistry
 from support import start_exporter, start_prometheus, wait_until
 
 from credit_exporter import catalog
 from credit_exporter.backfill import to_ms
 from credit_exporter.cli import main
+from credit_exporter.config import parse_config
+from credit_exporter.db import Database
+from credit_exporter.health import Health
+from credit_exporter.sources.events import EventStream, HistogramValue, le_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 HOUR = 3_600_000
@@ -409,6 +417,136 @@ def test_unknown_config_exits_2_with_a_clear_message(
     code, _, err = _backfill(capsys, "--config", str(missing), "--from", "now-1h")
     assert code == 2
     assert f"{missing}: cannot read" in err
+
+
+# --- the labels are the live exporter's: if_null, hash_labels, drop_labels ------------------
+
+EV_SAMPLES = {
+    "credit_spent_credits_total",
+    "credit_requests_total",
+    *(f"credit_response_duration_seconds_{part}" for part in ("bucket", "count", "sum")),
+}
+EV_KEY_ENV = "CREDIT_EXPORTER_TEST_HMAC_KEY"
+
+
+def _live_samples(config: dict[str, Any]) -> dict[tuple, float]:
+    """What the live exporter exports for stream ``ev`` after one in-process poll, keyed
+    like ``_samples_at``."""
+    parsed = parse_config(config)
+    health = Health(CollectorRegistry())
+    health.register_query("ev", 1)
+    database = Database("billing", parsed.databases["billing"])
+    stream = EventStream("ev", parsed.streams["ev"], database, health)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(stream.run_once()), health.queries
+        loop.run_until_complete(database.close())
+    finally:
+        loop.close()
+    samples: dict[tuple, float] = {}
+    for name, series in stream.exported.items():
+        metric = catalog.get(name)
+        for values, value in series.items():
+            labels = dict(zip(metric.labels, values, strict=True))
+            key = tuple(sorted(labels.items()))
+            if not isinstance(value, HistogramValue):
+                samples[(name, key)] = float(value)
+                continue
+            les = [*map(le_text, metric.buckets), "+Inf"]
+            for le, count in zip(les, [*value.buckets, value.count], strict=True):
+                samples[(f"{name}_bucket", tuple(sorted({**labels, "le": le}.items())))] = count
+            samples[(f"{name}_count", key)] = value.count
+            samples[(f"{name}_sum", key)] = float(value.total)
+    return samples
+
+
+def _with_organization(config: dict[str, Any], entry: Any) -> dict[str, Any]:
+    """``config`` with every mapping's organization label given by ``entry``."""
+    for mapping in config["streams"]["ev"]["metrics"]:
+        mapping["labels"] = {**mapping["labels"], "organization": entry}
+    return config
+
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+# NULL and 'unknown' organizations on both sides of other groups and steps
+EV_ROWS = [
+    (T0 - MINUTE, None, "1", "0.5"),
+    (T0 + MINUTE, "unknown", "2", "1"),
+    (T0 + 2 * MINUTE, None, "4", None),
+    (T0 + 2 * MINUTE, "a", "8", "2"),
+    (T0 + 3 * MINUTE, "unknown", "16", "3"),
+]
+
+
+def _backfill_ev(
+    capsys: pytest.CaptureFixture[str], config: dict[str, Any], tmp_path: Path
+) -> tuple[str, list[Path]]:
+    """Backfill ``config`` over T0..T0+3m at 1m steps; its summary and OpenMetrics files."""
+    path = _write_config(config, tmp_path / "config.yaml")
+    code, out, err = _backfill(capsys, "--config", str(path), "--from", T0.isoformat(),
+                               "--to", (T0 + 3 * MINUTE).isoformat(), "--no-blocks",
+                               "--output", str(tmp_path / "out"))  # fmt: skip
+    assert code == 0, err
+    return out, sorted((tmp_path / "out").glob("*.om"))
+
+
+def test_backfill_merges_a_null_label_into_its_if_null_series_as_sql_coalesce_does(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _insert(ev_db, EV_ROWS)
+    config = _with_organization(_ev_config(ev_db), {"column": "org", "if_null": "unknown"})
+    out, files = _backfill_ev(capsys, config, tmp_path)
+    assert "skipped" not in out
+    with psycopg.connect(ev_db) as conn:
+        for step in range(4):
+            at = T0 + step * MINUTE
+            expected = dict(conn.execute(
+                "SELECT coalesce(org, 'unknown'), sum(credits)::float8 FROM ev"
+                " WHERE occurred_at <= %s GROUP BY 1", (at,),
+            ).fetchall())  # fmt: skip
+            written = _samples_at(files, {"credit_spent_credits_total"}, to_ms(at))
+            assert {dict(k[1])["organization"]: v for k, v in written.items()} == expected, at
+
+
+def test_backfill_writes_what_the_live_exporter_exports_for_a_label_with_if_null(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _insert(ev_db, EV_ROWS)
+    config = _with_organization(_ev_config(ev_db), {"column": "org", "if_null": "unknown"})
+    _, files = _backfill_ev(capsys, config, tmp_path)
+    assert _samples_at(files, EV_SAMPLES, to_ms(T0 + 3 * MINUTE)) == _live_samples(config)
+
+
+def test_backfill_hashes_a_label_with_if_null_as_the_live_exporter_does(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(EV_KEY_ENV, "backfill-test-key-0123456789abcdef")
+    _insert(ev_db, EV_ROWS)
+    config = _with_organization(_ev_config(ev_db), {"column": "org", "if_null": "unknown"})
+    config["privacy"] = {"hmac_key_env": EV_KEY_ENV}
+    for mapping in config["streams"]["ev"]["metrics"]:
+        mapping["hash_labels"] = ["organization"]
+    _, files = _backfill_ev(capsys, config, tmp_path)
+    written = _samples_at(files, EV_SAMPLES, to_ms(T0 + 3 * MINUTE))
+    assert {dict(k[1])["organization"] for k in written} == {
+        hmac.new(b"backfill-test-key-0123456789abcdef", org.encode(), hashlib.sha256)
+        .hexdigest()[:16] for org in ("a", "unknown")
+    }  # fmt: skip
+    assert written == _live_samples(config)
+
+
+def test_backfill_exports_a_dropped_label_empty_as_the_live_exporter_does(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _insert(ev_db, [(t, org or "b", credits, latency) for t, org, credits, latency in EV_ROWS])
+    config = _ev_config(ev_db)
+    config["streams"]["ev"]["metrics"][0]["drop_labels"] = ["project"]
+    _, files = _backfill_ev(capsys, config, tmp_path)
+    written = _samples_at(files, EV_SAMPLES, to_ms(T0 + 3 * MINUTE))
+    assert {dict(k[1])["project"] for k in written if k[0] == "credit_spent_credits_total"} == {""}
+    assert written == _live_samples(config)
 
 
 @pytest.fixture(autouse=True)

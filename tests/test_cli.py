@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import yaml
 from support import http_get, parse_samples, select, wait_until
 
@@ -91,3 +93,29 @@ def test_check_config_connect_exits_1_and_names_a_failing_query(
     assert 'FAIL budgets: sql: relation "no_such_table" does not exist' in run.stdout
     assert "ok   credit_pools" in run.stdout
     assert time.monotonic() - started < 60
+
+
+def test_check_config_connect_checks_the_column_of_a_label_given_with_if_null(
+    empty_db: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE logs (id bigserial, at timestamptz, team text, alias text)")
+
+    def stream(metric: str, agent_column: str) -> dict[str, Any]:
+        labels = {"organization": "team", "agent": {"column": agent_column, "if_null": "unknown"}}
+        return {"database": "billing", "time": "at", "key": "id",
+                "sql": "SELECT id, at, team, alias FROM logs",
+                "metrics": [{"metric": metric, "labels": labels}]}  # fmt: skip
+
+    streams = {"present": stream("credit_visitors_total", "alias"),
+               "absent": stream("credit_tool_runs_total", "api_key_alias")}  # fmt: skip
+    config = {"databases": {"billing": {"dsn": empty_db}}, "streams": streams}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "check-config", "--connect", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "ok   present: stream" in run.stdout
+    assert "FAIL absent: validation: result has no column api_key_alias" in run.stdout

@@ -225,3 +225,97 @@ def test_a_metric_fed_by_a_query_and_a_stream_is_a_duplicate() -> None:
     data["streams"]["dup"] = copy.deepcopy(STREAM)
     with pytest.raises(ConfigError, match=r"streams.dup.metrics\[0\].metric: .*already fed by"):
         parse_config(data)
+
+
+# --- a label's if_null: the text a NULL cell exports ------------------------------------
+
+SPEND_LABELS = {
+    "organization": "team",
+    "agent": {"column": "api_key_alias", "if_null": "unknown"},
+    "project": "project",
+    "service_type": "service_type",
+}
+
+
+def _spend_stream(agent: Any = SPEND_LABELS["agent"], **mapping: Any) -> dict[str, Any]:
+    """GOOD plus a stream whose agent label entry is ``agent``."""
+    labels = {**SPEND_LABELS, "agent": agent}
+    stream = {
+        "database": "billing",
+        "time": "occurred_at",
+        "sql": "SELECT occurred_at, team, api_key_alias, project, service_type, spend FROM logs",
+        "metrics": [{"metric": "credit_spent_credits_total", "value": "spend", "labels": labels,
+                     **mapping}],
+    }  # fmt: skip
+    return copy.deepcopy(GOOD) | {"streams": {"spend": stream}}
+
+
+def test_a_label_with_if_null_reads_its_column_and_keeps_the_replacement_apart() -> None:
+    mapping = parse_config(_spend_stream()).streams["spend"].metrics[0]
+    assert mapping.labels == {"organization": "team", "agent": "api_key_alias",
+                              "project": "project", "service_type": "service_type"}  # fmt: skip
+    assert mapping.if_null == {"agent": "unknown"}
+    assert mapping.policy.if_null == {"agent": "unknown"}
+
+
+def test_an_empty_if_null_is_a_replacement() -> None:
+    agent = {"column": "api_key_alias", "if_null": ""}
+    mapping = parse_config(_spend_stream(agent)).streams["spend"].metrics[0]
+    assert mapping.policy.if_null == {"agent": ""}
+
+
+def test_labels_given_as_column_names_replace_no_null() -> None:
+    config = parse_config(_spend_stream("api_key_alias"))
+    assert config.streams["spend"].metrics[0].policy.if_null == {}
+    assert config.queries["pools"].metrics[0].policy.if_null == {}  # the list form
+
+
+def test_a_dropped_label_may_declare_if_null() -> None:
+    mapping = parse_config(_spend_stream(drop_labels=["agent"])).streams["spend"].metrics[0]
+    assert mapping.policy.dropped == {"agent"}
+
+
+def test_a_hashed_label_may_declare_if_null(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREDIT_EXPORTER_TEST_HMAC_KEY", "a-key-of-at-least-16-bytes")
+    data = _spend_stream(hash_labels=["agent"])
+    data["privacy"] = {"hmac_key_env": "CREDIT_EXPORTER_TEST_HMAC_KEY"}
+    policy = parse_config(data).streams["spend"].metrics[0].policy
+    assert policy.hashed == {"agent"} and policy.if_null == {"agent": "unknown"}
+
+
+AGENT = "streams.spend.metrics[0].labels.agent"
+LABEL_ENTRY_CASES = [
+    ("a number", 5, AGENT, "give a column name or {column, if_null}"),
+    ("null", None, AGENT, "give a column name or {column, if_null}"),
+    ("a list", ["api_key_alias"], AGENT, "give a column name or {column, if_null}"),
+    ("if_null a number", {"column": "api_key_alias", "if_null": 0},
+     f"{AGENT}.if_null", "must be a string"),
+    ("if_null null", {"column": "api_key_alias", "if_null": None},
+     f"{AGENT}.if_null", "must be a string"),
+    ("if_null missing", {"column": "api_key_alias"}, f"{AGENT}.if_null", "Field required"),
+    ("column missing", {"if_null": "unknown"}, f"{AGENT}.column", "Field required"),
+    ("column a number", {"column": 7, "if_null": "unknown"}, f"{AGENT}.column", "must be a string"),
+    ("another key", {"column": "api_key_alias", "if_null": "unknown", "default": "x"},
+     f"{AGENT}.default", "unknown key"),
+    ("column read by another label", {"column": "team", "if_null": "unknown"},
+     "streams.spend.metrics[0].labels", "two labels read the same column"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("agent", "key", "problem"),
+    [c[1:] for c in LABEL_ENTRY_CASES],
+    ids=[c[0] for c in LABEL_ENTRY_CASES],
+)
+def test_a_bad_label_entry_names_its_key_path(agent: Any, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_spend_stream(agent))
+    assert f"{key}: {problem}" in caught.value.problems, caught.value.problems
+
+
+def test_a_changed_if_null_makes_a_changed_stream_so_a_reload_recomputes_its_base() -> None:
+    """A reload keeps a stream's base only when its StreamConfig compares equal."""
+    before = parse_config(_spend_stream()).streams["spend"]
+    assert parse_config(_spend_stream()).streams["spend"] == before
+    changed = {"column": "api_key_alias", "if_null": "none"}
+    assert parse_config(_spend_stream(changed)).streams["spend"] != before

@@ -251,6 +251,45 @@ def test_the_example_config_can_be_sharded() -> None:
     assert not any("AS MATERIALIZED" in s.sql for s in second.streams.values())
 
 
+def seats_query(*entries: dict[str, str]) -> dict:
+    """A config whose query ``seats`` feeds one seat metric per organization label entry,
+    over a NULL, a 'none' and an 'acme' organization."""
+    metrics = ["credit_seats_used", "credit_seats_limit"]
+    return {
+        "databases": {"billing": {"dsn": "postgresql://unused"}},
+        "queries": {"seats": {
+            "database": "billing",
+            "sql": "SELECT * FROM (VALUES (NULL::text, 1), ('none', 2), ('acme', 3)) AS r(org, v)",
+            "metrics": [{"metric": metric, "value": "v", "labels": {"organization": entry}}
+                        for metric, entry in zip(metrics, entries, strict=False)],
+        }},
+    }  # fmt: skip
+
+
+def test_null_organizations_go_to_the_shard_of_their_if_null_text(empty_db: str) -> None:
+    config = parse_config(seats_query({"column": "org", "if_null": "none"}))
+    assert bucket("none", SHARDS) != 0  # not shard 1, where NULLs go without if_null
+    returned = {}
+    with psycopg.connect(empty_db) as conn:
+        for index in range(1, SHARDS + 1):
+            sql = apply(config, Shard(index, SHARDS)).queries["seats"].sql
+            returned[index] = {org for org, _ in conn.execute(sql)}
+    owner = bucket("none", SHARDS) + 1
+    assert returned[owner] >= {None, "none"}
+    assert all(None not in orgs for index, orgs in returned.items() if index != owner)
+
+
+def test_a_source_whose_metrics_replace_a_null_organization_differently_cannot_be_sharded():
+    config = parse_config(seats_query({"column": "org", "if_null": "none"},
+                                      {"column": "org", "if_null": "unknown"}))  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        apply(config, Shard(1, 2))
+    assert error.value.problems == [
+        "queries.seats: --shard needs every metric's organization label to give the same"
+        " if_null, got 'none', 'unknown'"
+    ]
+
+
 def runs(exporter: ExporterProcess) -> dict[str, float]:
     """Completed runs per query and stream (from the text: parsing every series is slow)."""
     prefix = 'credit_exporter_query_duration_seconds_count{query="'

@@ -50,9 +50,10 @@ from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, StreamConfig, parse_duration
 from credit_exporter.db import QueryError
 from credit_exporter.demo.progress import ProgressBar
+from credit_exporter.limits import Refused
+from credit_exporter.metric_state import LabelValues
 from credit_exporter.sources.events import HistogramValue, StreamPlan, le_text
 from credit_exporter.sources.ordering import TimeColumn, describe_ordering_sync
-from credit_exporter.sources.state import to_label
 
 DEFAULT_OUTPUT = "credit-exporter-backfill"
 FILE_PREFIX = "credit-exporter-backfill-"
@@ -415,6 +416,40 @@ class _HistogramSeries(_Series):
         out.write("".join((stamp + "\n").join(lines) + stamp + "\n" for stamp in stamps))
 
 
+class _MergedSeries:
+    """A series that several groups of the sorted result may feed: a label's NULL
+    (exported as its ``if_null`` text) and the real value equal to that text, as the
+    live engine adds them up. The groups are not adjacent in the result, so the
+    series' totals per step bucket are kept here and written once the stream has
+    been read; it stands in for a ``_Series`` meanwhile."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, Any] = {}
+        self.bucket = 0
+
+    def advance_to(self, step: int) -> None:
+        self.bucket = step
+
+    def add(self, value: Any) -> None:
+        present = self.buckets.get(self.bucket)
+        if present is None:
+            self.buckets[self.bucket] = value
+        elif isinstance(present, HistogramValue):
+            self.buckets[self.bucket] = present.add(value)
+        else:
+            self.buckets[self.bucket] = present + value
+
+    @property
+    def first_bucket(self) -> int:
+        return min(self.buckets)
+
+    def replay(self, series: _Series) -> None:
+        """Write the merged totals through ``series``, in step order."""
+        for bucket in sorted(self.buckets):
+            series.advance_to(bucket)
+            series.add(self.buckets[bucket])
+
+
 @dataclass
 class Summary:
     steps: Steps
@@ -423,7 +458,7 @@ class Summary:
     series: int = 0
     samples: int = 0
     rows: int = 0  # grouped rows read from the database
-    skipped_rows: int = 0  # rows whose label is NULL or too long (the live engine skips them)
+    skipped_rows: int = 0  # rows whose label the mapping's policy refuses (NULL, too long)
     held: int = 0  # steps at which a counter would have gone down and was held
     duplicates: int = 0  # series whose label text repeats another's (the first is kept)
     blocks: list[str] = field(default_factory=list)
@@ -449,8 +484,10 @@ class _StreamWriter:
         for metric_plan in plan.metrics:
             self.by_mask.setdefault(metric_plan.grouping_mask, []).append(metric_plan)
         self.seen: dict[str, set[tuple[str, ...]]] = {p.metric.name: set() for p in plan.metrics}
+        self.replaced = {p.metric.name: _replacement_texts(p) for p in plan.metrics}
+        self.merged: dict[tuple[str, LabelValues], tuple[Any, _MergedSeries]] = {}
         self.key: tuple[Any, ...] | None = None
-        self.current: list[tuple[Any, _Series]] = []
+        self.current: list[tuple[Any, _Series | _MergedSeries]] = []
         self.failing = 0  # metrics of the current key whose label is NULL or too long
 
     def feed(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
@@ -474,28 +511,36 @@ class _StreamWriter:
         self.failing = 0
         for metric_plan in self.by_mask.get(row[index["__grouping"]], []):
             try:
-                values = tuple(to_label(row[index[c]]) for c in metric_plan.label_columns)
-            except ValueError:
+                values = _label_values(metric_plan, row, index)
+            except Refused:
                 self.failing += 1
                 continue
             metric = metric_plan.metric
+            if any(values[i] == text for i, text in self.replaced[metric.name].items()):
+                entry = self.merged.setdefault((metric.name, values),
+                                               (metric_plan, _MergedSeries()))  # fmt: skip
+                self.current.append(entry)
+                continue
             seen = self.seen[metric.name]
             if values in seen:  # two database values with one label text: keep the first
                 self.summary.duplicates += 1
                 continue
             seen.add(values)
-            labels = _labels_text(metric.labels, values, self.extra)
-            series: _Series
-            if metric.type is catalog.MetricType.HISTOGRAM:
-                series = _HistogramSeries(self.parts, metric.name, self.stamps, bucket, labels,
-                                          metric.buckets)  # fmt: skip
-            else:
-                series = _CounterSeries(self.parts, metric.name, self.stamps, bucket, labels)
-            self.current.append((metric_plan, series))
-            self.summary.series += 1
+            self.current.append((metric_plan, self._series(metric_plan, values, bucket)))
+
+    def _series(self, metric_plan: Any, values: LabelValues, first_step: int) -> _Series:
+        metric = metric_plan.metric
+        labels = _labels_text(metric.labels, values, self.extra)
+        self.summary.series += 1
+        if metric.type is catalog.MetricType.HISTOGRAM:
+            return _HistogramSeries(self.parts, metric.name, self.stamps, first_step, labels,
+                                    metric.buckets)  # fmt: skip
+        return _CounterSeries(self.parts, metric.name, self.stamps, first_step, labels)
 
     def _finish(self) -> None:
         for metric_plan, series in self.current:
+            if isinstance(series, _MergedSeries):
+                continue  # written by close()
             series.advance_to(self.count)
             samples = self.count - series.first_step
             if metric_plan.metric.type is catalog.MetricType.HISTOGRAM:
@@ -507,6 +552,35 @@ class _StreamWriter:
     def close(self) -> None:
         self._finish()
         self.key = None
+        for (_, values), (metric_plan, merged) in self.merged.items():
+            series = self._series(metric_plan, values, merged.first_bucket)
+            merged.replay(series)
+            self.current.append((metric_plan, series))
+        self._finish()
+        self.merged.clear()
+
+
+def _label_values(metric_plan: Any, row: tuple[Any, ...], index: dict[str, int]) -> LabelValues:
+    """A group's label values, exactly as the live engine makes them: through the
+    mapping's policy (NULL replacement, hashing, length cap), a dropped label empty;
+    ``Refused`` when a cell cannot be a label value."""
+    policy = metric_plan.mapping.policy
+    return tuple(
+        "" if column is None else policy.label(label, row[index[column]])
+        for label, column in metric_plan.label_slots
+    )
+
+
+def _replacement_texts(metric_plan: Any) -> dict[int, str]:
+    """Label position -> the text a NULL exports, for the labels with ``if_null``: a
+    series holding that text may be fed by two groups (see ``_MergedSeries``)."""
+    policy = metric_plan.mapping.policy
+    texts: dict[int, str] = {}
+    for position, (label, column) in enumerate(metric_plan.label_slots):
+        if column is not None and label in policy.if_null:
+            with contextlib.suppress(Refused):  # too long: every such group is refused
+                texts[position] = policy.label(label, None)
+    return texts
 
 
 def _value(metric_plan: Any, row: tuple[Any, ...], index: dict[str, int]) -> Any:

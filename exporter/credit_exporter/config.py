@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -163,23 +164,77 @@ class PrivacyConfig(_Strict):
         return key
 
 
+class NullableLabel(_Strict):
+    """A label entry ``{column, if_null}``: its column, and the text exported for a NULL."""
+
+    column: str
+    if_null: str
+
+    @field_validator("column", "if_null", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        # YAML reads `if_null: 0` or `if_null: ~` as a number or None: say so plainly
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+
+def _label_column(entry: object) -> object:
+    """The column of a label entry, a name or ``{column, if_null}`` (whose
+    replacement ``MetricMapping`` keeps apart, so ``labels`` stays label -> column)."""
+    if isinstance(entry, Mapping):
+        return NullableLabel.model_validate(entry).column
+    if not isinstance(entry, str):
+        raise ValueError("give a column name or {column, if_null}")
+    return entry
+
+
+LabelColumn = Annotated[str, BeforeValidator(_label_column)]
+
+
+def _null_replacements(data: object) -> dict[str, str]:
+    """label -> if_null of the ``{column, if_null}`` entries of an already valid mapping."""
+    labels = data.get("labels") if isinstance(data, Mapping) else None
+    if not isinstance(labels, Mapping):
+        return {}  # the list form: column names only
+    return {
+        label: entry["if_null"] for label, entry in labels.items() if isinstance(entry, Mapping)
+    }
+
+
 class MetricMapping(_Strict):
     """How one metric is read from a query's rows."""
 
     metric: str
     value: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, LabelColumn] = Field(default_factory=dict)
     limits: MappingLimits | None = None
     # catalogue label names whose values are exported as a keyed HMAC
     hash_labels: list[str] = Field(default_factory=list)
     # catalogue label names exported empty, summed over (streams only)
     drop_labels: list[str] = Field(default_factory=list)
+    _if_null: dict[str, str] = PrivateAttr(default_factory=dict)
     _policy: caps.LabelPolicy | None = PrivateAttr(default=None)
 
     @property
     def policy(self) -> caps.LabelPolicy:
-        """Caps, hashing and dropping as resolved by ``parse_config``."""
+        """Caps, hashing, dropping and NULL replacements as resolved by ``parse_config``."""
         return self._policy or caps.DEFAULT_POLICY
+
+    @property
+    def if_null(self) -> dict[str, str]:
+        """label -> the text its NULL cells export (labels given as ``{column, if_null}``)."""
+        return dict(self._if_null)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_null_replacements(
+        cls, data: Any, handler: ModelWrapValidatorHandler[MetricMapping]
+    ) -> MetricMapping:
+        mapping = handler(data)
+        if isinstance(data, Mapping):
+            mapping._if_null = _null_replacements(data)
+        return mapping
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -525,7 +580,8 @@ def _mappings(config: Config) -> Iterator[tuple[str, MetricMapping]]:
 
 
 def _resolve_policies(config: Config) -> None:
-    """Give every mapping its LabelPolicy; read the HMAC key once if any label is hashed."""
+    """Give every mapping its LabelPolicy (caps, hashing, dropping, NULL replacements);
+    read the HMAC key once if any label is hashed."""
     hashing = [at for at, mapping in _mappings(config) if mapping.hash_labels]
     key = b""
     if hashing:
@@ -545,6 +601,7 @@ def _resolve_policies(config: Config) -> None:
             hashed=frozenset(mapping.hash_labels),
             dropped=frozenset(mapping.drop_labels),
             key=key if mapping.hash_labels else b"",
+            if_null=mapping.if_null,
         )
 
 

@@ -2,7 +2,8 @@
 
 One ``LabelPolicy`` per metric mapping (resolved from the config's ``limits``,
 ``privacy`` and the mapping's own overrides) turns result cells into label
-values: NULL and non-UTF-8 bytes are refused, hashed labels become a keyed
+values: a NULL becomes the label's ``if_null`` text when it declares one and is
+refused otherwise, non-UTF-8 bytes are refused, hashed labels become a keyed
 HMAC, and a value longer than the cap is refused. ``to_number`` turns a cell
 into a finite float or refuses it. Every refusal is a ``Refused`` whose
 ``reason`` is the ``reason`` label of ``credit_exporter_dropped_rows_total``.
@@ -15,6 +16,7 @@ import hashlib
 import hmac
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -80,9 +82,17 @@ class LabelPolicy:
     hashed: frozenset[str] = frozenset()  # catalogue label names
     dropped: frozenset[str] = frozenset()  # catalogue label names (streams only)
     key: bytes = field(default=b"", repr=False)
+    # catalogue label name -> the text a NULL cell stands for (the label's if_null)
+    if_null: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def label(self, name: str, value: object) -> str:
-        """The label value of a cell for label ``name``, or ``Refused``."""
+        """The label value of a cell for label ``name``, or ``Refused``.
+
+        A NULL with an ``if_null`` replacement goes on as that text, so it is
+        capped and hashed exactly like a cell holding it.
+        """
+        if value is None:
+            value = self.if_null.get(name)  # still None without a replacement: refused
         text = to_label_text(value)
         if name in self.hashed:
             return hmac_label(self.key, text)

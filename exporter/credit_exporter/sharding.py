@@ -13,8 +13,11 @@ Queries whose metrics have no ``organization`` label (the model multipliers in
 the reference config) run on shard 1 only. A query or stream that mixes
 metrics with and without the label, or reads the label from two columns,
 cannot be split and is a configuration error under ``--shard``.
-Rows with a NULL organization are passed to shard 1, which counts them as
-dropped like an unsharded exporter does.
+Rows with a NULL organization are passed to the shard that owns the
+organization label's ``if_null`` text, where they join the organization that
+text names; without ``if_null``, to shard 1, which counts them as dropped like
+an unsharded exporter does. Metrics of one source that give the label
+different ``if_null`` texts cannot be split.
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ class Shard:
     def owns(self, organization: str) -> bool:
         return bucket(organization, self.count) == self.index - 1
 
-    def filter_sql(self, sql_text: str, column: str, *, fence: bool) -> str:
-        """``sql_text`` wrapped so it returns only this shard's organizations' rows.
+    def filter_sql(self, sql_text: str, column: str, *, fence: bool, null_bucket: int = 0) -> str:
+        """``sql_text`` wrapped so it returns only this shard's organizations' rows
+        (and the NULL organizations when this shard is bucket ``null_bucket``).
 
         ``fence`` runs the source as a MATERIALIZED CTE and filters its result:
         the source keeps its own plan. Without it the planner pushes the filter
@@ -86,7 +90,7 @@ class Shard:
         """
         value = f"{_SUBQUERY_ALIAS}.{quote_identifier(column)}"
         condition = f"{bucket_sql(value + '::text', self.count)} = {self.index - 1}"
-        if self.index == 1:
+        if self.index - 1 == null_bucket:
             condition += f" OR {value} IS NULL"
         source = sql_text.strip().rstrip(";")
         # newlines: the source may end in a -- comment
@@ -130,6 +134,23 @@ def organization_column(
     return present[0]
 
 
+def null_bucket(
+    where: str, mappings: Sequence[MetricMapping], count: int, problems: list[str]
+) -> int:
+    """The bucket of a source's NULL organizations: that of the organization label's
+    ``if_null`` text, 0 without one (with a problem appended if the metrics disagree)."""
+    texts = sorted(
+        {m.if_null[ORGANIZATION_LABEL] for m in mappings if ORGANIZATION_LABEL in m.if_null}
+    )
+    if len(texts) > 1:
+        problems.append(
+            f"{where}: --shard needs every metric's organization label to give the same"
+            f" if_null, got {', '.join(map(repr, texts))}"
+        )
+        return 0
+    return bucket(texts[0], count) if texts else 0
+
+
 def apply(config: Config, shard: Shard | None) -> Config:
     """The config this shard runs: filtered SQL, organization-less queries on shard 1 only.
 
@@ -140,19 +161,22 @@ def apply(config: Config, shard: Shard | None) -> Config:
     problems: list[str] = []
     queries = {}
     for name, query in config.queries.items():
-        column = organization_column(f"queries.{name}", query.metrics, problems)
+        where = f"queries.{name}"
+        column = organization_column(where, query.metrics, problems)
         if isinstance(column, str):
-            sharded = shard.filter_sql(query.sql, column, fence=True)
+            nulls = null_bucket(where, query.metrics, shard.count, problems)
+            sharded = shard.filter_sql(query.sql, column, fence=True, null_bucket=nulls)
             queries[name] = query.model_copy(update={"sql": sharded})
         elif column is NO_ORGANIZATION and shard.index == 1:
             queries[name] = query
     streams = {}
     for name, stream in config.streams.items():
-        column = organization_column(f"streams.{name}", stream.metrics, problems)
+        where = f"streams.{name}"
+        column = organization_column(where, stream.metrics, problems)
         if isinstance(column, str):
-            streams[name] = stream.model_copy(
-                update={"sql": shard.filter_sql(stream.sql, column, fence=False)}
-            )
+            nulls = null_bucket(where, stream.metrics, shard.count, problems)
+            sharded = shard.filter_sql(stream.sql, column, fence=False, null_bucket=nulls)
+            streams[name] = stream.model_copy(update={"sql": sharded})
         elif column is NO_ORGANIZATION and shard.index == 1:
             streams[name] = stream
     if problems:
