@@ -390,6 +390,7 @@ class Split:
     over_limit: Counter[str] = field(default_factory=Counter)  # groups folded, by metric
     # per time chunk (None: rows without a time), the checksum of the rows it settled
     checksums: dict[int | None, Checksum] = field(default_factory=dict)
+    whole_table: bool = False  # the poll read every row (nothing was settled before it)
 
 
 _Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
@@ -653,6 +654,7 @@ class EventStream:
                 self.params(self.horizon, horizon),
             )
             split = await self.read_split(cur)
+        split.whole_table = first
         return horizon, split
 
     async def read_split(self, cur: Any) -> Split:
@@ -674,6 +676,9 @@ class EventStream:
                     self.ordering = None  # a changed table: read its column types again
                 report_failure(self.health, "stream", self.name, started, exc)
                 return False
+            if split.whole_table:
+                # the base was just computed from the whole table: as good as a reconcile
+                self.health.reconcile_last_success.labels(self.name).set(time.time())
             add_aggregates(self.base, split.settled)
             for chunk, checksum in split.checksums.items():
                 self.checksums[chunk] = add_checksums(self.checksums.get(chunk), checksum)
