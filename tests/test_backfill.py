@@ -549,6 +549,23 @@ def test_backfill_exports_a_dropped_label_empty_as_the_live_exporter_does(
     assert written == _live_samples(config)
 
 
+def test_backfill_spreads_values_over_their_label_as_the_live_exporter_does(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _insert(ev_db, [(t, org or "b", credits, latency) for t, org, credits, latency in EV_ROWS])
+    config = _ev_config(ev_db)
+    config["streams"]["ev"]["metrics"].append(
+        {"metric": "credit_tokens_total",
+         "labels": {"organization": "org", "project": "project", "gen_ai_request_model": "st"},
+         "values": {"gen_ai_token_type": {"input": "credits", "output": "latency"}}}
+    )  # fmt: skip
+    _, files = _backfill_ev(capsys, config, tmp_path)
+    written = _samples_at(files, {*EV_SAMPLES, "credit_tokens_total"}, to_ms(T0 + 3 * MINUTE))
+    types = {dict(k[1])["gen_ai_token_type"] for k in written if k[0] == "credit_tokens_total"}
+    assert types == {"input", "output"}
+    assert written == _live_samples(config)
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_scratch(tmp_path: Path) -> Iterator[None]:
     yield

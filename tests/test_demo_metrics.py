@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from stream_support import sql_truth
 from support import ExporterProcess, http_get, select, start_exporter, wait_until
 
 from credit_exporter import catalog
@@ -156,34 +157,25 @@ def test_every_counter_and_histogram_has_at_least_one_series(
     assert not empty, f"event metrics without a series in the demo: {empty}"
 
 
-def _sql_definition(demo_db: str, stream_sql: str, label_columns: list[str], value: str | None):
-    """The metric's own SQL definition: a plain GROUP BY over the stream's rows."""
-    labels = ", ".join(f'"{c}"' for c in label_columns)
-    aggregate = f'sum("{value}")' if value else "count(*)"
-    rows = _rows(demo_db, f"SELECT {labels}, {aggregate} FROM ({stream_sql}\n) s GROUP BY {labels}")
-    return {tuple(str(v) for v in row[:-1]): row[-1] for row in rows}
-
-
 def test_every_counter_equals_its_sql_definition_per_label_set(
     demo_exporter: ExporterProcess, demo_db: str
 ) -> None:
+    """Each counter against a plain GROUP BY over its stream's rows (stream_support.sql_truth)."""
     config = load_config(EXAMPLE)
     samples = demo_exporter.samples()
     checked = 0
     for stream in config.streams.values():
-        for mapping in stream.metrics:
-            metric = catalog.get(mapping.metric)
+        for name, expected in sql_truth(demo_db, stream).items():
+            metric = catalog.get(name)
             if metric.type is not catalog.MetricType.COUNTER:
                 continue
-            columns = [mapping.labels[label] for label in metric.labels]
-            expected = _sql_definition(demo_db, stream.sql, columns, mapping.value)
             exported = {
                 tuple(dict(key)[label] for label in metric.labels): value
                 for key, value in select(samples, metric.name).items()
             }
             assert set(exported) == set(expected), metric.name
             for labels, total in expected.items():
-                assert exported[labels] == float(total or 0), (metric.name, labels)
+                assert exported[labels] == float(total), (metric.name, labels)
             checked += 1
     assert checked == sum(
         1 for m in catalog.event_metrics() if m.type is catalog.MetricType.COUNTER

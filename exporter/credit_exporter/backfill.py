@@ -513,7 +513,7 @@ class _StreamWriter:
             try:
                 values = _label_values(metric_plan, row, index)
             except Refused:
-                self.failing += 1
+                self.failing += 1 if metric_plan.counts_drops else 0
                 continue
             metric = metric_plan.metric
             if any(values[i] == text for i, text in self.replaced[metric.name].items()):
@@ -565,9 +565,11 @@ def _label_values(metric_plan: Any, row: tuple[Any, ...], index: dict[str, int])
     mapping's policy (NULL replacement, hashing, length cap), a dropped label empty;
     ``Refused`` when a cell cannot be a label value."""
     policy = metric_plan.mapping.policy
-    return tuple(
-        "" if column is None else policy.label(label, row[index[column]])
-        for label, column in metric_plan.label_slots
+    return metric_plan.with_constant(
+        tuple(
+            "" if column is None else policy.label(label, row[index[column]])
+            for label, column in metric_plan.label_slots
+        )
     )
 
 

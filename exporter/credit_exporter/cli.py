@@ -115,10 +115,7 @@ async def _check_queries(config: Config) -> int:
                 top = await database.fetch(plan.top_statement(order), stream.timeout)
                 shape = await database.fetch(plan.shape_statement(), stream.timeout)
                 needed = {order, stream.time} | {
-                    column
-                    for mapping in stream.metrics
-                    for column in [*mapping.labels.values(), mapping.value]
-                    if column
+                    column for mapping in stream.metrics for column in mapping.read_columns
                 }
                 if missing := sorted(needed - set(shape.columns)):
                     raise QueryError("validation", f"result has no column {', '.join(missing)}")

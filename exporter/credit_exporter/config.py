@@ -207,6 +207,8 @@ class MetricMapping(_Strict):
 
     metric: str
     value: str | None = None
+    # several value columns as the values of one label: {label: {label value: column}}
+    values: dict[str, dict[str, str]] | None = None
     labels: dict[str, LabelColumn] = Field(default_factory=dict)
     limits: MappingLimits | None = None
     # catalogue label names whose values are exported as a keyed HMAC
@@ -235,6 +237,43 @@ class MetricMapping(_Strict):
         if isinstance(data, Mapping):
             mapping._if_null = _null_replacements(data)
         return mapping
+
+    @property
+    def value_label(self) -> str | None:
+        """The label whose values ``values`` spreads the value columns over, if any."""
+        return next(iter(self.values)) if self.values else None
+
+    @property
+    def value_columns(self) -> dict[str, str]:
+        """Label value -> column for ``values``; ``{}`` without it."""
+        return next(iter(self.values.values())) if self.values else {}
+
+    @property
+    def read_columns(self) -> list[str]:
+        """Every column this mapping reads from a row: labels, value, values."""
+        columns = [c for label, c in self.labels.items() if label not in self.drop_labels]
+        return [*columns, *([self.value] if self.value else []), *self.value_columns.values()]
+
+    @field_validator("values")
+    @classmethod
+    def _one_label_with_columns(
+        cls, value: dict[str, dict[str, str]] | None
+    ) -> dict[str, dict[str, str]] | None:
+        if value is None:
+            return None
+        if len(value) != 1:
+            raise ValueError(
+                "name exactly one label, e.g. {gen_ai_token_type: {input: prompt_tokens,"
+                " output: completion_tokens}}"
+            )
+        columns = next(iter(value.values()))
+        if not columns:
+            raise ValueError("give at least one label value and its column")
+        if any(not text for text in columns):
+            raise ValueError("a label value cannot be empty")
+        if len(set(columns.values())) != len(columns):
+            raise ValueError("two label values read the same column")
+        return value
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -507,9 +546,9 @@ def _catalogue_problems(config: Config) -> list[str]:
                     " summed over it); a state query must aggregate in its SQL instead"
                 )
             if metric.type is catalog.MetricType.INFO:
-                if mapping.value is not None:
+                if mapping.value is not None or mapping.values is not None:
                     problems.append(f"{at}.value: {metric.name} is an _info metric, always 1")
-            elif mapping.value is None:
+            elif mapping.value is None and mapping.values is None:
                 problems.append(f"{at}.value: required (the column holding the sample value)")
             elif mapping.value in columns:
                 problems.append(f"{at}.value: column {mapping.value!r} is also used as a label")
@@ -523,10 +562,35 @@ def _catalogue_problems(config: Config) -> list[str]:
                 problems.append(f"{at}.labels: the time column {stream.time!r} cannot be a label")
             if stream.key is not None and stream.key in columns:
                 problems.append(f"{at}.labels: the key column {stream.key!r} cannot be a label")
-            if metric.type is catalog.MetricType.HISTOGRAM and mapping.value is None:
+            if metric.type is catalog.MetricType.HISTOGRAM and mapping.values is not None:
+                problems.append(f"{at}.values: a histogram observes one column (give value)")
+            elif metric.type is catalog.MetricType.HISTOGRAM and mapping.value is None:
                 problems.append(f"{at}.value: required (the column observed by the histogram)")
             elif mapping.value is not None and mapping.value in columns:
                 problems.append(f"{at}.value: column {mapping.value!r} is also used as a label")
+    return problems
+
+
+def _values_problems(at: str, metric: catalog.Metric, mapping: MetricMapping) -> list[str]:
+    """``values``: one label of the metric, taken from no column, each value a column."""
+    label = mapping.value_label
+    if label is None:
+        return []
+    if mapping.value is not None:
+        return [f"{at}.values: give value (one column) or values (one per label value), not both"]
+    if label not in metric.labels:
+        return [
+            f"{at}.values: {label} not a label of {metric.name}"
+            f" (its labels: {', '.join(metric.labels) or 'none'})"
+        ]
+    problems = []
+    if label in mapping.labels:
+        problems.append(f"{at}.values: {label} takes its values here; remove it from labels")
+    if label in mapping.drop_labels or label in mapping.hash_labels:
+        problems.append(f"{at}.values: {label} cannot also be dropped or hashed")
+    label_columns = set(mapping.labels.values())
+    if both := sorted(label_columns & set(mapping.value_columns.values())):
+        problems.append(f"{at}.values: column {', '.join(both)} is also used as a label")
     return problems
 
 
@@ -543,9 +607,12 @@ def _label_problems(at: str, metric: catalog.Metric, mapping: MetricMapping) -> 
             problems.append(f"{at}.{key}: a label is listed twice")
     if both := sorted(set(mapping.hash_labels) & set(mapping.drop_labels)):
         problems.append(f"{at}.hash_labels: {', '.join(both)} is also dropped (drop_labels)")
-    # a dropped label needs no column, and the column it names, if any, is not read
+    problems += _values_problems(at, metric, mapping)
+    # a dropped label needs no column, and the column it names, if any, is not read;
+    # the label of ``values`` takes its values from the config
     expected, given = set(metric.labels), set(mapping.labels)
-    if missing := sorted(expected - given - set(mapping.drop_labels)):
+    spread = {mapping.value_label} if mapping.value_label else set()
+    if missing := sorted(expected - given - set(mapping.drop_labels) - spread):
         problems.append(f"{at}.labels: missing {', '.join(missing)} for {metric.name}")
     if extra := sorted(given - expected):
         allowed = ", ".join(metric.labels) or "none"

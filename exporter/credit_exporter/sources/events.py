@@ -64,15 +64,27 @@ class _MetricPlan:
     label_columns: tuple[str, ...]  # in the catalogue's label order, dropped labels left out
     grouping_mask: int
     aggregate_columns: tuple[str, ...]  # result columns this metric reads
+    # the label of ``values`` and this plan's value of it (one plan per value column)
+    constant: tuple[int, str] | None = None  # (position in the metric's labels, text)
+    counts_drops: bool = True  # False for all but the first plan of a ``values`` mapping
 
     @property
     def label_slots(self) -> tuple[tuple[str, str | None], ...]:
-        """(label, column) per catalogue label; the column is None for a dropped label."""
+        """(label, column) per catalogue label; the column is None for a dropped label
+        and for the label of ``values`` (filled in by ``with_constant``)."""
         dropped = self.mapping.policy.dropped
         return tuple(
-            (label, None if label in dropped else self.mapping.labels[label])
+            (label, self.mapping.labels[label] if label in self.mapping.labels and
+             label not in dropped else None)
             for label in self.metric.labels
-        )
+        )  # fmt: skip
+
+    def with_constant(self, labels: LabelValues) -> LabelValues:
+        """``labels`` with the value of the ``values`` label put in its place."""
+        if self.constant is None:
+            return labels
+        position, text = self.constant
+        return (*labels[:position], text, *labels[position + 1 :])
 
 
 @dataclass
@@ -99,7 +111,7 @@ class StreamPlan:
             label_columns = tuple(
                 mapping.labels[label]
                 for label in metric.labels
-                if label not in mapping.policy.dropped
+                if label in mapping.labels and label not in mapping.policy.dropped
             )
             mask = sum(
                 1 << (len(columns) - 1 - i) for i, c in enumerate(columns) if c not in label_columns
@@ -121,19 +133,33 @@ class StreamPlan:
                 )
                 names += [f"__h{index}_count", f"__h{index}_sum"]
                 aggregate_columns = tuple(names)
+            elif mapping.values is not None:
+                # one plan per value column, all of one metric: a single scan
+                assert mapping.value_label is not None
+                position = metric.labels.index(mapping.value_label)
+                for n, (text, column) in enumerate(mapping.value_columns.items()):
+                    constant = (position, mapping.policy.label(mapping.value_label, text))
+                    self.metrics.append(
+                        _MetricPlan(mapping, metric, label_columns, mask,
+                                    (self._summed(column, summed),), constant, n == 0)
+                    )  # fmt: skip
+                continue
             elif mapping.value is None:
                 aggregate_columns = ("__rows",)
             else:
-                if mapping.value not in summed:
-                    summed[mapping.value] = f"__s{len(summed)}"
-                    self.aggregates.append(
-                        (summed[mapping.value],
-                         sql.SQL("sum({}::numeric)").format(sql.Identifier(mapping.value))),
-                    )  # fmt: skip
-                aggregate_columns = (summed[mapping.value],)
+                aggregate_columns = (self._summed(mapping.value, summed),)
             self.metrics.append(
                 _MetricPlan(mapping, metric, label_columns, mask, aggregate_columns)
             )
+
+    def _summed(self, column: str, summed: dict[str, str]) -> str:
+        """The result column holding ``sum(column)``, added once however many metrics read it."""
+        if column not in summed:
+            summed[column] = f"__s{len(summed)}"
+            self.aggregates.append(
+                (summed[column], sql.SQL("sum({}::numeric)").format(sql.Identifier(column)))
+            )
+        return summed[column]
 
     @property
     def source(self) -> sql.Composable:
@@ -408,9 +434,14 @@ class PollSplit:
             live={p.metric.name: {} for p in plan.metrics},
         )
         self.by_mask: dict[int, list[tuple[_MetricPlan, _Gate, _Slots]]] = {}
+        self.gates: dict[str, tuple[_MetricPlan, _Gate]] = {}  # one per metric (its cap)
         for metric_plan in plan.metrics:
-            gate = _Gate(metric_plan, admissions[metric_plan.metric.name],
-                         self.result.settled, self.result.live)  # fmt: skip
+            name = metric_plan.metric.name
+            if name not in self.gates:
+                self.gates[name] = (metric_plan, _Gate(
+                    metric_plan, admissions[name], self.result.settled, self.result.live
+                ))  # fmt: skip
+            gate = self.gates[name][1]
             slots = tuple(
                 (label, None if column is None else self.index[column])
                 for label, column in metric_plan.label_slots
@@ -432,19 +463,24 @@ class PollSplit:
                 continue
             for plan, gate, slots in self.by_mask.get(row[index["__grouping"]], []):
                 groups_rows = int(row[index["__rows"]])
+                # a metric with ``values`` has one plan per value column: its
+                # label cells count once
+                counted = groups_rows if plan.counts_drops else 0
                 try:
                     value = _value(plan, row, index)
                 except Refused as refused:
-                    dropped[refused.reason] += groups_rows
+                    dropped[refused.reason] += counted
                     continue
                 policy = plan.mapping.policy
                 try:
-                    labels: LabelValues = tuple(
-                        "" if column is None else policy.label(label, row[column])
-                        for label, column in slots
+                    labels: LabelValues = plan.with_constant(
+                        tuple(
+                            "" if column is None else policy.label(label, row[column])
+                            for label, column in slots
+                        )
                     )
                 except Refused as refused:
-                    dropped[refused.reason] += groups_rows
+                    dropped[refused.reason] += counted
                     if refused.reason != "null_label":
                         # too long or not UTF-8: the rows still count, in the
                         # overflow series, so sum() stays equal to SQL
@@ -453,11 +489,10 @@ class PollSplit:
                 gate.add(labels, value, settled)
 
     def finish(self) -> Split:
-        for gates in self.by_mask.values():
-            for plan, gate, _ in gates:
-                gate.finish()
-                if gate.refused:
-                    self.result.over_limit[plan.metric.name] += gate.refused
+        for name, (_, gate) in self.gates.items():
+            gate.finish()
+            if gate.refused:
+                self.result.over_limit[name] += gate.refused
         return self.result
 
 

@@ -80,49 +80,75 @@ class _CappedSeries:
         self.cutoff = ordered[self.cap - 1]
 
 
+@dataclass
+class _GaugePlan:
+    """How one mapping reads a row: its label cells, and its value cells, each with the
+    text of the ``values`` label it stands for (None without ``values``)."""
+
+    metric: str
+    policy: LabelPolicy
+    label_cells: tuple[tuple[str, int | None], ...]  # None: the label of ``values``
+    value_cells: tuple[tuple[str | None, int | None], ...]  # column None: an _info metric's 1
+    series: _CappedSeries
+
+    def labels(self, row: tuple[object, ...], text: str | None) -> LabelValues:
+        return tuple(
+            self.policy.label(label, text if i is None else row[i]) for label, i in self.label_cells
+        )
+
+
 class Converter:
     """Turns a state query's rows into capped series, one chunk of rows at a time."""
 
     def __init__(self, columns: tuple[str, ...], mappings: list[MetricMapping]) -> None:
         index = {name: i for i, name in enumerate(columns)}
         for mapping in mappings:
-            wanted = [*mapping.labels.values(), *([mapping.value] if mapping.value else [])]
-            if missing := [column for column in wanted if column not in index]:
+            if missing := [column for column in mapping.read_columns if column not in index]:
                 raise QueryError(
                     "validation",
                     f"{mapping.metric}: result has no column {', '.join(missing)} "
                     f"(columns: {', '.join(columns)})",
                 )
         self.dropped: Counter[str] = Counter()
-        self._plans: list[
-            tuple[str, LabelPolicy, tuple[tuple[str, int], ...], int | None, _CappedSeries]
-        ] = []
+        self._plans: list[_GaugePlan] = []
         for mapping in mappings:
             metric = catalog.get(mapping.metric)
-            label_cells = tuple((label, index[mapping.labels[label]]) for label in metric.labels)
-            value_column = index[mapping.value] if mapping.value else None
+            label_cells = tuple(
+                (label, None if label == mapping.value_label else index[mapping.labels[label]])
+                for label in metric.labels
+            )
+            value_cells: tuple[tuple[str | None, int | None], ...] = (
+                (None, index[mapping.value] if mapping.value else None),
+            )
+            if mapping.values is not None:
+                value_cells = tuple(
+                    (text, index[column]) for text, column in mapping.value_columns.items()
+                )
             series = _CappedSeries(mapping.policy.max_series)
-            self._plans.append((mapping.metric, mapping.policy, label_cells, value_column, series))
+            self._plans.append(
+                _GaugePlan(mapping.metric, mapping.policy, label_cells, value_cells, series)
+            )
 
     def feed(self, rows: list[tuple[object, ...]]) -> None:
-        for _, policy, label_cells, value_column, series in self._plans:
+        for plan in self._plans:
             for row in rows:
-                try:
-                    labels = tuple(policy.label(label, row[i]) for label, i in label_cells)
-                    value = 1.0 if value_column is None else to_number(row[value_column])
-                except Refused as refused:
-                    self.dropped[refused.reason] += 1
-                    continue
-                if not series.add(labels, value):
-                    self.dropped["duplicate_series"] += 1
+                for text, column in plan.value_cells:
+                    try:
+                        labels = plan.labels(row, text)
+                        value = 1.0 if column is None else to_number(row[column])
+                    except Refused as refused:
+                        self.dropped[refused.reason] += 1
+                        continue
+                    if not plan.series.add(labels, value):
+                        self.dropped["duplicate_series"] += 1
 
     def finish(self) -> Conversion:
         conversion = Conversion(snapshot={}, dropped=self.dropped)
-        for metric, _, _, _, series in self._plans:
-            series.trim()
-            conversion.snapshot[metric] = series.series
-            if series.refused:
-                conversion.over_limit[metric] = series.refused
+        for plan in self._plans:
+            plan.series.trim()
+            conversion.snapshot[plan.metric] = plan.series.series
+            if plan.series.refused:
+                conversion.over_limit[plan.metric] = plan.series.refused
         return conversion
 
 
