@@ -10,7 +10,8 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
-from credit_exporter.config import Config, parse_config
+from credit_exporter import catalog
+from credit_exporter.config import Config, StreamConfig, parse_config
 from credit_exporter.db import Database
 from credit_exporter.health import Health
 from credit_exporter.sources.events import EventStream
@@ -94,3 +95,54 @@ def sql_value(dsn: str, query: str, params: Any = None) -> Any:
         row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
+
+
+def sql_truth(dsn: str, config: StreamConfig) -> dict[str, dict[tuple[str, ...], Any]]:
+    """Every series of a stream's metrics as plain SQL computes it, independently of the
+    engine: ``GROUP BY`` over the stream's own SQL, NULL labels replaced by their
+    ``if_null`` (rows with another NULL label left out), ``values`` unpivoted.
+    Counters: the Decimal sum; histograms: (count, sum)."""
+    truth: dict[str, dict[tuple[str, ...], Any]] = {}
+    source = sql.SQL(config.sql.strip().rstrip(";"))  # type: ignore[arg-type]
+    for mapping in config.metrics:
+        metric = catalog.get(mapping.metric)
+        value_columns = mapping.value_columns or {None: mapping.value}
+        series = truth.setdefault(metric.name, {})
+        for text, column in value_columns.items():
+            labels: list[sql.Composable] = []
+            for label in metric.labels:
+                if label == mapping.value_label:
+                    labels.append(sql.Literal(text))
+                elif label in mapping.drop_labels:
+                    labels.append(sql.Literal(""))
+                else:
+                    cell = sql.SQL("{}::text").format(sql.Identifier(mapping.labels[label]))
+                    replacement = mapping.if_null.get(label)
+                    labels.append(
+                        cell if replacement is None
+                        else sql.SQL("coalesce({}, {})").format(cell, sql.Literal(replacement))
+                    )  # fmt: skip
+            if metric.type is catalog.MetricType.HISTOGRAM:
+                value = sql.SQL("count({0}), coalesce(sum({0}::numeric), 0)").format(
+                    sql.Identifier(column)
+                )
+            elif column is None:
+                value = sql.SQL("count(*)")
+            else:
+                value = sql.SQL("coalesce(sum({}::numeric), 0)").format(sql.Identifier(column))
+            positions = sql.SQL(", ").join(sql.Literal(i + 1) for i in range(len(labels)))
+            query = sql.SQL(
+                "SELECT {keys}, {value} FROM (\n{source}\n) AS s GROUP BY {positions}"
+            ).format(
+                keys=sql.SQL(", ").join(labels), value=value, source=source, positions=positions
+            )
+            with psycopg.connect(dsn) as conn:
+                for row in conn.execute(query).fetchall():
+                    key = tuple(row[: len(metric.labels)])
+                    if any(cell is None for cell in key):
+                        continue
+                    rest = row[len(metric.labels) :]
+                    series[key] = (
+                        (int(rest[0]), Decimal(rest[1])) if len(rest) == 2 else Decimal(rest[0])
+                    )
+    return truth

@@ -73,7 +73,8 @@ def is_zero(value: Value) -> bool:
 
 
 def difference(new: Aggregates, old: Aggregates) -> Aggregates:
-    """``new - old`` per series, leaving out series that did not change."""
+    """``new - old`` per series, leaving out series that did not change (a series new in
+    ``new`` is kept even at zero: it must start to exist)."""
     result: Aggregates = {}
     for metric in new.keys() | old.keys():
         changes: dict[LabelValues, Value] = {}
@@ -85,7 +86,7 @@ def difference(new: Aggregates, old: Aggregates) -> Aggregates:
                 minus = negated(before[labels])
                 delta = minus if delta is None else _plus(delta, minus)
             assert delta is not None
-            if not is_zero(delta):
+            if not is_zero(delta) or labels not in before:
                 changes[labels] = delta
         if changes:
             result[metric] = changes

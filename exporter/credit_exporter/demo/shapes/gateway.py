@@ -16,11 +16,15 @@ Modelled on the documented tables of open-source LLM proxies (LiteLLM's
   key without one belongs to its team's).
 
 ``BUDGET_QUERIES`` maps the budget tables onto the contract's budget scopes
-``team`` and ``api_key``.
+``team`` and ``api_key``; ``spend_stream`` maps the spend log onto the spend,
+request, token and latency metrics; ``log_requests`` writes requests the way the
+gateway flushes them.
 """
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -144,3 +148,123 @@ BUDGET_QUERIES: dict[str, dict[str, Any]] = {
         "limit_credits",
     ),
 }
+
+
+# --------------------------------------------------------------------------
+# Spend: one stream over spend_logs
+# --------------------------------------------------------------------------
+
+# Every request's labels come from its key and team (either may be missing);
+# latency is the request's own duration.
+SPEND_SQL = f"""
+SELECT s."startTime",
+       coalesce(k.organization_id, t.organization_id, '{NO_ORGANIZATION}') AS organization,
+       t.team_alias AS team,
+       k.key_alias,
+       s.call_type,
+       s.model,
+       CASE WHEN s.status = 'failure' THEN 'failure' ELSE 'success' END AS outcome,
+       'other' AS task_category,
+       s.spend,
+       s.prompt_tokens,
+       s.completion_tokens,
+       extract(epoch FROM s."endTime" - s."startTime") AS latency_seconds
+FROM spend_logs s
+LEFT JOIN gateway_keys k ON k.token = s.api_key
+LEFT JOIN gateway_teams t ON t.team_id = coalesce(s.team_id, k.team_id)
+""".strip()
+
+_TEAM = {"column": "team", "if_null": "no-team"}
+_KEY = {"column": "key_alias", "if_null": "unnamed-key"}
+
+
+def spend_stream(arrives_within: str = "15m", **settings: Any) -> dict[str, Any]:
+    """The spend log as a stream (the mapping under ``streams:``), for a database named
+    ``gateway``. Ordered by ``"startTime"``: the ids are random text, so there is no
+    key; the gateway writes a request within ``arrives_within`` of its start."""
+    return {
+        "database": "gateway",
+        "time": "startTime",
+        "time_zone": "UTC",
+        "arrives_within": arrives_within,
+        "sql": SPEND_SQL + "\n",
+        "metrics": [
+            {"metric": "credit_spent_credits_total", "value": "spend",
+             "labels": {"organization": "organization", "project": _TEAM, "agent": _KEY,
+                        "service_type": "call_type"}},
+            {"metric": "credit_spent_by_model_credits_total", "value": "spend",
+             "labels": {"organization": "organization", "gen_ai_request_model": "model",
+                        "task_category": "task_category"}},
+            {"metric": "credit_model_requests_total",
+             "labels": {"organization": "organization", "gen_ai_request_model": "model",
+                        "task_category": "task_category", "outcome": "outcome"}},
+            {"metric": "credit_tokens_total",
+             "labels": {"organization": "organization", "project": _TEAM,
+                        "gen_ai_request_model": "model"},
+             "values": {"gen_ai_token_type": {"input": "prompt_tokens",
+                                              "output": "completion_tokens"}}},
+            {"metric": "credit_response_duration_seconds", "value": "latency_seconds",
+             "labels": {"organization": "organization", "gen_ai_request_model": "model"}},
+        ],
+        **settings,
+    }  # fmt: skip
+
+
+MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "text-embedding-3-small")
+CALL_TYPES = {"text-embedding-3-small": "aembedding"}
+
+
+def seed_teams_and_keys(conn: psycopg.Connection[Any], rng: random.Random) -> list[str]:
+    """Three teams (one without an alias), five keys (one without a team, one without an
+    alias); returns the keys' tokens."""
+    teams = [("team-" + _hex(rng, 8), alias, org)
+             for alias, org in (("search", "acme"), ("ads", "acme"), (None, "globex"))]  # fmt: skip
+    conn.cursor().executemany(
+        "INSERT INTO gateway_teams (team_id, team_alias, organization_id) VALUES (%s, %s, %s)",
+        teams,
+    )
+    keys = [
+        (_hex(rng, 64), alias, team)
+        for alias, team in (("search-prod", teams[0][0]), ("search-ci", teams[0][0]),
+                            ("ads-bot", teams[1][0]), (None, teams[2][0]), ("solo", None))
+    ]  # fmt: skip
+    conn.cursor().executemany(
+        "INSERT INTO gateway_keys (token, key_alias, team_id) VALUES (%s, %s, %s)", keys
+    )
+    return [token for token, _, _ in keys]
+
+
+def log_requests(
+    conn: psycopg.Connection[Any], rng: random.Random, keys: list[str], count: int,
+    started: datetime,
+) -> None:  # fmt: skip
+    """Write ``count`` requests started just before ``started`` (naive UTC) in one batch, as
+    the gateway's flush does; the caller commits."""
+    rows = []
+    for _ in range(count):
+        model = rng.choice(MODELS)
+        start = started - timedelta(milliseconds=rng.randint(0, 900))
+        prompt, completion = rng.randint(10, 4000), rng.randint(0, 1500)
+        failed = rng.random() < 0.05
+        rows.append((
+            f"chatcmpl-{_hex(rng, 32)}", CALL_TYPES.get(model, "acompletion"), rng.choice(keys),
+            0.0 if failed else round(rng.uniform(0.00001, 0.05), 9),  # float spend
+            prompt + completion, prompt, completion, start,
+            start + timedelta(milliseconds=rng.randint(80, 30_000)), model,
+            "failure" if failed else "success",
+        ))  # fmt: skip
+    conn.cursor().executemany(
+        "INSERT INTO spend_logs (request_id, call_type, api_key, spend, total_tokens,"
+        ' prompt_tokens, completion_tokens, "startTime", "endTime", model, status)'
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        rows,
+    )
+
+
+def utc_now() -> datetime:
+    """Now as the gateway writes it: naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _hex(rng: random.Random, digits: int) -> str:
+    return f"{rng.getrandbits(4 * digits):0{digits}x}"
