@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from credit_exporter import catalog
-from credit_exporter.config import Config, ConfigError, load_config
+from credit_exporter.config import Config, ConfigError, StreamConfig, load_config
 from credit_exporter.db import Database, QueryError
 from credit_exporter.sharding import Shard
 from credit_exporter.sharding import apply as apply_shard
 
 if TYPE_CHECKING:
+    from credit_exporter.sources.ordering_check import StreamCheck
     from credit_exporter.webconfig import WebConfig
 
 EXIT_BAD_INPUT = 2
@@ -85,9 +86,27 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check_queries(config: Config) -> int:
-    """Run every state query once, and probe every stream (top key and columns)."""
+async def _check_stream(database: Database, stream: StreamConfig) -> tuple[StreamCheck, str]:
+    """Judge a stream's columns and ordering (sources/ordering_check.py); when nothing fails,
+    also read its newest key or time."""
+    from credit_exporter.sources import columns
     from credit_exporter.sources.events import StreamPlan
+    from credit_exporter.sources.ordering_check import check_stream
+
+    plan = StreamPlan(stream)
+    async with database.read_only(stream.timeout) as conn:
+        ordering_columns = {stream.time, *([stream.key] if stream.key else [])}
+        result = await columns.result_columns(conn, plan.shape_statement(), ordering_columns)
+        names = await columns.type_names(conn, {c.type_oid for c in result})
+    check = check_stream(stream, result, names)
+    if check.failures:
+        return check, ""
+    top = await database.fetch(plan.top_statement(stream.key or stream.time), stream.timeout)
+    return check, f"newest {top.rows[0][0]}" if top.rows else "no rows yet"
+
+
+async def _check_queries(config: Config) -> int:
+    """Run every state query once, and check every stream's columns and ordering."""
     from credit_exporter.sources.state import convert
 
     databases = {name: Database(name, db) for name, db in config.databases.items()}
@@ -108,25 +127,23 @@ async def _check_queries(config: Config) -> int:
             print(f"ok   {name}: {len(result.rows)} rows in {elapsed * 1000:.0f} ms{note}")
         for name, stream in config.streams.items():
             started = time.monotonic()
-            plan = StreamPlan(stream)
-            order = stream.key or stream.time
-            database = databases[stream.database]
             try:
-                top = await database.fetch(plan.top_statement(order), stream.timeout)
-                shape = await database.fetch(plan.shape_statement(), stream.timeout)
-                needed = {order, stream.time} | {
-                    column for mapping in stream.metrics for column in mapping.read_columns
-                }
-                if missing := sorted(needed - set(shape.columns)):
-                    raise QueryError("validation", f"result has no column {', '.join(missing)}")
+                check, newest = await _check_stream(databases[stream.database], stream)
             except QueryError as error:
                 failures += 1
                 print(f"FAIL {name}: {error.reason}: {error}")
                 continue
-            newest = top.rows[0][0] if top.rows else "none"
-            elapsed = time.monotonic() - started
-            print(f"ok   {name}: stream, newest {order} {newest}, "
-                  f"{elapsed * 1000:.0f} ms")  # fmt: skip
+            if check.failures:
+                failures += 1
+                (reason, message), *more = check.failures
+                print(f"FAIL {name}: {reason}: {message}")
+                for reason, message in more:
+                    print(f"     fail: {reason}: {message}")
+            else:
+                elapsed = time.monotonic() - started
+                print(f"ok   {name}: {check.summary}; {newest}, {elapsed * 1000:.0f} ms")
+            for note in check.notes:
+                print(f"     note: {note}")
     finally:
         for database in databases.values():
             await database.close()
