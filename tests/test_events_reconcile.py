@@ -232,3 +232,17 @@ def test_a_late_row_in_a_chunk_nothing_had_settled_in_is_found(ev_db, streams) -
     insert(ev_db, "acme", "8", timedelta(days=2))  # the day between had no rows at all
     assert s.reconcile() is True
     assert s.by_first_label(SPENT) == {"acme": Decimal(10)}
+
+
+def test_a_time_ordered_stream_leaves_rows_without_a_time_out_and_says_how_many(
+    ev_db, streams
+) -> None:
+    insert(ev_db, "acme", "2")
+    execute(ev_db, "INSERT INTO ev (occurred_at, org, credits) VALUES (NULL, 'acme', 5)")
+    s = streams(keyed=False)
+    settled(s)
+    assert s.by_first_label(SPENT) == {"acme": Decimal(2)}
+    assert s.sample("credit_exporter_counter_excess", metric=SPENT) == 0  # nothing held
+    s.reconcile()
+    s.reconcile()
+    assert s.sample("credit_exporter_dropped_rows_total", query="s", reason="null_time") == 1

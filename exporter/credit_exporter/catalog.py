@@ -344,10 +344,10 @@ METRICS: tuple[Metric, ...] = (
     _m("credit_exporter_dropped_rows_total", C, "",
        "Result rows not exported as their own series because a value or label could not be "
        "exported, by reason (null_label, null_value, not_a_number, not_finite, out_of_range, "
-       "duplicate_series, label_value_too_long, invalid_utf8, unsupported_type; see "
-       "docs/limits.md).",
+       "duplicate_series, label_value_too_long, invalid_utf8, unsupported_type, null_time; "
+       "see docs/limits.md).",
        ("query", "reason"), EX, Group.EXPORTER,
-       450, "50 queries x 9 reasons"),
+       500, "50 queries x 10 reasons"),
     _m("credit_exporter_dropped_series_total", C, "",
        "Series refused or held at their previous value, by metric and reason: series_limit "
        "(state query: rows refused by the series cap in each poll; stream: groups folded into "

@@ -25,7 +25,7 @@ ERROR_REASONS = ("timeout", "connection", "sql", "validation")
 # Created at 0 with their query, so increase() sees the first drop.
 DROPPED_ROW_REASONS = (
     "null_label", "null_value", "not_a_number", "not_finite", "duplicate_series",
-    "label_value_too_long", "invalid_utf8", "out_of_range", "unsupported_type",
+    "label_value_too_long", "invalid_utf8", "out_of_range", "unsupported_type", "null_time",
 )  # fmt: skip
 
 

@@ -289,6 +289,12 @@ class StreamPlan:
         )
         return self.aggregate_statement(ordering, [where], sql.SQL("TRUE"))
 
+    def null_time_statement(self) -> sql.Composed:
+        """How many rows have no time (a stream settled by time cannot count them)."""
+        return sql.SQL(
+            "SELECT count(*) FROM (\n{source}\n) AS events WHERE events.{time} IS NULL"
+        ).format(source=self.source, time=sql.Identifier(self.config.time))
+
     def checksum_statement(
         self, ordering: Ordering, at: Horizon, null_time: bool = False
     ) -> sql.Composed:

@@ -242,16 +242,21 @@ class Ordering:
         Disjoint, one per dimension, each a range on one indexed column: with
         two dimensions ``key > k OR time > t`` is written as ``key > k`` and
         ``key <= k AND time > t`` so each branch is an index range scan.
-        An empty list means every row (nothing is settled yet).
+        An empty list means every row (nothing is settled yet). A stream that
+        settles by time never reads a row with a NULL time: it could never
+        settle (the reconcile counts such rows as dropped, reason null_time).
         """
+        timed = sql.SQL("{} IS NOT NULL").format(self.time.column)
         if not self.complete(horizon):
-            return []
+            return [timed] if self.by_time else []
         branches: list[sql.Composable] = []
         done: list[sql.Composable] = []
         for column, param in self._bounds(prefix):
             after = sql.SQL("{} > {}").format(column, param)
             branches.append(sql.SQL(" AND ").join([*done, after]))
             done.append(sql.SQL("{} <= {}").format(column, param))
+        if self.by_time and self.key is not None:
+            branches[0] = sql.SQL("{} AND {}").format(branches[0], timed)
         return branches
 
     def params(self, horizon: Horizon | None, prefix: str) -> dict[str, Any]:

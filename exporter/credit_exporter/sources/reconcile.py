@@ -94,6 +94,7 @@ class Reconciler:
         self.stream = stream
         self.config = config
         self.passes = 0  # completed passes (tests wait on it)
+        self.null_times = 0  # rows without a time last seen (streams settled by time)
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
         """A pass every ``interval`` (from the previous pass's start) until cancelled."""
@@ -112,6 +113,8 @@ class Reconciler:
         stream = self.stream
         if stream.ordering is None or not stream.ordering.complete(stream.horizon):
             return False  # no poll has settled anything yet
+        if stream.ordering.by_time:
+            await self._count_null_times()
         span = await self._span()
         differences: list[Difference] = []
         compared = 0
@@ -146,9 +149,22 @@ class Reconciler:
                 chunks.append(column.chunk_of(value, stream.chunk_width))
         return (min(chunks), max(chunks)) if chunks else None
 
+    async def _count_null_times(self) -> None:
+        """Rows without a time never settle in a stream ordered by time: say how many."""
+        stream = self.stream
+        ((count,),) = await self._fetch(stream.plan.null_time_statement(), {})
+        if count > self.null_times:
+            stream.health.dropped_rows.labels(stream.name, "null_time").inc(count - self.null_times)
+            log.warning(
+                "stream %s: %d rows have no %s, so they are never settled or counted;"
+                " leave them out in the stream's SQL or give them a time",
+                stream.name, count, stream.config.time,
+            )  # fmt: skip
+        self.null_times = count
+
     def _batches(self, span: tuple[int, int] | None) -> Iterator[Batch]:
         """Consecutive chunk ranges of about BATCH_ROWS settled rows each, then the
-        rows without a time."""
+        rows without a time (which only a keyed stream settles)."""
         checksums = self.stream.checksums
         if span is not None:
             first, last = span
@@ -159,7 +175,9 @@ class Reconciler:
                 if rows >= BATCH_ROWS or chunk - start + 1 >= MAX_BATCH_CHUNKS or chunk == last:
                     yield Batch(start, chunk)
                     start, rows = chunk + 1, 0
-        yield Batch(null_time=True)
+        assert self.stream.ordering is not None
+        if not self.stream.ordering.by_time:
+            yield Batch(null_time=True)
 
     def _bounds(self, batch: Batch) -> dict[str, Any]:
         stream = self.stream
