@@ -198,13 +198,13 @@ def test_a_gateway_spend_log_equals_sql_after_every_step(make_database, steps) -
 
     def flush(n: int) -> None:
         with psycopg.connect(dsn) as conn:
-            gateway.log_requests(conn, random.Random(n), keys, 1 + n % 5, gateway.utc_now())
+            gateway.log_requests(conn, rng, keys, 1 + n % 5, gateway.utc_now())
 
     def late_batch(n: int) -> None:  # a failed flush retried hours later
         count, started = 1 + n % 4, gateway.utc_now() - timedelta(hours=1 + n % 20)
         assert started < checked.horizon()
         with psycopg.connect(dsn) as conn:
-            gateway.log_requests(conn, random.Random(n), keys, count, started)
+            gateway.log_requests(conn, rng, keys, count, started)
         checked.late += count
 
     def change(factor: str) -> Callable[[int], None]:
