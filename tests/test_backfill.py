@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import itertools
 import re
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from conftest import require_binary
 from prometheus_client import CollectorRegistry
+from stream_support import InProcessStream
 from support import start_exporter, start_prometheus, wait_until
 
 from credit_exporter import catalog
@@ -564,6 +566,43 @@ def test_backfill_spreads_values_over_their_label_as_the_live_exporter_does(
     types = {dict(k[1])["gen_ai_token_type"] for k in written if k[0] == "credit_tokens_total"}
     assert types == {"input", "output"}
     assert written == _live_samples(config)
+
+
+def test_the_live_exporter_meets_a_backfill_that_counted_late_rows_without_a_decrease(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Backfill reads every row now, late ones included; the live exporter that missed a
+    late row finds it at its next reconcile, so the seam never reads as a reset."""
+    now = datetime.now(UTC)
+    _insert(ev_db, [(now - timedelta(hours=2), "a", "1", "0.5"), (now, "a", "2", "1")])
+    config = _ev_config(ev_db)
+    config["streams"]["ev"]["reconcile"] = {"interval": "1h", "max_db_share": 1.0}
+    live = InProcessStream(parse_config(config), "ev")
+    try:
+        live.poll()
+        time.sleep(1.2)
+        live.poll()
+        _insert(ev_db, [(now - timedelta(minutes=90), "a", "40", "1")])  # far beyond settle
+        live.poll()
+        assert live.total("credit_spent_credits_total") == 3  # a poll cannot see it
+        path = _write_config(config, tmp_path / "config.yaml")
+        out = str(tmp_path / "out")
+        code, _, err = _backfill(capsys, "--config", str(path), "--from", "now-3h", "--to", "now",
+                                 "--step", "1m", "--no-blocks", "--output", out)  # fmt: skip
+        assert code == 0, err
+        files = sorted((tmp_path / "out").glob("*.om"))
+        last = max(
+            int(line.rsplit(" ", 1)[1])
+            for f in files for line in f.read_text().splitlines()
+            if line.startswith("credit_spent_credits_total{")
+        )  # fmt: skip
+        backfilled = _samples_at(files, {"credit_spent_credits_total"}, last * 1000)
+        at_last_step = 41.0 if last * 1000 < to_ms(now) else 43.0  # the late row is in it
+        assert list(backfilled.values()) == [at_last_step]
+        assert live.reconcile() is True
+        assert live.total("credit_spent_credits_total") == 43  # after the seam, never below
+    finally:
+        live.close()
 
 
 @pytest.fixture(autouse=True)
