@@ -6,11 +6,14 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from stream_support import InProcessStream, one_stream_config
+from support import http_get, http_post, start_exporter, wait_until
 
 SCHEMA = """
 CREATE TABLE ev (
@@ -246,3 +249,42 @@ def test_a_time_ordered_stream_leaves_rows_without_a_time_out_and_says_how_many(
     s.reconcile()
     s.reconcile()
     assert s.sample("credit_exporter_dropped_rows_total", query="s", reason="null_time") == 1
+
+
+def test_a_stream_without_a_reconcile_exports_no_reconcile_age(ev_db, streams) -> None:
+    """With reconcile: false nothing would ever refresh it, so it must not exist at all."""
+    insert(ev_db, "acme", "1")
+    s = streams(reconcile=False)
+    s.poll()
+    assert s.stream.reconciler is None
+    assert (
+        s.registry.get_sample_value(
+            "credit_exporter_reconcile_last_success_timestamp_seconds", {"query": "s"}
+        )
+        is None
+    )
+
+
+def test_a_reload_that_removes_a_stream_removes_its_reconcile_series(
+    ev_db: str, tmp_path: Path
+) -> None:
+    insert(ev_db, "acme", "1")
+    config = {"databases": {"db": {"dsn": ev_db}},
+              "streams": {"s": stream(True), "t": stream(True, metrics=[METRICS[0]])}}  # fmt: skip
+    config["streams"]["s"]["metrics"] = [METRICS[1]]
+    exporter = start_exporter(config, tmp_path)
+    try:
+        wait_until(lambda: http_get(exporter.url + "/-/ready")[0] == 200, 15, "ready")
+        assert exporter.value("credit_exporter_reconcile_rows_total", query="t", reason="late") == 0
+        assert exporter.value("credit_exporter_counter_excess", metric=SPENT) == 0
+        del config["streams"]["t"]
+        exporter.config_path.write_text(yaml.safe_dump(config))
+        assert http_post(exporter.url + "/-/reload")[0] == 200
+        wait_until(
+            lambda: exporter.value("credit_exporter_reconcile_rows_total", query="t",
+                                   reason="late") is None, 10, "t's series removed",
+        )  # fmt: skip
+        assert exporter.value("credit_exporter_counter_excess", metric=SPENT) is None
+        assert exporter.value("credit_exporter_reconcile_rows_total", query="s", reason="late") == 0
+    finally:
+        exporter.stop()

@@ -53,7 +53,7 @@ from credit_exporter.demo.progress import ProgressBar
 from credit_exporter.limits import Refused
 from credit_exporter.metric_state import LabelValues
 from credit_exporter.sources.events import HistogramValue, StreamPlan, le_text
-from credit_exporter.sources.ordering import TimeColumn, describe_ordering_sync
+from credit_exporter.sources.ordering import TimeColumn, describe_stream_sync
 
 DEFAULT_OUTPUT = "credit-exporter-backfill"
 FILE_PREFIX = "credit-exporter-backfill-"
@@ -626,11 +626,12 @@ def _read_stream(
     started = time.monotonic()
     cursor_name = f"credit_exporter_backfill_{name}"
     try:
-        ordering = describe_ordering_sync(conn, plan.shape_statement(), stream)
+        described = describe_stream_sync(conn, plan.shape_statement(), stream)
     except QueryError as error:
         raise BackfillError(f"streams.{name}: {error}") from None
+    plan = StreamPlan(stream, described.float_columns)
     with conn.cursor(name=cursor_name, scrollable=True) as cur:
-        cur.execute(bucket_statement(plan, ordering.time), statement_params(steps))
+        cur.execute(bucket_statement(plan, described.ordering.time), statement_params(steps))
         # runs the aggregate and counts its rows, for the progress bar
         moved = conn.execute(sql.SQL("MOVE ALL FROM {}").format(sql.Identifier(cursor_name)))
         total = max(moved.rowcount, 0)

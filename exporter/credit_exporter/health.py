@@ -155,6 +155,23 @@ class Health:
         for reason in reasons:
             self.dropped_series.labels(metric, reason)
 
+    def forget_stream(self, name: str, metrics: list[str]) -> None:
+        """Remove a stream's reconcile series and its metrics' excess (a reload dropped it)."""
+        self.forget_query(name)
+        for metric, removed in ((self.reconcile_chunks, RECONCILE_RESULTS),
+                                (self.reconcile_rows, RECONCILE_REASONS)):  # fmt: skip
+            for label in removed:
+                with contextlib.suppress(KeyError):
+                    metric.remove(name, label)
+        with contextlib.suppress(KeyError):
+            self.reconcile_seconds.remove(name)
+        for metric_name in metrics:
+            with contextlib.suppress(KeyError):
+                self.counter_excess.remove(metric_name)
+            for direction in ("up", "down"):
+                with contextlib.suppress(KeyError):
+                    self.reconcile_difference.remove(name, metric_name, direction)
+
     def register_stream(self, name: str, metrics: list[str]) -> None:
         """Create a stream's reconcile series at 0, so increase() sees the first finding."""
         for result in RECONCILE_RESULTS:

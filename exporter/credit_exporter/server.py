@@ -154,7 +154,11 @@ class Exporter:
             for name in (
                 set(self.health.queries) - set(new_config.queries) - set(new_config.streams)
             ):
-                self.health.forget_query(name)
+                if name in self.config.streams:
+                    metrics = [m.metric for m in self.config.streams[name].metrics]
+                    self.health.forget_stream(name, metrics)
+                else:
+                    self.health.forget_query(name)
                 self.state.forget(name)
             self.config = new_config
             self._build(new_config)

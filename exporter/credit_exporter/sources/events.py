@@ -34,7 +34,7 @@ from credit_exporter.db import CHUNK_ROWS, Database, classify
 from credit_exporter.health import Health
 from credit_exporter.limits import Refused, overflow_labels
 from credit_exporter.metric_state import LabelValues
-from credit_exporter.sources.ordering import Horizon, Ordering, describe_ordering
+from credit_exporter.sources.ordering import Horizon, Ordering, describe_stream
 from credit_exporter.sources.reconcile import Reconciler
 from credit_exporter.sources.state import poll_forever, report_failure
 from credit_exporter.sources.totals import (
@@ -92,6 +92,9 @@ class StreamPlan:
     """The SQL of one stream: one scan, one GROUPING SETS aggregate for every metric."""
 
     config: StreamConfig
+    # value columns of a float type: summed as numeric, so their sums do not depend on
+    # the order rows are added in (integer and numeric sums are exact as they are)
+    float_columns: frozenset[str] = frozenset()
     columns: list[str] = field(init=False)  # union of label columns, GROUPING() order
     metrics: list[_MetricPlan] = field(init=False)
     aggregates: list[tuple[str, sql.Composable]] = field(init=False)
@@ -128,9 +131,7 @@ class StreamPlan:
                     )  # fmt: skip
                     names.append(name)
                 self.aggregates.append((f"__h{index}_count", sql.SQL("count({})").format(observed)))
-                self.aggregates.append(
-                    (f"__h{index}_sum", sql.SQL("sum({}::numeric)").format(observed))
-                )
+                self.aggregates.append((f"__h{index}_sum", self._sum(mapping.value)))
                 names += [f"__h{index}_count", f"__h{index}_sum"]
                 aggregate_columns = tuple(names)
             elif mapping.values is not None:
@@ -156,10 +157,12 @@ class StreamPlan:
         """The result column holding ``sum(column)``, added once however many metrics read it."""
         if column not in summed:
             summed[column] = f"__s{len(summed)}"
-            self.aggregates.append(
-                (summed[column], sql.SQL("sum({}::numeric)").format(sql.Identifier(column)))
-            )
+            self.aggregates.append((summed[column], self._sum(column)))
         return summed[column]
+
+    def _sum(self, column: str) -> sql.Composable:
+        cast = sql.SQL("::numeric") if column in self.float_columns else sql.SQL("")
+        return sql.SQL("sum({}{})").format(sql.Identifier(column), cast)
 
     @property
     def source(self) -> sql.Composable:
@@ -187,12 +190,12 @@ class StreamPlan:
         return sql.SQL("SELECT * FROM (\n{source}\n) AS events LIMIT 0").format(source=self.source)
 
     @property
-    def fingerprint(self) -> sql.Composable:
-        """A sum of hashes of every row's label columns: a checksum that moves when a settled
-        row's labels change even though no count or sum does."""
+    def row_fingerprint(self) -> sql.Composable:
+        """A hash of one row's label columns. Summed per chunk, it is a checksum that moves
+        when a settled row's labels change even though no count or sum does."""
         if not self.columns:
             return sql.SQL("0")
-        return sql.SQL("sum(hashtext(ROW({})::text))").format(
+        return sql.SQL("hashtext(ROW({})::text)").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
         )
 
@@ -201,11 +204,11 @@ class StreamPlan:
         """The result columns of a chunk's checksum, in order."""
         return (*(name for name, _ in self.aggregates), "__fp")
 
-    def _aggregate_list(self) -> list[sql.Composable]:
+    def _aggregate_list(self, fingerprint: sql.Composable) -> list[sql.Composable]:
         return [
             *[sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
               for name, expr in self.aggregates],
-            sql.SQL("{} AS __fp").format(self.fingerprint),
+            sql.SQL("sum({}) AS __fp").format(fingerprint),
         ]  # fmt: skip
 
     def _chunk(self, ordering: Ordering) -> sql.Composable:
@@ -247,13 +250,19 @@ class StreamPlan:
                 sql.SQL("GROUPING(__chunk) AS __by_chunk"),
                 sql.Identifier("__chunk"),
                 *label_columns,
-                *self._aggregate_list(),
+                # hashed once per row below, not once per grouping set
+                *self._aggregate_list(sql.Identifier("__fp_row")),
             ]
         )
         branch = sql.SQL(
-            "SELECT events.*, ({settled}) AS __settled, {chunk} AS __chunk"
-            " FROM (\n{source}\n) AS events"
-        ).format(settled=settled, chunk=self._chunk(ordering), source=self.source)
+            "SELECT events.*, ({settled}) AS __settled, {chunk} AS __chunk,"
+            " {fingerprint} AS __fp_row FROM (\n{source}\n) AS events"
+        ).format(
+            settled=settled,
+            chunk=self._chunk(ordering),
+            fingerprint=self.row_fingerprint,
+            source=self.source,
+        )
         rows = sql.SQL(" UNION ALL ").join(
             [sql.SQL("{} WHERE {}").format(branch, where) for where in branches] or [branch]
         )
@@ -304,7 +313,7 @@ class StreamPlan:
             " WHERE ({settled}) AND {within} GROUP BY 1"
         ).format(
             chunk=self._chunk(ordering),
-            aggregates=sql.SQL(", ").join(self._aggregate_list()),
+            aggregates=sql.SQL(", ").join(self._aggregate_list(self.row_fingerprint)),
             source=self.source,
             settled=ordering.settled(at, "at"),
             within=self._in_chunks(ordering, null_time),
@@ -594,11 +603,13 @@ class EventStream:
         self.reconciler = Reconciler(self, config.reconcile) if config.reconcile else None
 
     async def describe(self, timeout: float) -> Ordering:
-        """The ordering columns' types, read from the stream's result (no rows)."""
+        """The ordering columns' types, read from the stream's result (no rows); the plan
+        is made again to sum its float columns exactly."""
         async with self.database.read_only(timeout) as conn:
-            ordering = await describe_ordering(conn, self.plan.shape_statement(), self.config)
-        self.chunk_width = ordering.time.chunk_seconds(self._chunk)
-        return ordering
+            described = await describe_stream(conn, self.plan.shape_statement(), self.config)
+        self.plan = StreamPlan(self.config, described.float_columns)
+        self.chunk_width = described.ordering.time.chunk_seconds(self._chunk)
+        return described.ordering
 
     async def _advance_horizon(self, ordering: Ordering, timeout: float) -> Horizon:
         """Read a new candidate, release the safe ones, return the new horizon.
@@ -717,7 +728,7 @@ class EventStream:
                     self.ordering = None  # a changed table: read its column types again
                 report_failure(self.health, "stream", self.name, started, exc)
                 return False
-            if split.whole_table:
+            if split.whole_table and self.reconciler is not None:
                 # the base was just computed from the whole table: as good as a reconcile
                 self.health.reconcile_last_success.labels(self.name).set(time.time())
             add_aggregates(self.base, split.settled)

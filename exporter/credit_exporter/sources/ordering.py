@@ -296,21 +296,39 @@ def ordering_for(
     return Ordering(time, key, config.by_time)
 
 
-async def describe_ordering(
+FLOAT_OIDS = {700, 701}  # real, double precision
+
+
+@dataclass(frozen=True)
+class Described:
+    """What a stream's result looks like: its ordering, and its float columns."""
+
+    ordering: Ordering
+    float_columns: frozenset[str]
+
+
+def _described(
+    config: StreamConfig, column_types: dict[str, int], type_names: dict[int, str]
+) -> Described:
+    floats = frozenset(name for name, oid in column_types.items() if oid in FLOAT_OIDS)
+    return Described(ordering_for(config, column_types, type_names), floats)
+
+
+async def describe_stream(
     conn: psycopg.AsyncConnection[Any], shape: sql.Composable, config: StreamConfig
-) -> Ordering:
-    """Run the stream's no-row shape query and build its Ordering from the column types."""
+) -> Described:
+    """Run the stream's no-row shape query and read its columns' types."""
     cur = await conn.execute(shape)
     column_types = {d.name: d.type_code for d in cur.description or []}
     names = await conn.execute(TYPE_NAMES_SQL, [list(set(column_types.values()))])
-    return ordering_for(config, column_types, dict(await names.fetchall()))
+    return _described(config, column_types, dict(await names.fetchall()))
 
 
-def describe_ordering_sync(
+def describe_stream_sync(
     conn: psycopg.Connection[Any], shape: sql.Composable, config: StreamConfig
-) -> Ordering:
-    """``describe_ordering`` on a blocking connection (backfill)."""
+) -> Described:
+    """``describe_stream`` on a blocking connection (backfill)."""
     cur = conn.execute(shape)
     column_types = {d.name: d.type_code for d in cur.description or []}
     names = conn.execute(TYPE_NAMES_SQL, [list(set(column_types.values()))])
-    return ordering_for(config, column_types, dict(names.fetchall()))
+    return _described(config, column_types, dict(names.fetchall()))
