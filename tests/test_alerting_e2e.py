@@ -124,6 +124,14 @@ CASES = [
             severity="high"), True, False),
     (_alert("CreditExporterDataStale", instance="exporter:9187", query="organizations",
             severity="high"), False, False),
+    # a failing stream mutes the staleness of its own reconcile, not another's (the
+    # naive rules mute both by any high exporter alert)
+    (_alert("CreditExporterQueryFailing", instance="exporter:9187", query="usage_events",
+            severity="warning"), False, True),
+    (_alert("CreditExporterReconcileStale", instance="exporter:9187", query="usage_events",
+            severity="warning"), True, True),
+    (_alert("CreditExporterReconcileStale", instance="exporter:9187", query="messages",
+            severity="warning"), False, True),
 ]  # fmt: skip
 
 # The rule most configurations start from: by severity, equal on the scope.
