@@ -73,6 +73,9 @@ SCHEMA: dict[str, Any] = {
         "query_failing": {"for": "duration", "severity": "severity"},
         "data_stale": {"after": "duration", "for": "duration", "severity": "severity"},
         "dropped": {"window": "duration", "for": "duration", "severity": "severity"},
+        "late_data": {"window": "duration", "for": "duration", "severity": "severity"},
+        "counters_held": {"for": "duration", "severity": "severity"},
+        "reconcile_stale": {"after": "duration", "for": "duration", "severity": "severity"},
     },
 }  # fmt: skip
 
@@ -134,9 +137,21 @@ def _check_levels(value: Any, path: str) -> list[str]:
     return problems
 
 
+def _problems(settings: Any, path: str) -> list[str]:
+    """Every problem of a settings document: its shape, then what relates two keys."""
+    problems = _check(settings, SCHEMA, path)
+    if problems:
+        return problems
+    late = settings["exporter"]["late_data"]
+    if seconds(late["for"]) >= seconds(late["window"]):
+        # a correction keeps the expression true for `window`: a longer `for` never fires
+        problems.append(f"{path}.exporter.late_data: `for` must be shorter than `window`")
+    return problems
+
+
 def load_settings(path: Path = SETTINGS) -> dict[str, Any]:
     settings = yaml.safe_load(path.read_text())
-    problems = _check(settings, SCHEMA, path.name)
+    problems = _problems(settings, path.name)
     if problems:
         raise SettingsError("\n".join(problems))
     return settings
@@ -154,11 +169,12 @@ def q(
     unit: str = "",
     missing: str = "unknown",
 ) -> str:
-    """Template text that runs the instant query ``expr`` (``%q`` placeholders are
-    filled, Go-quoted, from the alert's labels) and prints its first value and
-    ``unit``, or ``missing`` when the query returns nothing."""
+    """Template text that runs the instant query ``expr`` (``%q`` placeholders, or
+    ``%[n]q`` for the n-th, are filled, Go-quoted, from the alert's labels, or from
+    a literal given as ``'"late"'``) and prints its first value and ``unit``, or
+    ``missing`` when the query returns nothing."""
     assert '"' not in expr and "{{" not in expr and "}}" not in expr, expr
-    args = "".join(f" $labels.{label}" for label in labels)
+    args = "".join(f" {arg}" if arg.startswith('"') else f" $labels.{arg}" for arg in labels)
     return (
         f'{{{{ with printf "{expr}"{args} | query }}}}'
         f"{{{{ . | first | value | {fmt} }}}}{unit}{{{{ else }}}}{missing}{{{{ end }}}}"
@@ -540,6 +556,18 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
     return rules
 
 
+def grew_expr(metric: str, labels: str, window: str) -> str:
+    """A counter of the exporter grew in the last ``window``, per instance and ``labels``."""
+    # increase() cannot see a counter's first value: a series born with a count
+    # already in it is caught by the second branch (absent `window` ago), which
+    # also covers a freshly started Prometheus.
+    return (
+        f"sum by (job, instance, {labels}) (increase({metric}[{window}])) > 0\n"
+        f"or\n"
+        f"sum by (job, instance, {labels}) ({metric} unless {metric} offset {window}) > 0\n"
+    )
+
+
 def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
     exporter = settings["exporter"]
     job = exporter["job"]
@@ -547,16 +575,6 @@ def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, 
     stale, dropped = exporter["data_stale"], exporter["dropped"]
     window = dropped["window"]
     iq = ("instance", "query")
-
-    def dropped_expr(metric: str, labels: str) -> str:
-        # increase() cannot see a counter's first value: a series born with
-        # drops already counted is caught by the second branch (absent
-        # `window` ago), which also covers a freshly started Prometheus.
-        return (
-            f"sum by (job, instance, {labels}) (increase({metric}[{window}])) > 0\n"
-            f"or\n"
-            f"sum by (job, instance, {labels}) ({metric} unless {metric} offset {window}) > 0\n"
-        )
 
     return [
         {
@@ -638,7 +656,7 @@ def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, 
         },
         {
             "alert": "CreditExporterSeriesDropped",
-            "expr": dropped_expr("credit_exporter_dropped_series_total", "metric, reason"),
+            "expr": grew_expr("credit_exporter_dropped_series_total", "metric, reason", window),
             "for": dropped["for"],
             "labels": {"severity": dropped["severity"]},
             "annotations": {
@@ -657,7 +675,7 @@ def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, 
         },
         {
             "alert": "CreditExporterRowsDropped",
-            "expr": dropped_expr("credit_exporter_dropped_rows_total", "query, reason"),
+            "expr": grew_expr("credit_exporter_dropped_rows_total", "query, reason", window),
             "for": dropped["for"],
             "labels": {"severity": dropped["severity"]},
             "annotations": {
@@ -670,6 +688,119 @@ def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, 
                     f"in the last {window}: their values are not exported."
                 ),
                 "runbook_url": links.runbook("CreditExporterRowsDropped"),
+                "dashboard_url": health,
+            },
+        },
+        *reconcile_rules(exporter, links),
+    ]
+
+
+def reconcile_rules(exporter: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
+    """What the background reconcile of event streams finds (docs/event-engine.md):
+    corrections of settled history, counters held above the database, and passes
+    that no longer complete."""
+    health = links.dashboard(DASH_HEALTH)
+    late, held = exporter["late_data"], exporter["counters_held"]
+    stale = exporter["reconcile_stale"]
+    window = late["window"]
+    down = 'if eq $labels.direction "down" }}'
+    sign = f"{{{{ {down}-{{{{ else }}}}+{{{{ end }}}}"
+    # Go's printf: %[n]q is the n-th argument, so each one is given once
+    rows = "credit_exporter_reconcile_rows_total{instance=%[1]q,query=%[2]q,reason=%[3]q}"
+
+    def found_rows(reason: str) -> str:
+        # like the alert's own expression: a series born inside the window counts whole
+        grown = f"sum(({rows} unless {rows} offset {window}) or increase({rows}[{window}]))"
+        return q(grown, ["instance", "query", f'"{reason}"'], fmt='printf "%.0f"')
+
+    excess = q("max(credit_exporter_counter_excess{instance=%q,metric=%q})", ["instance", "metric"])
+    return [
+        {
+            "alert": "CreditExporterLateData",
+            # Value: the correction in the window, in the metric's unit.
+            "expr": grew_expr(
+                "credit_exporter_reconcile_difference_total", "query, metric, direction", window
+            ),
+            "for": late["for"],
+            "labels": {"severity": late["severity"]},
+            "annotations": {
+                "summary": (
+                    "Late data in stream {{ $labels.query }}: {{ $labels.metric }} "
+                    f"{sign}{{{{ $value | humanize }}}} {{{{ {down}held{{{{ else }}}}folded in"
+                    "{{ end }}"
+                ),
+                "description": (
+                    "The reconcile of stream {{ $labels.query }} on credit-exporter "
+                    "{{ $labels.instance }} found settled history that differs from what its "
+                    "polls had counted, and corrected {{ $labels.metric }} by "
+                    f"{sign}{{{{ $value | humanize }}}} (in the metric's unit) in the last "
+                    f"{window}. {{{{ {down}The decrease is held: settled rows were deleted, "
+                    "lowered or moved to other labels, and a counter never goes down within a "
+                    "process, so the metric's counters stay above the database's totals (by "
+                    f"{excess} now) until new usage catches up.{{{{ else }}}}The increase is "
+                    "folded in: the counters jumped by it when the reconcile found it, and "
+                    "until then dashboards and alerts showed that much less.{{ end }} Rows the "
+                    f"reconcile found in this stream in the same window: {found_rows('late')} "
+                    f"committed after the stream's window, {found_rows('deleted')} deleted (a "
+                    "correction with neither comes from settled rows updated). If rows commit "
+                    "this late by design, raise the stream's arrives_within (streams without a "
+                    "key); if rows are updated or deleted this late by design, raise its "
+                    "changes_within."
+                ),
+                "runbook_url": links.runbook("CreditExporterLateData"),
+                "dashboard_url": health,
+            },
+        },
+        {
+            "alert": "CreditExporterCountersHeld",
+            # Value: how far the metric's counters are above the database, summed over series.
+            "expr": "credit_exporter_counter_excess > 0\n",
+            "for": held["for"],
+            "labels": {"severity": held["severity"]},
+            "annotations": {
+                "summary": (
+                    "credit-exporter holds {{ $labels.metric }} {{ $value | humanize }} above "
+                    "the database"
+                ),
+                "description": (
+                    "The counters of {{ $labels.metric }} on credit-exporter "
+                    "{{ $labels.instance }} have been above the database's totals for at least "
+                    f"{held['for']}, by {{{{ $value | humanize }}}} now (summed over its series, "
+                    "in the metric's unit): rows already counted were deleted or lowered, and "
+                    "a counter never goes down within a process, so the series concerned hold "
+                    "their last values and their new usage does not show. They resume when "
+                    "usage catches up with the held values. A restart of the exporter would "
+                    "export the database's lower totals at once: Prometheus reads that as a "
+                    "counter reset, and increase() and rate() across it count those series' "
+                    "whole totals again."
+                ),
+                "runbook_url": links.runbook("CreditExporterCountersHeld"),
+                "dashboard_url": health,
+            },
+        },
+        {
+            "alert": "CreditExporterReconcileStale",
+            # Value: seconds since the stream's last completed reconcile pass.
+            "expr": (
+                "time() - credit_exporter_reconcile_last_success_timestamp_seconds"
+                f" > {seconds(stale['after'])}\n"
+            ),
+            "for": stale["for"],
+            "labels": {"severity": stale["severity"]},
+            "annotations": {
+                "summary": (
+                    "credit-exporter stream {{ $labels.query }} not reconciled for "
+                    "{{ $value | humanizeDuration }}"
+                ),
+                "description": (
+                    "The reconcile of stream {{ $labels.query }} on credit-exporter "
+                    "{{ $labels.instance }} last completed a pass {{ $value | humanizeDuration }} "
+                    f"ago (alert after {stale['after']}): rows committed after the stream's "
+                    "window, and settled rows updated or deleted since, are not counted. The "
+                    'exporter logs "stream {{ $labels.query }}: reconcile pass failed" with the '
+                    "error for every pass that fails."
+                ),
+                "runbook_url": links.runbook("CreditExporterReconcileStale"),
                 "dashboard_url": health,
             },
         },
@@ -730,7 +861,7 @@ def with_overrides(settings: Mapping[str, Any], overrides: Mapping[str, Any]) ->
                 into[key] = copy.deepcopy(value)
 
     merge(merged, overrides)
-    problems = _check(merged, SCHEMA, "overrides")
+    problems = _problems(merged, "overrides")
     if problems:
         raise SettingsError("\n".join(problems))
     return merged

@@ -1,5 +1,6 @@
 """Every view item of the seeds (issue 5's list), plus the budget scopes LLM
-gateways add (team, api_key), and the panels that reproduce it.
+gateways add (team, api_key) and the reconcile of event streams, and the panels
+that reproduce it.
 
 A panel entry is a panel title on the dashboard; ``$name`` is a template
 variable of that dashboard. tests/test_dashboards.py checks every entry exists,
@@ -130,5 +131,10 @@ ITEMS: tuple[Item, ...] = (
         ("dropped series", ("Dropped rows and series", "Dropped in range")),
         ("scrape size", ("Exposition size", "Exported series", "Samples per scrape",
                          "Series by metric")),
+        ("late data and reconcile: corrections, late and deleted rows, held excess, pass "
+         "age, database share",
+         ("Reconcile corrections in range", "Late and deleted rows in range",
+          "Held above the database", "Time since last reconcile by stream",
+          "Reconcile database share")),
     ),
 )  # fmt: skip

@@ -1,8 +1,9 @@
 """Exporter health: is credit-exporter itself working?
 
 Process up and build, configuration reloads, per-query status, last success
-age, durations, errors by reason, rows, dropped rows and series, and the size
-of what Prometheus scrapes.
+age, durations, errors by reason, rows, dropped rows and series, the size of
+what Prometheus scrapes, and what the reconcile of event streams finds (late
+data, counters held above the database, pass age, database share).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dashboards.common import (
     COUNT,
     DURATION,
     NONE,
+    PERCENT,
     SECONDS,
     UID_HEALTH,
     UP_DOWN,
@@ -34,11 +36,14 @@ TITLE = "credit-exporter health"
 J = 'job=~"$job", instance=~"$instance"'
 UP_MAP = value_map({"1": ("Up", "green"), "0": ("Down", "red")})
 AGE_STEPS = steps(("green", None), ("yellow", 300), ("red", 900))
+# a pass every reconcile.interval (1h by default); the alert fires after 6h
+RECONCILE_AGE_STEPS = steps(("green", None), ("yellow", 7200), ("red", 21600))
 
 
-def zero_if_none(expr: str, label: str) -> str:
-    """A counter the exporter creates on its first drop: read "none yet" as a 0 series."""
-    return f'{expr} or on () label_replace(vector(0), "{label}", "none", "", "")'
+def zero_if_none(expr: str, label: str, text: str = "none") -> str:
+    """A counter the exporter creates on its first drop, or a query that keeps only
+    non-zero series: read "none" as one 0 series named ``text`` in ``label``."""
+    return f'{expr} or on () label_replace(vector(0), "{label}", "{text}", "", "")'
 
 
 def variables() -> list[dict]:
@@ -191,6 +196,67 @@ def items() -> list:
                   "{{metric}}")],
             COUNT, width=24, height=10, seeds="health: scrape size",
         ),
+        *reconcile_items(),
+    ]  # fmt: skip
+
+
+def reconcile_items() -> list:
+    """What the background reconcile of event streams finds and costs."""
+    return [
+        row("Late data and reconcile"),
+        bargauge(
+            "Reconcile corrections in range",
+            "What the reconcile of settled history corrected in the range, by stream, metric "
+            "and direction, in each metric's unit: up is folded into the counters (they "
+            "jumped by it when it was found), down is held (the counters stay above the "
+            "database). Read by increase(), which extrapolates slightly; the exporter's log "
+            "has the exact figures.",
+            [prom(zero_if_none("sort_desc(sum by (query, metric, direction) (increase("
+                               f"credit_exporter_reconcile_difference_total{{{J}}}[$__range]))"
+                               " > 0)", "query", "no corrections"),
+                  "{{query}} {{metric}} {{direction}}")],
+            COUNT, width=8, height=8, seeds="health: late data and reconcile",
+        ),
+        bargauge(
+            "Late and deleted rows in range",
+            "Rows the reconcile found in settled history in the range, by stream: late "
+            "(committed after the stream's window: raise arrives_within if that is by "
+            "design) and deleted (counted, then removed).",
+            [prom(zero_if_none("sort_desc(sum by (query, reason) (increase("
+                               f"credit_exporter_reconcile_rows_total{{{J}}}[$__range])) > 0)",
+                               "query", "none"), "{{query}} {{reason}}")],
+            COUNT, decimals=0, width=8, height=8, seeds="health: late data and reconcile",
+        ),
+        timeseries(
+            "Held above the database",
+            "How far each stream metric's counters are above the database's totals, in the "
+            "metric's unit, because decreases are held (a counter never goes down within a "
+            "process). It falls as new usage catches up; 0 (nothing held) normally.",
+            [prom(zero_if_none(f"max by (metric) (credit_exporter_counter_excess{{{J}}}) > 0",
+                               "metric", "nothing held"), "{{metric}}")],
+            COUNT, width=8, height=8, seeds="health: late data and reconcile",
+        ),
+        bargauge(
+            "Time since last reconcile by stream",
+            "Age of each stream's last completed reconcile pass (on the stalest instance; the "
+            "start-up counts as one). Passes start every reconcile.interval, 1h by default: "
+            "yellow after 2 hours, red after 6, when CreditExporterReconcileStale fires.",
+            [prom("sort_desc(time() - min by (query) ("
+                  f"credit_exporter_reconcile_last_success_timestamp_seconds{{{J}}}))",
+                  "{{query}}")],
+            SECONDS, thresholds=RECONCILE_AGE_STEPS, width=12, height=8,
+            seeds="health: late data and reconcile",
+        ),
+        timeseries(
+            "Reconcile database share",
+            "Database time of each stream's reconcile queries as a percentage of one "
+            "database core. While a pass runs it stays under the stream's "
+            "reconcile.max_db_share (1% by default); between passes it is 0.",
+            [prom("100 * sum by (query) (rate("
+                  f"credit_exporter_reconcile_database_seconds_total{{{J}}}[$__rate_interval]))",
+                  "{{query}}")],
+            PERCENT, width=12, height=8, seeds="health: late data and reconcile",
+        ),
     ]  # fmt: skip
 
 
@@ -199,7 +265,8 @@ def build() -> dict:
         uid=UID,
         title=TITLE,
         description="Is the exporter healthy: scrapes, configuration reloads, per-query "
-        "status, durations, errors, rows, drops and scrape size.",
+        "status, durations, errors, rows, drops, scrape size, and late data found by the "
+        "reconcile of event streams.",
         items=items(),
         variables=variables(),
         time_from="now-6h",

@@ -38,7 +38,8 @@ DASHBOARD_UIDS = {
 DASHBOARD_VARIABLES = {"organization", "agent", "scope", "scope_id"}
 SEVERITIES = {"critical", "high", "warning", "info"}
 # The alerts the issue asks for: thresholds of every budget scope and pool,
-# projection, runaway agent, low balance, plan quotas, and the exporter's own.
+# projection, runaway agent, low balance, plan quotas, and the exporter's own
+# (its reconcile of event streams included).
 ALERT_NAMES = {
     "CreditBudgetUsageHigh", "CreditBudgetAlmostExhausted", "CreditBudgetExhausted",
     "CreditBudgetProjectedExhaustion",
@@ -46,6 +47,7 @@ ALERT_NAMES = {
     "CreditAgentRunaway", "CreditBalanceLowAutoRechargeOff", "CreditPlanQuotaExceeded",
     "CreditExporterDown", "CreditExporterQueryFailing", "CreditExporterDataStale",
     "CreditExporterSeriesDropped", "CreditExporterRowsDropped",
+    "CreditExporterLateData", "CreditExporterCountersHeld", "CreditExporterReconcileStale",
 }  # fmt: skip
 
 
@@ -78,6 +80,7 @@ def test_every_alert_the_issue_asks_for_exists() -> None:
         ({"plan_quota": {"severity": "page"}}, "one of critical"),
         ({"exporter": {"down": {"fore": "5m"}}}, "unknown key"),
         ({"runaway_agent": {"factor": 0}}, "positive number"),
+        ({"exporter": {"late_data": {"window": "5m", "for": "5m"}}}, "shorter than `window`"),
     ],
 )
 def test_settings_are_validated(overrides: dict[str, Any], problem: str) -> None:
@@ -194,7 +197,7 @@ def test_metric_name_extraction_agrees_with_a_promql_parser() -> None:
         for text in rule.get("annotations", {}).values():
             queries += template_queries(text)
         for query in queries:
-            parsed = parsed_metric_names(query.replace("%q", '"x"'))
+            parsed = parsed_metric_names(re.sub(r"%(?:\[\d+\])?q", '"x"', query))
             assert parsed == promql_metric_names(query), query
             checked += 1
     assert checked > len(rules(DOCUMENT))
@@ -299,6 +302,9 @@ ROUTES = [
       "scope": "user", "scope_id": "max@acme.example", "threshold": "75"}, "team-channel"),
     ({"alertname": "CreditAgentRunaway", "severity": "warning", "organization": "umbrella",
       "agent": "lead-qualifier"}, "team-channel"),
+    ({"alertname": "CreditExporterLateData", "severity": "warning", "job": "credit-exporter",
+      "instance": "exporter:9187", "query": "usage_events",
+      "metric": "credit_spent_credits_total", "direction": "up"}, "team-channel"),
     ({"alertname": "CreditBudgetUsageHigh", "severity": "info"}, "team-channel"),
     ({"alertname": "SomethingElse"}, "team-channel"),
 ]  # fmt: skip

@@ -1,7 +1,9 @@
 """Alerting end to end, with real components on loopback: the exporter on a fresh
 demo database (config.example.yaml), Prometheus evaluating the generated rules,
 the example Alertmanager configuration (receivers swapped for a webhook in the
-test), and a webhook receiver recording what on-call would get."""
+test), and a webhook receiver recording what on-call would get; and the exporter
+on a small table whose settled history changes under it, until the reconcile's
+correction fires CreditExporterLateData."""
 
 from __future__ import annotations
 
@@ -124,6 +126,14 @@ CASES = [
             severity="high"), True, False),
     (_alert("CreditExporterDataStale", instance="exporter:9187", query="organizations",
             severity="high"), False, False),
+    # a failing stream mutes the staleness of its own reconcile, not another's (the
+    # naive rules mute both by any high exporter alert)
+    (_alert("CreditExporterQueryFailing", instance="exporter:9187", query="usage_events",
+            severity="warning"), False, True),
+    (_alert("CreditExporterReconcileStale", instance="exporter:9187", query="usage_events",
+            severity="warning"), True, True),
+    (_alert("CreditExporterReconcileStale", instance="exporter:9187", query="messages",
+            severity="warning"), False, True),
 ]  # fmt: skip
 
 # The rule most configurations start from: by severity, equal on the scope.
@@ -316,6 +326,120 @@ def test_demo_alerts_reach_on_call_once_per_scope_and_resolve(
             a for a in expected.firing if dict(a)["alertname"].startswith("CreditPool")
         } <= still
         assert time.monotonic() - started < 90
+    finally:
+        for process in reversed(stack):
+            process.stop()
+
+
+# --------------------------------------------------------------------------
+# Late data: the reconcile corrects settled history, Prometheus alerts
+# --------------------------------------------------------------------------
+
+USAGE_TABLE = """
+CREATE TABLE ev (
+    id bigserial PRIMARY KEY,
+    occurred_at timestamptz NOT NULL,
+    org text NOT NULL,
+    credits numeric(18, 6) NOT NULL
+);
+CREATE INDEX ev_occurred_at ON ev (occurred_at);
+INSERT INTO ev (occurred_at, org, credits) VALUES
+    (now() - interval '2 hours', 'acme', 4),
+    (now() - interval '1 hour', 'globex', 1);
+"""
+STREAM_LABELS = {"organization": "org", "project": "p", "agent": "a", "service_type": "st"}
+
+
+def _late_data_config() -> dict[str, Any]:
+    """One stream, polled every second and reconciled every second."""
+    return {
+        "databases": {"billing": {"dsn_env": "CREDIT_EXPORTER_DSN"}},
+        "streams": {
+            "usage": {
+                "database": "billing",
+                "time": "occurred_at",
+                "key": "id",
+                "settle": "1s",
+                "interval": "1s",
+                "timeout": "1s",
+                "sql": "SELECT id, occurred_at, org, 'p' AS p, 'a' AS a, 'chat' AS st, credits"
+                " FROM ev",
+                "reconcile": {"interval": "1s", "chunk": "1h", "max_db_share": 1.0},
+                "metrics": [
+                    {"metric": "credit_spent_credits_total", "value": "credits",
+                     "labels": STREAM_LABELS},
+                    {"metric": "credit_requests_total", "labels": STREAM_LABELS},
+                ],
+            }
+        },
+    }  # fmt: skip
+
+
+def test_a_settled_row_raised_in_the_database_fires_late_data_and_reaches_the_counter(
+    make_database: Callable[[], str], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    dsn = make_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(USAGE_TABLE)
+    settings = generate.with_overrides(
+        generate.load_settings(), {**E2E_OVERRIDES, "exporter": {"late_data": {"for": "1s"}}}
+    )
+    rules_path = tmp_path / "credit-exporter.rules.yml"
+    rules_path.write_text(generate.render(settings))
+    exporter = start_exporter(
+        _late_data_config(), tmp_path / "exporter", env={"CREDIT_EXPORTER_DSN": dsn}
+    )
+    stack: list[Any] = [exporter]
+    try:
+        wait_until(lambda: http_get(f"{exporter.url}/-/ready")[0] == 200, 20, "exporter ready")
+        target = exporter.url.removeprefix("http://")
+        prometheus = start_prometheus(
+            tmp_path / "prometheus", [target], rule_files=[rules_path], interval="1s"
+        )
+        stack.append(prometheus)
+        # Prometheus must hold the correction counters at 0 before they move
+        wait_until(
+            lambda: prometheus.query(
+                "count_over_time(credit_exporter_reconcile_difference_total"
+                '{direction="up", metric="credit_spent_credits_total"}[1m]) >= 3'
+            ),
+            20,
+            "three scrapes of the correction counter",
+        )
+
+        # acme's row settled at start-up; raising it is invisible to the polls
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE ev SET credits = 9 WHERE org = 'acme'")
+
+        def late_data() -> list[dict[str, Any]]:
+            return [
+                alert for alert in prometheus.api("/api/v1/alerts")["alerts"]
+                if alert["labels"]["alertname"] == "CreditExporterLateData"
+                and alert["state"] == "firing"
+            ]  # fmt: skip
+
+        wait_until(late_data, 20, "CreditExporterLateData firing", step=0.2)
+        (alert,) = late_data()  # credit_requests_total did not change: no alert for it
+        assert alert["labels"] == {
+            "alertname": "CreditExporterLateData", "job": "credit-exporter",
+            "instance": target, "query": "usage", "metric": "credit_spent_credits_total",
+            "direction": "up", "severity": settings["exporter"]["late_data"]["severity"],
+        }  # fmt: skip
+        annotations = alert["annotations"]
+        summary, description = annotations["summary"], annotations["description"]
+        assert summary.startswith("Late data in stream usage: credit_spent_credits_total +")
+        assert summary.endswith(" folded in"), summary
+        assert "The increase is folded in" in description, description
+        assert "0 committed after the stream's window, 0 deleted" in description, description
+        corrected = {
+            sample["metric"]["organization"]: float(sample["value"][1])
+            for sample in prometheus.query(
+                'credit_spent_credits_total{job="credit-exporter"}'
+            )
+        }  # fmt: skip
+        assert corrected == {"acme": 9.0, "globex": 1.0}
+        assert time.monotonic() - started < 30
     finally:
         for process in reversed(stack):
             process.stop()
