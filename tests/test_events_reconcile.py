@@ -288,3 +288,23 @@ def test_a_reload_that_removes_a_stream_removes_its_reconcile_series(
         assert exporter.value("credit_exporter_reconcile_rows_total", query="s", reason="late") == 0
     finally:
         exporter.stop()
+
+
+def test_a_reload_that_lowers_a_streams_totals_holds_its_counters(
+    ev_db: str, tmp_path: Path
+) -> None:
+    """A changed stream is recomputed, but a counter never goes down within a process."""
+    insert(ev_db, "acme", "3")
+    insert(ev_db, "acme", "10")
+    config = {"databases": {"db": {"dsn": ev_db}}, "streams": {"s": stream(True)}}
+    exporter = start_exporter(config, tmp_path)
+    try:
+        wait_until(lambda: exporter.value(SPENT, organization="acme") == 13, 15, "13 credits")
+        config["streams"]["s"]["sql"] = stream(True)["sql"] + " WHERE credits < 5"
+        exporter.config_path.write_text(yaml.safe_dump(config))
+        assert http_post(exporter.url + "/-/reload")[0] == 200
+        wait_until(lambda: exporter.value("credit_exporter_counter_excess", metric=SPENT) == 10,
+                   15, "the 10 credits the new SQL leaves out held")  # fmt: skip
+        assert exporter.value(SPENT, organization="acme") == 13
+    finally:
+        exporter.stop()

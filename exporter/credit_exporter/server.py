@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -76,6 +77,9 @@ class Exporter:
 
     # --- lifecycle -----------------------------------------------------------
     def _build(self, config: Config) -> None:
+        floors: dict[str, dict[Any, Any]] = {}  # what the streams of the last config exported
+        for kept in self._kept_streams.values():
+            floors.update(kept.exported)
         for db_name, db_config in config.databases.items():
             sources = [*config.queries.values(), *config.streams.values()]
             intervals = [q.interval for q in sources if q.database == db_name]
@@ -99,9 +103,14 @@ class Exporter:
                 previous.database = self.databases[stream_config.database]
                 self.streams[name] = previous
             else:
-                self.streams[name] = EventStream(
+                stream = EventStream(
                     name, stream_config, self.databases[stream_config.database], self.health
                 )
+                # a counter never goes down within a process, whichever stream fed it
+                stream.floor = {
+                    m.metric: floors[m.metric] for m in stream_config.metrics if m.metric in floors
+                }
+                self.streams[name] = stream
 
     def _start_tasks(self) -> None:
         self._tasks = [

@@ -595,6 +595,9 @@ class EventStream:
         # per time chunk, the checksum of the rows settled into the base
         self.checksums: dict[int | None, Checksum] = {}
         self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
+        # after a reload that changed the stream: what its metrics exported before, which
+        # the first poll may not go below for the series it still has
+        self.floor: Aggregates | None = None
         # polls and reconcile steps take turns: each sees a horizon nobody else moves
         self.lock = asyncio.Lock()
         reconcile = config.reconcile or ReconcileConfig()
@@ -751,7 +754,15 @@ class EventStream:
 
     def publish(self) -> None:
         """Export base + live, never below what was exported before."""
-        self.exported = self._never_decreasing(self.totals())
+        totals = self.totals()
+        if self.floor is not None:
+            # series the changed definition no longer has simply end
+            self.exported = {
+                metric: {k: v for k, v in self.floor.get(metric, {}).items() if k in series}
+                for metric, series in totals.items()
+            }
+            self.floor = None
+        self.exported = self._never_decreasing(totals)
 
     def _never_decreasing(self, totals: Aggregates) -> Aggregates:
         """Keep the previous value of any series that would go down, and say so.
