@@ -478,15 +478,18 @@ def test_an_unexpected_error_fails_one_run_and_the_next_run_recovers(ev_db, harn
     """A bug in one run must not end the polling task: it counts as a failed run."""
     insert(ev_db, [("acme", "bot", "4")])
     h = harness()
-    splitter = h.stream.plan.splitter
+    h.poll()  # the first poll reads the column types and makes the stream's final plan
+    insert(ev_db, [("acme", "bot", "1")])
+    plan = h.stream.plan
+    splitter = plan.splitter
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    h.stream.plan.splitter = broken  # type: ignore[method-assign]
+    plan.splitter = broken  # type: ignore[method-assign]
     assert h.loop.run_until_complete(h.stream.run_once()) is False
     status = h.health.queries["usage"]
     assert not status.up and "RuntimeError: boom" in (status.last_error or "")
     h.stream.plan.splitter = splitter  # type: ignore[method-assign]
     h.poll()
-    assert h.spent_by_org() == {"acme": Decimal(4)}
+    assert h.spent_by_org() == {"acme": Decimal(5)}
