@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from support import ExporterProcess
 
 from credit_exporter import redact
 from credit_exporter.demo.embedded import EmbeddedPostgres
@@ -131,6 +132,15 @@ def demo_db(make_database: Callable[[], str]) -> str:
     dsn = make_database()
     load_demo(dsn, days=DEMO_DAYS, seed=DEMO_SEED)
     return dsn
+
+
+@pytest.fixture
+def exporters() -> Iterator[list[ExporterProcess]]:
+    """Exporter processes a test starts: append them, and they are stopped afterwards."""
+    started: list[ExporterProcess] = []
+    yield started
+    for exporter in started:
+        exporter.stop()
 
 
 @pytest.fixture

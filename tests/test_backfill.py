@@ -4,7 +4,6 @@ real promtool and a real Prometheus."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import itertools
@@ -22,7 +21,6 @@ import psycopg
 import pytest
 import yaml
 from conftest import require_binary
-from prometheus_client import CollectorRegistry
 from stream_support import InProcessStream
 from support import start_exporter, start_prometheus, wait_until
 
@@ -30,9 +28,7 @@ from credit_exporter import catalog
 from credit_exporter.backfill import to_ms
 from credit_exporter.cli import main
 from credit_exporter.config import parse_config
-from credit_exporter.db import Database
-from credit_exporter.health import Health
-from credit_exporter.sources.events import EventStream, HistogramValue, le_text
+from credit_exporter.sources.events import HistogramValue, le_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 HOUR = 3_600_000
@@ -434,19 +430,13 @@ EV_KEY_ENV = "CREDIT_EXPORTER_TEST_HMAC_KEY"
 def _live_samples(config: dict[str, Any]) -> dict[tuple, float]:
     """What the live exporter exports for stream ``ev`` after one in-process poll, keyed
     like ``_samples_at``."""
-    parsed = parse_config(config)
-    health = Health(CollectorRegistry())
-    health.register_query("ev", 1)
-    database = Database("billing", parsed.databases["billing"])
-    stream = EventStream("ev", parsed.streams["ev"], database, health)
-    loop = asyncio.new_event_loop()
+    live = InProcessStream(parse_config(config), "ev")
     try:
-        assert loop.run_until_complete(stream.run_once()), health.queries
-        loop.run_until_complete(database.close())
+        live.poll()
     finally:
-        loop.close()
+        live.close()
     samples: dict[tuple, float] = {}
-    for name, series in stream.exported.items():
+    for name, series in live.stream.exported.items():
         metric = catalog.get(name)
         for values, value in series.items():
             labels = dict(zip(metric.labels, values, strict=True))

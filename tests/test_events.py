@@ -7,7 +7,6 @@ the concurrent, restart and outage cases run real exporter processes
 
 from __future__ import annotations
 
-import asyncio
 import time
 from decimal import Decimal
 from typing import Any
@@ -16,14 +15,12 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 from psycopg import sql
+from stream_support import InProcessStream
 
 from credit_exporter.catalog import LLM_LATENCY_BUCKETS
 from credit_exporter.config import parse_config
-from credit_exporter.db import Database
-from credit_exporter.health import Health
-from credit_exporter.sources.events import EventStream, HistogramValue
+from credit_exporter.sources.events import HistogramValue
 
 SCHEMA = """
 CREATE TABLE ev (
@@ -90,35 +87,17 @@ def ev_db(empty_db: str) -> str:
     return empty_db
 
 
-class Harness:
-    """One in-process stream over ``ev`` with its own event loop thread-free runner."""
+class Harness(InProcessStream):
+    """The ``usage`` stream over ``ev``, polled in-process."""
 
     def __init__(
         self, dsn: str, settle: str = "1s", sql: str = STREAM_SQL, key: str | None = None
     ) -> None:
         self.dsn = dsn
-        config = stream_config(dsn, settle, sql, key)
-        self.health = Health(CollectorRegistry())
-        self.health.register_query("usage", 1)
-        self.loop = asyncio.new_event_loop()
-        self.database = Database("billing", config.databases["billing"])
-        self.stream = EventStream("usage", config.streams["usage"], self.database, self.health)
-
-    def poll(self) -> None:
-        assert self.loop.run_until_complete(self.stream.run_once()), self.health.queries
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.database.close())
-        self.loop.close()
-
-    def exported(self, metric: str) -> dict[tuple[str, ...], Any]:
-        return dict(self.stream.exported.get(metric, {}))
+        super().__init__(stream_config(dsn, settle, sql, key), "usage")
 
     def spent_by_org(self) -> dict[str, Decimal]:
-        totals: dict[str, Decimal] = {}
-        for labels, value in self.exported("credit_spent_credits_total").items():
-            totals[labels[0]] = totals.get(labels[0], Decimal(0)) + value
-        return totals
+        return self.by_first_label("credit_spent_credits_total")
 
 
 def sql_spent_by_org(dsn: str) -> dict[str, Decimal]:
@@ -461,17 +440,12 @@ def test_the_start_up_aggregate_is_not_capped_by_the_database_statement_timeout(
         ev_db, sql=slow, database={"statement_timeout": "1s"},
         stream={"startup_timeout": "30s"},
     )  # fmt: skip
-    health = Health(CollectorRegistry())
-    health.register_query("usage", 1)
-    database = Database("billing", parsed.databases["billing"])
-    stream = EventStream("usage", parsed.streams["usage"], database, health)
-    loop = asyncio.new_event_loop()
+    stream = InProcessStream(parsed, "usage")
     try:
-        assert loop.run_until_complete(stream.run_once()), health.queries["usage"].last_error
-        assert sum(stream.exported["credit_spent_credits_total"].values()) == 40
+        stream.poll()
+        assert stream.total("credit_spent_credits_total") == 40
     finally:
-        loop.run_until_complete(database.close())
-        loop.close()
+        stream.close()
 
 
 def test_an_unexpected_error_fails_one_run_and_the_next_run_recovers(ev_db, harness) -> None:

@@ -9,7 +9,6 @@ import multiprocessing
 import random
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -154,14 +153,6 @@ def stress_db(empty_db: str) -> str:
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute(SCHEMA)
     return empty_db
-
-
-@pytest.fixture
-def exporters() -> Iterator[list[ExporterProcess]]:
-    started: list[ExporterProcess] = []
-    yield started
-    for exporter in started:
-        exporter.stop()
 
 
 @pytest.mark.slow

@@ -16,12 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
+from stream_support import InProcessStream
 
 from credit_exporter.config import Config, parse_config
 from credit_exporter.db import Database
 from credit_exporter.health import Health
 from credit_exporter.metric_state import MetricState
-from credit_exporter.sources.events import EventStream
 from credit_exporter.sources.state import StateQuery
 
 KEY_ENV = "CREDIT_EXPORTER_TEST_HMAC_KEY"
@@ -185,18 +185,11 @@ def usage_config(dsn: str, hashed: bool) -> Config:
     })  # fmt: skip
 
 
-class Usage:
+class Usage(InProcessStream):
     """The ``usage`` stream over ``ev``, polled in-process."""
 
     def __init__(self, config: Config) -> None:
-        self.health = Health(CollectorRegistry())
-        self.health.register_query("usage", 1)
-        self.loop = asyncio.new_event_loop()
-        self.database = Database("billing", config.databases["billing"])
-        self.stream = EventStream("usage", config.streams["usage"], self.database, self.health)
-
-    def poll(self) -> None:
-        assert self.loop.run_until_complete(self.stream.run_once()), self.health.queries
+        super().__init__(config, "usage")
 
     def spent_by_agent(self) -> dict[str, Decimal]:
         series = self.stream.exported["credit_spent_credits_total"]
@@ -205,10 +198,6 @@ class Usage:
     def latency_by_agent(self) -> dict[str, tuple[int, Decimal]]:
         series = self.stream.exported["credit_response_duration_seconds"]
         return {labels[1]: (value.count, value.total) for labels, value in series.items()}
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.database.close())
-        self.loop.close()
 
 
 @pytest.fixture

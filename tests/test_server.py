@@ -4,7 +4,6 @@ isolation of failing queries, readiness, gzip, reload, and database outages."""
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,6 @@ def billing_db(empty_db: str) -> str:
         conn.execute("CREATE TABLE seats (organization text, used int)")
         conn.execute("INSERT INTO seats VALUES ('acme', 7)")
     return empty_db
-
-
-@pytest.fixture
-def exporters(tmp_path: Path) -> Iterator[list[ExporterProcess]]:
-    started: list[ExporterProcess] = []
-    yield started
-    for exporter in started:
-        exporter.stop()
 
 
 def run(exporters: list[ExporterProcess], tmp_path: Path, config: dict[str, Any]):

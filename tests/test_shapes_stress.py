@@ -8,7 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -106,14 +106,6 @@ def expected_samples(dsn: str, config: dict[str, Any]) -> dict[tuple[str, Any], 
 
 def exported_samples(exporter: ExporterProcess, names: set[str]) -> dict[tuple[str, Any], float]:
     return {key: value for key, value in exporter.samples().items() if key[0] in names}
-
-
-@pytest.fixture
-def exporters() -> Iterator[list[ExporterProcess]]:
-    started: list[ExporterProcess] = []
-    yield started
-    for exporter in started:
-        exporter.stop()
 
 
 @pytest.mark.slow

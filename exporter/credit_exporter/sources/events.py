@@ -169,21 +169,13 @@ class StreamPlan:
         """The stream's own SQL, as the subquery every statement wraps."""
         return sql.SQL(self.config.sql.strip().rstrip(";"))  # type: ignore[arg-type]
 
-    def top_statement(self, column: str) -> sql.Composed:
-        """The highest value of ``column`` visible now (an index scan backwards, one row)."""
+    def top_statement(self, column: str, lowest: bool = False) -> sql.Composed:
+        """The highest (or lowest) value of ``column`` visible now: an index scan, one row."""
         order = sql.Identifier(column)
         return sql.SQL(
             "SELECT events.{order} FROM (\n{source}\n) AS events"
-            " WHERE events.{order} IS NOT NULL ORDER BY events.{order} DESC LIMIT 1"
-        ).format(order=order, source=self.source)
-
-    def bottom_statement(self, column: str) -> sql.Composed:
-        """The lowest value of ``column`` (an index scan forwards, one row)."""
-        order = sql.Identifier(column)
-        return sql.SQL(
-            "SELECT events.{order} FROM (\n{source}\n) AS events"
-            " WHERE events.{order} IS NOT NULL ORDER BY events.{order} LIMIT 1"
-        ).format(order=order, source=self.source)
+            " WHERE events.{order} IS NOT NULL ORDER BY events.{order} {direction} LIMIT 1"
+        ).format(order=order, source=self.source, direction=sql.SQL("" if lowest else "DESC"))
 
     def shape_statement(self) -> sql.Composed:
         """No rows, only the stream's columns (check-config --connect)."""

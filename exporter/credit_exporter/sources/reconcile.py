@@ -142,7 +142,7 @@ class Reconciler:
         column = stream.ordering.time
         chunks = [chunk for chunk in stream.checksums if chunk is not None]
         for statement in (
-            stream.plan.bottom_statement(column.name),
+            stream.plan.top_statement(column.name, lowest=True),
             stream.plan.top_statement(column.name),
         ):
             for (value,) in await self._fetch(statement, {}):
