@@ -30,7 +30,7 @@ METRICS = [
     {"metric": "credit_requests_total", "labels": LABELS},
 ]
 SPENT = "credit_spent_credits_total"
-RECONCILE = {"interval": "1h", "chunk": "1h", "max_db_share": 1.0}
+RECONCILE = {"interval": "1h", "full_every": "1h", "chunk": "1h", "max_db_share": 1.0}
 
 
 def stream(keyed: bool, **settings: Any) -> dict[str, Any]:
@@ -308,3 +308,23 @@ def test_a_reload_that_lowers_a_streams_totals_holds_its_counters(
         assert exporter.value(SPENT, organization="acme") == 13
     finally:
         exporter.stop()
+
+
+def test_each_pass_compares_the_recent_history_and_a_slice_of_the_rest(ev_db, streams) -> None:
+    """recent: 2h, full_every three intervals: older chunks are compared a third per pass,
+    so a change there is found within three passes, one in the recent history at once."""
+    for hours in range(1, 13):  # one row an hour over the last 12 hours
+        insert(ev_db, "acme", "1", timedelta(hours=hours, minutes=30))
+    s = streams(reconcile={"interval": "1h", "recent": "2h", "full_every": "3h",
+                           "chunk": "1h", "max_db_share": 1.0})  # fmt: skip
+    settled(s)
+    assert s.reconcile() is False
+    first_pass = s.sample("credit_exporter_reconcile_chunks_total", query="s", result="same")
+    assert first_pass < 8  # 2 recent chunks and a third of the 10 or so older ones
+    execute(ev_db, "UPDATE ev SET credits = 5 WHERE occurred_at < now() - interval '11 hours'")
+    found = [s.reconcile() for _ in range(3)]
+    assert found.count(True) == 1
+    assert s.by_first_label(SPENT) == sql_by_org(ev_db)
+    execute(ev_db, "UPDATE ev SET credits = 7 WHERE occurred_at > now() - interval '2 hours'")
+    assert s.reconcile() is True
+    assert s.by_first_label(SPENT) == sql_by_org(ev_db)

@@ -32,7 +32,7 @@ from credit_exporter.demo.shapes import chatbot, gateway, ledger
 from credit_exporter.sources.totals import HistogramValue
 
 WINDOW_SECONDS = 1.0
-RECONCILE = {"interval": "1h", "chunk": "1h", "max_db_share": 1.0}
+RECONCILE = {"interval": "1h", "full_every": "1h", "chunk": "1h", "max_db_share": 1.0}
 PROPERTY = settings(
     max_examples=8,
     deadline=None,

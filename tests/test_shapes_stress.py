@@ -24,8 +24,8 @@ from credit_exporter.config import parse_config
 from credit_exporter.demo.shapes import chatbot, gateway
 
 WINDOW = "3s"
-FAST = {"interval": "500ms", "timeout": "500ms", "settle": "2s",
-        "reconcile": {"interval": "2s", "chunk": "1h", "max_db_share": 1.0}}  # fmt: skip
+RECONCILE = {"interval": "2s", "full_every": "2s", "chunk": "1h", "max_db_share": 1.0}
+FAST = {"interval": "500ms", "timeout": "500ms", "settle": "2s", "reconcile": RECONCILE}
 WRITING_SECONDS = 20.0
 
 

@@ -310,12 +310,25 @@ class QueryConfig(_Strict):
 class ReconcileConfig(_Strict):
     """The background comparison of settled history with the database (docs/event-engine.md)."""
 
-    # a pass over settled history starts this long after the previous one started
+    # a pass starts this long after the previous one started
     interval: Duration = 3600.0
+    # every pass compares the settled history younger than this (where late rows land) ...
+    recent: Duration = 86400.0
+    # ... and a slice of the older history, so that all of it is compared this often
+    full_every: Duration = 604800.0
     # width of the time chunks whose row counts and sums are compared
     chunk: Duration = 3600.0
     # database time of the reconcile's queries, as a share of wall time while a pass runs
     max_db_share: float = Field(default=0.01, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _full_cycle_spans_passes(self) -> ReconcileConfig:
+        if self.full_every < self.interval:
+            raise ValueError(
+                f"full_every ({self.full_every:g}s) must not be shorter than interval"
+                f" ({self.interval:g}s): each pass compares at most the whole history"
+            )
+        return self
 
 
 class StreamConfig(_Strict):

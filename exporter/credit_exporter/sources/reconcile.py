@@ -10,7 +10,10 @@ their own. The reconcile finds them (docs/event-engine.md):
    checksum: the row count, every sum the stream computes, and a sum of hashes
    of the label columns. A pass reads the same checksums from the database, a
    range of chunks per query, and compares them under the stream's lock (the
-   horizon does not move meanwhile).
+   horizon does not move meanwhile). Each pass compares the ``recent`` history,
+   where rows arrive and change late, and the next slice of the older history,
+   so that all of it is compared every ``full_every``: a pass costs what the
+   recent history and one slice cost, not what the whole history costs.
 2. **Recompute.** When a chunk differs, the per-series totals of everything
    settled at the horizon of that moment are read again, chunk range by chunk
    range, and the difference from the base as it was then is folded into the
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,6 +99,7 @@ class Reconciler:
         self.config = config
         self.passes = 0  # completed passes (tests wait on it)
         self.null_times = 0  # rows without a time last seen (streams settled by time)
+        self.cursor: int | None = None  # the next chunk of older history to compare
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
         """A pass every ``interval`` (from the previous pass's start) until cancelled."""
@@ -118,7 +123,7 @@ class Reconciler:
         span = await self._span()
         differences: list[Difference] = []
         compared = 0
-        for batch in self._batches(span):
+        for batch in self._batches(self._this_pass(span)):
             found = await self._compare(batch)
             compared += sum(1 for _ in batch.chunks())
             differences += found
@@ -162,12 +167,31 @@ class Reconciler:
             )  # fmt: skip
         self.null_times = count
 
-    def _batches(self, span: tuple[int, int] | None) -> Iterator[Batch]:
-        """Consecutive chunk ranges of about BATCH_ROWS settled rows each, then the
+    def _this_pass(self, span: tuple[int, int] | None) -> list[tuple[int, int]]:
+        """The chunk ranges one pass compares: the recent history (where rows arrive and
+        change late), and the next slice of the older history, a cursor moving through it
+        so that all of it is compared every ``full_every``."""
+        if span is None:
+            return []
+        first, last = span
+        config = self.config
+        recent_first = max(first, last - math.ceil(config.recent / self.stream.chunk_width) + 1)
+        ranges = [(recent_first, last)]
+        old_last = recent_first - 1
+        if old_last >= first:
+            width = math.ceil((old_last - first + 1) * config.interval / config.full_every)
+            if self.cursor is None or not first <= self.cursor <= old_last:
+                self.cursor = first  # a new cycle through the older history
+            end = min(self.cursor + width - 1, old_last)
+            ranges.append((self.cursor, end))
+            self.cursor = end + 1
+        return ranges
+
+    def _batches(self, ranges: list[tuple[int, int]]) -> Iterator[Batch]:
+        """The chunk ranges cut into batches of about BATCH_ROWS settled rows each, then the
         rows without a time (which only a keyed stream settles)."""
         checksums = self.stream.checksums
-        if span is not None:
-            first, last = span
+        for first, last in ranges:
             start, rows = first, 0
             for chunk in range(first, last + 1):
                 counted = checksums.get(chunk)
@@ -252,7 +276,7 @@ class Reconciler:
         span = await self._span()
         fresh: Aggregates = {name: {} for name in stream.base}
         fresh_checksums: dict[int | None, Checksum] = {}
-        for batch in self._batches(span):
+        for batch in self._batches([span] if span is not None else []):
             async with stream.lock:
                 statement = stream.plan.history_statement(ordering, at, batch.null_time)
                 params = {**stream.params(None, at), **self._bounds(batch)}
