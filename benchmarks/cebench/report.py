@@ -377,15 +377,23 @@ credit-exporter at {machine.revision}.
 
 # --- 5. a time-ordered stream with a one-hour window, and the reconcile ------------------
 
-WINDOW_TEXT = f"""\
+
+def _window_text(results: list[WindowResult]) -> str:
+    load = results[0].load
+    keys = (
+        f", {len({t for t in load.keys.teams if t})} teams with keys, {len(load.keys.tokens)} keys"
+        if load
+        else ""
+    )
+    return f"""\
 The LLM gateway's spend log (`demo/shapes/gateway.py`: text request ids in no order, a naive
 `"startTime"`, float spend) streamed by `gateway.spend_stream(arrives_within="1h")`: no key, so
 rows settle by time and every poll re-reads the last hour; reconcile at its defaults (a pass
 per hour over the settled history, 1-hour chunks, paced to `max_db_share` 0.01). The table
 is filled at a constant {spendlog.REQUESTS_PER_HOUR:,} requests per hour ending now (server-side
-`generate_series`, fixed seed; {len(spendlog.MODELS)} models, 5 organizations, 43 teams, 405
-keys; indexes built after the rows, then VACUUM ANALYZE), so a larger table is a longer history
-and the window holds the same hour at every size."""
+`generate_series`, fixed seed; {len(spendlog.MODELS)} models{keys}; indexes built after the
+rows, then VACUUM ANALYZE), so a larger table is a longer history and the window holds the same
+hour at every size."""
 
 
 def _window_requests(result: WindowResult) -> str:
@@ -638,7 +646,7 @@ def window_raw(results: list[WindowResult]) -> str:
 
 
 def window_section(results: list[WindowResult], heading: str = "##") -> str:
-    return f"""{WINDOW_TEXT}
+    return f"""{_window_text(results)}
 
 {checks_table(window_checks(results))}
 
