@@ -32,6 +32,9 @@ LATE_REQUESTS = 10  # stamped 3 hours ago: beyond the window, only a reconcile f
 LATE_HOURS = 3
 LATE_BY = timedelta(hours=LATE_HOURS)
 PACED_SHARE = 0.05  # the pacing check's max_db_share
+# Whether this engine's reconcile compares only a slice of the older history per pass
+# (reconcile.full_every); without it every pass compares all settled history.
+SLICED = "full_every" in ReconcileConfig.model_fields
 # These statements run before every aggregate of the poll and of the reconcile.
 PASS_KINDS = ("checksum", "oldest row", "horizon: newest row", "rows without a time")
 
@@ -113,8 +116,10 @@ class WindowResult:
     groupby_db: Repeated | None = None  # ms, GROUP BY per label set
     groupby_queries: int = 0
     # (c) reconcile
-    passes: list[PassResult] = field(default_factory=list)  # unpaced, nothing to find
-    pass_explain: pg.Explained | None = None  # the first pass's statements under EXPLAIN
+    passes: list[PassResult] = field(default_factory=list)  # full, unpaced, nothing to find
+    # passes at the stream's own settings, unpaced, when a pass there is not a full one
+    scheduled: list[PassResult] = field(default_factory=list)
+    pass_explain: pg.Explained | None = None  # the first full pass's statements under EXPLAIN
     pass_explain_by_kind: dict[str, tuple[int, float]] = field(default_factory=dict)
     reconcile_interval: float = 3600.0
     reconcile_share: float = 0.01
@@ -133,10 +138,19 @@ class WindowResult:
     def pass_wall(self) -> Repeated:
         return Repeated.of([p.wall for p in self.passes])
 
+    @property
+    def scheduled_passes(self) -> list[PassResult]:
+        """The passes the schedule runs: full ones unless the engine slices the history."""
+        return self.scheduled or self.passes
+
+    @property
+    def scheduled_seconds(self) -> Repeated:
+        return Repeated.of([p.database_seconds for p in self.scheduled_passes])
+
     def reconcile_core_share(self) -> float:
         """The reconcile's database seconds per second of wall time at its schedule: a pass
         every ``interval``, paced to ``max_db_share`` (longer passes run back to back)."""
-        per_pass = self.pass_seconds.median
+        per_pass = self.scheduled_seconds.median
         return min(per_pass, self.reconcile_share * self.reconcile_interval) / (
             self.reconcile_interval
         )
@@ -256,9 +270,19 @@ def _full_aggregates(dsn: str, aggregate: str, config: Config, reps: int, result
     result.groupby_queries = len(queries)
 
 
-async def run_pass(harness: engine.StreamHarness, share: float) -> PassResult:
-    """One reconcile pass of the harness's stream at ``max_db_share`` = ``share``."""
-    reconciler = Reconciler(harness.stream, ReconcileConfig(max_db_share=share))
+def reconciler(harness: engine.StreamHarness, share: float, whole: bool) -> Reconciler:
+    """A reconciler of the harness's stream: its own reconcile settings at ``max_db_share``
+    ``share``; ``whole``: every pass compares all settled history (an engine that compares
+    a slice of the older history per pass, ``full_every``, is told to take all of it)."""
+    settings = harness.stream.config.reconcile or ReconcileConfig()
+    update: dict[str, Any] = {"max_db_share": share}
+    if whole and SLICED:
+        update["full_every"] = settings.interval
+    return Reconciler(harness.stream, settings.model_copy(update=update))
+
+
+async def run_pass(harness: engine.StreamHarness, reconciling: Reconciler) -> PassResult:
+    """One reconcile pass, with what the engine counted and the recorder saw."""
     seconds = "credit_exporter_reconcile_database_seconds_total"
     chunks = "credit_exporter_reconcile_chunks_total"
     before = {
@@ -270,7 +294,7 @@ async def run_pass(harness: engine.StreamHarness, share: float) -> PassResult:
     harness.database.executed.clear()
     harness.database.transactions.clear()
     started = time.perf_counter()
-    await reconciler.run_pass()
+    await reconciling.run_pass()
     wall = time.perf_counter() - started
     return PassResult(
         wall=wall,
@@ -286,16 +310,20 @@ async def run_pass(harness: engine.StreamHarness, share: float) -> PassResult:
 
 async def _reconcile(dsn: str, harness: engine.StreamHarness, reps: int, paced: bool,
                      result: WindowResult, log: Any) -> None:  # fmt: skip
-    """(c) unpaced passes over settled history that find nothing, their statements under
-    EXPLAIN, and (``paced``) one pass at max_db_share PACED_SHARE."""
-    for _ in range(reps):
-        result.passes.append(await run_pass(harness, 1.0))
-        last = result.passes[-1]
-        log(
-            f"  reconcile pass (unpaced): {last.database_seconds:.2f}s DB (engine), "
-            f"{last.wall:.2f}s wall, {last.count('checksum')} checksum queries, "
-            f"{last.chunks_same:,} chunks the same, {last.chunks_different} different"
-        )
+    """(c) unpaced passes over all settled history that find nothing, their statements
+    under EXPLAIN, passes at the stream's own settings when those compare less, and
+    (``paced``) one full pass at max_db_share PACED_SHARE."""
+    kinds = [("full", True)] + ([("scheduled", False)] if SLICED else [])
+    for name, whole in kinds:
+        reconciling = reconciler(harness, 1.0, whole)  # one: a slicing cursor moves on
+        for _ in range(reps):
+            last = await run_pass(harness, reconciling)
+            (result.passes if whole else result.scheduled).append(last)
+            log(
+                f"  reconcile pass ({name}, unpaced): {last.database_seconds:.2f}s DB (engine),"
+                f" {last.wall:.2f}s wall, {last.count('checksum')} checksum queries, "
+                f"{last.chunks_same:,} chunks the same, {last.chunks_different} different"
+            )
     with pg.Explainer(dsn) as explainer:
         explained = engine.explain_all(explainer, result.passes[0].statements(), TABLE)
     result.pass_explain = sum((e for _, e in explained), pg.Explained(0.0, 0.0, 0, 0))
@@ -310,7 +338,7 @@ async def _reconcile(dsn: str, harness: engine.StreamHarness, reps: int, paced: 
         f"{result.pass_explain.table_rows:,} rows of spend_logs read"
     )
     if paced:
-        result.paced = await run_pass(harness, PACED_SHARE)
+        result.paced = await run_pass(harness, reconciler(harness, PACED_SHARE, True))
         log(
             f"  reconcile pass at max_db_share {PACED_SHARE}: {result.paced.wall:.1f}s wall, "
             f"{result.paced.database_seconds:.2f}s DB "
@@ -320,9 +348,10 @@ async def _reconcile(dsn: str, harness: engine.StreamHarness, reps: int, paced: 
 
 async def _late_rows(dsn: str, harness: engine.StreamHarness, keys: spendlog.Keys,
                      result: WindowResult, log: Any) -> None:  # fmt: skip
-    """(d) LATE_REQUESTS requests stamped LATE_BY ago, then one unpaced pass."""
+    """(d) LATE_REQUESTS requests stamped LATE_BY ago, then one unpaced pass at the stream's
+    own settings."""
     spendlog.log_requests(dsn, keys, LATE_REQUESTS, gateway.utc_now() - LATE_BY, seed=1_000)
-    late = await run_pass(harness, 1.0)
+    late = await run_pass(harness, reconciler(harness, 1.0, False))
     result.late = late
     result.late_totals_match = harness.exported_total(SPENT) == spendlog.spend_sum(dsn)
     with pg.Explainer(dsn) as explainer:
