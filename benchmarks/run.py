@@ -5,6 +5,7 @@
     python benchmarks/run.py --sizes 1000000,10000000
     python benchmarks/run.py --scrape-only   # only /metrics under load (~2 min)
     python benchmarks/run.py --intake-only   # only the loads, 1M and 10M (~6 min)
+    python benchmarks/run.py --window-only   # only the one-hour-window stream and reconcile
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
 (``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
@@ -38,6 +39,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scrape-only", action="store_true", help="only the /metrics load (section 4)"
     )
     only.add_argument("--intake-only", action="store_true", help="only the loads (section 3)")
+    only.add_argument(
+        "--window-only",
+        action="store_true",
+        help="only the time-ordered stream with a one-hour window and its reconcile (section 5)",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,6 +62,8 @@ def output_path(args: argparse.Namespace) -> Path:
         return suite.OUT / "RESULTS-scrape.md"
     if args.intake_only:
         return suite.OUT / "RESULTS-intake.md"
+    if args.window_only:
+        return suite.OUT / "RESULTS-window.md"
     return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
 
 
@@ -81,10 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
         output_path(args).write_text(text, encoding="utf-8")
         return 0
+    if args.window_only:
+        windowed = [suite.measure_window(args.admin_dsn, n, plan, log) for n in plan.sizes]
+        text = report.window_document(described, command.strip(), windowed)
+        print(text)
+        output_path(args).write_text(text, encoding="utf-8")
+        return 0
     sizes = [suite.measure_size(args.admin_dsn, events, plan, log) for events in plan.sizes]
     log(f"/metrics with {plan.series:,} series:")
     scraped = suite.measure_scrape(args.admin_dsn, plan, log)
-    text = report.document(described, plan, command.strip(), sizes, scraped)
+    windowed = [suite.measure_window(args.admin_dsn, n, plan, log) for n in plan.sizes]
+    text = report.document(described, plan, command.strip(), sizes, scraped, windowed)
     print(text)
     path = output_path(args)
     path.write_text(text, encoding="utf-8")

@@ -26,8 +26,11 @@ class BaselineQuery:
 
 
 def _label_pairs(mapping: MetricMapping) -> tuple[tuple[str, str], ...]:
+    """(label, column) of every label a column fills (not the label of ``values``)."""
     metric = catalog.get(mapping.metric)
-    return tuple((label, mapping.labels[label]) for label in metric.labels)
+    return tuple(
+        (label, mapping.labels[label]) for label in metric.labels if label != mapping.value_label
+    )
 
 
 def _source(config: StreamConfig) -> str:
@@ -88,14 +91,46 @@ def _histogram_query(
     return BaselineQuery(name, sql, metrics, dict.fromkeys(metrics, "gauge"))
 
 
+def _values_query(
+    name: str, config: StreamConfig, pairs: tuple[tuple[str, str], ...], mapping: MetricMapping
+) -> BaselineQuery:
+    """A metric whose label values are value columns (tokens by type): one sum per column
+    in one scan, unpivoted to one row per label value."""
+    assert mapping.value_label is not None
+    columns = mapping.value_columns
+    sums = [f"sum({column}) AS v{i}" for i, column in enumerate(columns.values())]
+    rows = [f"('{text}', agg.v{i})" for i, text in enumerate(columns)]
+    labels = tuple(label for label, _ in pairs)
+    ordinals = ", ".join(str(i + 1) for i in range(len(pairs)))
+    inner = (
+        f"SELECT {', '.join(_select_labels(pairs) + sums)}\n"
+        f"FROM {_source(config)}\nGROUP BY {ordinals}"
+    )
+    sql = (
+        f"SELECT {', '.join(f'agg.{label}' for label in labels)}, v.{mapping.value_label}, "
+        f"v.total AS {mapping.metric}\n"
+        f"FROM (\n{inner}\n) AS agg\n"
+        f"CROSS JOIN LATERAL (VALUES {', '.join(rows)}) AS v({mapping.value_label}, total)"
+    )
+    return BaselineQuery(
+        name,
+        sql,
+        {mapping.metric: (*labels, mapping.value_label)},
+        {mapping.metric: "counter"},
+    )
+
+
 def baseline_queries(config: StreamConfig) -> list[BaselineQuery]:
-    """One query per distinct label set of the stream's metrics (histograms apart)."""
+    """One query per distinct label set of the stream's metrics (histograms and metrics
+    with ``values`` apart)."""
     counters: dict[tuple[tuple[str, str], ...], list[MetricMapping]] = {}
     queries: list[BaselineQuery] = []
     for mapping in config.metrics:
         pairs = _label_pairs(mapping)
         if catalog.get(mapping.metric).type is catalog.MetricType.HISTOGRAM:
             queries.append(_histogram_query(f"q{len(queries)}", config, pairs, mapping))
+        elif mapping.values is not None:
+            queries.append(_values_query(f"q{len(queries)}", config, pairs, mapping))
         else:
             counters.setdefault(pairs, []).append(mapping)
     for pairs, group in counters.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from cebench import pg
 from credit_exporter.config import Config, StreamConfig, parse_config
-from credit_exporter.db import Database
+from credit_exporter.db import Database, Result
 from credit_exporter.health import Health
 from credit_exporter.sources.events import EventStream
 
@@ -27,8 +27,9 @@ STREAM = "usage_events"
 # start-up aggregate (startup_timeout 10m), which takes longer than 10 s on a
 # 10M table: the benchmark lifts it so start-up can be measured at all.
 STATEMENT_TIMEOUT = "15m"
-# State that must not be copied when a stream is snapshotted.
-_NOT_STATE = frozenset({"name", "config", "database", "health", "plan"})
+# What is not state, so not copied when a stream is snapshotted (the reconciler points at
+# the stream itself; the lock is not held between polls).
+_NOT_STATE = frozenset({"name", "config", "database", "health", "plan", "reconciler", "lock"})
 
 
 def example_config(dsn: str, statement_timeout: str | None = STATEMENT_TIMEOUT) -> Config:
@@ -56,6 +57,15 @@ def stream_config(config: Config) -> StreamConfig:
 class Executed:
     statement: pg.Statement
     params: Any
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One read-only transaction the engine ran: its statements and its wall time (pool
+    checkout to commit, fetching and the engine's handling of the rows included)."""
+
+    executed: tuple[Executed, ...]
+    seconds: float
 
 
 class _RecordingConnection:
@@ -100,16 +110,27 @@ class _RecordingCursor:
 
 
 class RecordingDatabase:
-    """A ``Database`` whose read-only connections record every statement."""
+    """A ``Database`` whose read-only connections record every statement, and every
+    transaction with its wall time."""
 
     def __init__(self, database: Database) -> None:
         self.inner = database
         self.executed: list[Executed] = []
+        self.transactions: list[Transaction] = []
 
     @asynccontextmanager
     async def read_only(self, *args: Any, **kwargs: Any) -> AsyncIterator[_RecordingConnection]:
+        first = len(self.executed)
+        started = time.perf_counter()
         async with self.inner.read_only(*args, **kwargs) as conn:
             yield _RecordingConnection(conn, self.executed)
+        seconds = time.perf_counter() - started
+        self.transactions.append(Transaction(tuple(self.executed[first:]), seconds))
+
+    async def fetch(self, query: pg.Statement, timeout: float, params: Any = None) -> Result:
+        """The engine's own ``Database.fetch`` (the reconcile's queries), run through
+        ``read_only`` above so it is recorded too."""
+        return await Database.fetch(self, query, timeout, params)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -122,15 +143,21 @@ class Poll:
 
 
 class StreamHarness:
-    """One EventStream of the example config over a benchmark database."""
+    """One EventStream of a config (by default the example's usage_events) over a
+    benchmark database."""
 
-    def __init__(self, config: Config) -> None:
-        self.health = Health(CollectorRegistry())
-        self.health.register_query(STREAM, stream_config(config).interval)
-        self.database = RecordingDatabase(Database("billing", config.databases["billing"]))
+    def __init__(self, config: Config, name: str = STREAM) -> None:
+        self.name = name
+        self.registry = CollectorRegistry()
+        self.health = Health(self.registry)
+        stream = config.streams[name]
+        self.health.register_query(name, stream.interval)
+        self.database = RecordingDatabase(
+            Database(stream.database, config.databases[stream.database])
+        )
         self.stream = EventStream(
-            STREAM,
-            stream_config(config),
+            name,
+            stream,
             self.database,  # type: ignore[arg-type]
             self.health,
         )
@@ -138,11 +165,12 @@ class StreamHarness:
     async def poll(self) -> Poll:
         """One ``run_once``, timed; fails loudly if the stream reports a failure."""
         self.database.executed.clear()
+        self.database.transactions.clear()
         started = time.perf_counter()
         ok = await self.stream.run_once()
         seconds = time.perf_counter() - started
         if not ok:
-            status = self.health.queries[STREAM]
+            status = self.health.queries[self.name]
             raise RuntimeError(f"poll failed ({status.last_error_reason}): {status.last_error}")
         return Poll(seconds, tuple(self.database.executed))
 
@@ -158,6 +186,11 @@ class StreamHarness:
         series = self.stream.exported.get(metric, {})
         return sum((v for v in series.values() if isinstance(v, Decimal)), Decimal(0))
 
+    def sample(self, metric: str, **labels: str) -> float:
+        """One of the exporter's own series for this stream (0 when absent)."""
+        value = self.registry.get_sample_value(metric, {"query": self.name, **labels})
+        return value or 0.0
+
     def series_count(self) -> int:
         return sum(len(series) for series in self.stream.exported.values())
 
@@ -166,22 +199,37 @@ class StreamHarness:
 
 
 def statement_kind(text: str) -> str:
-    """A short name for one statement of a poll."""
+    """A short name for one statement of a poll or of a reconcile pass."""
     if "GROUPING SETS" in text:
         return "aggregate"
     if "pg_stat_activity" in text:
         return "horizon: open transactions"
-    if "LIMIT 1" in text:
+    if "DESC LIMIT 1" in text:
         return "horizon: newest row"
+    if "LIMIT 1" in text:
+        return "oldest row"
+    if "AS __chunk" in text:
+        return "checksum"
+    if "SELECT count(*)" in text and "IS NULL" in text:
+        return "rows without a time"
     return text.split()[0].lower()
 
 
-def explain_poll(explainer: pg.Explainer, poll: Poll) -> list[tuple[str, pg.Explained]]:
+def explain_poll(
+    explainer: pg.Explainer, poll: Poll, fact_table: str = "usage_events"
+) -> list[tuple[str, pg.Explained]]:
     """Everything a poll ran, re-run under EXPLAIN ANALYZE with the same parameters."""
+    return explain_all(explainer, poll.executed, fact_table)
+
+
+def explain_all(
+    explainer: pg.Explainer, executed: Iterable[Executed], fact_table: str = "usage_events"
+) -> list[tuple[str, pg.Explained]]:
+    """Statements the engine ran, re-run under EXPLAIN ANALYZE with the same parameters."""
     explained = []
-    for item in poll.executed:
+    for item in executed:
         text = explainer.literal(item.statement, item.params)
-        explained.append((statement_kind(text), explainer.explain(text)))
+        explained.append((statement_kind(text), explainer.explain(text, fact_table)))
     return explained
 
 

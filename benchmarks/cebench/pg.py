@@ -58,6 +58,7 @@ class Explained:
     execution_ms: float
     buffers: int  # shared blocks hit + read
     table_rows: int  # rows the scans of the fact table returned
+    scans: frozenset[str] = frozenset()  # how the fact table was read ("Index Scan using ...")
 
     @property
     def database_ms(self) -> float:
@@ -69,6 +70,7 @@ class Explained:
             self.execution_ms + other.execution_ms,
             self.buffers + other.buffers,
             self.table_rows + other.table_rows,
+            self.scans | other.scans,
         )
 
 
@@ -111,6 +113,7 @@ class Explainer:
             execution_ms=float(document["Execution Time"]),
             buffers=int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0)),
             table_rows=_rows_from(plan, fact_table),
+            scans=frozenset(_scans_of(plan, fact_table)),
         )
 
 
@@ -119,6 +122,22 @@ def _rows_from(plan: dict[str, Any], table: str) -> int:
     if plan.get("Relation Name") == table:
         own = int(plan.get("Actual Rows", 0)) * int(plan.get("Actual Loops", 1))
     return own + sum(_rows_from(child, table) for child in plan.get("Plans", []))
+
+
+def _scans_of(plan: dict[str, Any], table: str) -> list[str]:
+    """The plan's scans of ``table``: node type, and the index it goes through."""
+    own = []
+    if plan.get("Relation Name") == table:
+        node = str(plan["Node Type"])
+        indexes = [plan["Index Name"]] if "Index Name" in plan else _bitmap_indexes(plan)
+        own.append(f"{node} using {', '.join(indexes)}" if indexes else node)
+    return own + [scan for child in plan.get("Plans", []) for scan in _scans_of(child, table)]
+
+
+def _bitmap_indexes(plan: dict[str, Any]) -> list[str]:
+    """The indexes of the Bitmap Index Scans under a Bitmap Heap Scan."""
+    found = [plan["Index Name"]] if plan.get("Node Type") == "Bitmap Index Scan" else []
+    return found + [name for child in plan.get("Plans", []) for name in _bitmap_indexes(child)]
 
 
 _PSQL_TIME = re.compile(r"^Time: ([0-9.]+) ms", re.MULTILINE)

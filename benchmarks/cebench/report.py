@@ -5,9 +5,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from cebench import spendlog, window
 from cebench.machine import Machine
 from cebench.stats import Repeated
 from cebench.suite import Plan, ScrapeResult, SizeResult
+from cebench.window import WindowResult
 
 MIB = 2**20
 INTAKE_TEXT = """\
@@ -273,7 +275,12 @@ def raw_lines(sizes: list[SizeResult]) -> str:
 
 
 def document(
-    machine: Machine, plan: Plan, command: str, sizes: list[SizeResult], scraped: ScrapeResult
+    machine: Machine,
+    plan: Plan,
+    command: str,
+    sizes: list[SizeResult],
+    scraped: ScrapeResult,
+    windowed: list[WindowResult],
 ) -> str:
     reps = ", ".join(f"{s.events:,}: {plan.heavy_reps(s.events)}" for s in sizes)
     return f"""# Benchmark results
@@ -328,6 +335,9 @@ messages, conversations and visitors per usage event).
 
 {scrape_table(scraped)}
 
+## 5. Time-ordered stream with a one-hour window, and the reconcile
+
+{window_section(windowed, "###")}
 ## Raw repetitions
 
 {raw_lines(sizes)}
@@ -363,3 +373,351 @@ credit-exporter at {machine.revision}.
 
 {scrape_table(scraped)}
 """
+
+
+# --- 5. a time-ordered stream with a one-hour window, and the reconcile ------------------
+
+
+def _window_text(results: list[WindowResult]) -> str:
+    load = results[0].load
+    keys = (
+        f", {len({t for t in load.keys.teams if t})} teams with keys, {len(load.keys.tokens)} keys"
+        if load
+        else ""
+    )
+    return f"""\
+The LLM gateway's spend log (`demo/shapes/gateway.py`: text request ids in no order, a naive
+`"startTime"`, float spend) streamed by `gateway.spend_stream(arrives_within="1h")`: no key, so
+rows settle by time and every poll re-reads the last hour; reconcile at its defaults (a pass
+per hour over the settled history, 1-hour chunks, paced to `max_db_share` 0.01). The table
+is filled at a constant {spendlog.REQUESTS_PER_HOUR:,} requests per hour ending now (server-side
+`generate_series`, fixed seed; {len(spendlog.MODELS)} models{keys}; indexes built after the
+rows, then VACUUM ANALYZE), so a larger table is a longer history and the window holds the same
+hour at every size."""
+
+
+def _window_requests(result: WindowResult) -> str:
+    if result.load is None:
+        return f"{result.requests:,}"
+    days = result.load.days
+    return (
+        f"{result.requests:,}, {days:.1f} days"
+        if days < 10
+        else f"{result.requests:,}, {days:.0f} days"
+    )
+
+
+def _load_averages(results: list[WindowResult]) -> str:
+    return "; ".join(
+        f"{r.requests:,} rows: {' -> '.join(f'{a[0]:.2f}' for a in r.load_average)}"
+        for r in results
+    )
+
+
+def _scans(scans: frozenset[str]) -> str:
+    return "; ".join(sorted(scans)) or "none"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**NO**"
+
+
+def window_steady_table(results: list[WindowResult]) -> str:
+    rows = []
+    for r in results:
+        db = _med(r.steady_db) / 1000
+        b1, b2 = _med(r.aggregate_psql), _med(r.groupby_db) / 1000
+        rows.append([
+            _window_requests(r), f"{_ms(db)} ({_ms(_med(r.steady_planning) / 1000)} planning)",
+            _ms(_med(r.steady_wall)), f"{r.steady_rows:,}", _scans(r.steady_scans), _s(b1),
+            _s(b2), _x(b1 / db), _x(b2 / db), _yes(r.steady_totals_match),
+        ])  # fmt: skip
+    header = [
+        "spend_logs rows, history", "(a) steady poll, DB time", "(a) wall",
+        "rows read by the aggregate", "how the poll reads spend_logs",
+        "(b1) full aggregate, 1 scan (psql)", "(b2) full aggregate, GROUP BY per label set (DB)",
+        "b1 / a (DB)", "b2 / a (DB)", "totals = SQL after each poll",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def window_startup_table(results: list[WindowResult]) -> str:
+    rows = []
+    for r in results:
+        b1, b2 = _med(r.aggregate_psql), _med(r.groupby_db) / 1000
+        rows.append([
+            _window_requests(r), _s(r.startup_seconds), _s(b1), _s(b2),
+            _x(r.startup_seconds / b1), _x(r.startup_seconds / b2), f"{r.series:,}",
+            _yes(r.startup_totals_match),
+        ])  # fmt: skip
+    header = [
+        "spend_logs rows, history", "engine: first run_once", "(b1) its aggregate in psql",
+        "(b2) GROUP BY per label set (DB)", "engine / b1", "engine / b2", "series",
+        "totals = SQL",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def window_hour_table(results: list[WindowResult]) -> str:
+    rows = []
+    for r in results:
+        assert r.interval_db is not None and r.interval_wall is not None
+        passes = r.scheduled_seconds.median
+        paced_wall = passes / r.reconcile_share
+        compared = statistics.median(p.chunks_same + p.chunks_different for p in r.scheduled_passes)
+        full = r.passes[0].chunks_same + r.passes[0].chunks_different
+        kind = "all" if compared >= full else f"of {full:,}"
+        rows.append([
+            _window_requests(r), f"{r.interval_new}", f"{r.interval_rows:,}",
+            _ms(r.interval_db.median / 1000),
+            f"{_s(r.poll_core_share() * 3600)} ({r.poll_core_share():.2%})",
+            f"{compared:,.0f} ({kind})", _s(passes),
+            _s(paced_wall) + ("" if paced_wall <= r.reconcile_interval else
+                              " (> interval: back to back)"),
+            f"{_s(r.reconcile_core_share() * 3600)} ({r.reconcile_core_share():.3%})",
+            f"{r.reconcile_core_share() / r.poll_core_share():.2f}x",
+        ])  # fmt: skip
+    header = [
+        "spend_logs rows, history", "new rows per poll (15 s at the rate)", "rows read",
+        "poll DB time", "polls' DB time per hour (share of one core)",
+        "chunks a scheduled pass compares", "its DB time (unpaced, engine's count)",
+        "its wall at max_db_share 0.01",
+        "reconcile DB time per hour (share of one core)", "reconcile / polls",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def window_pass_table(results: list[WindowResult]) -> str:
+    rows = []
+    for r in results:
+        first = r.passes[0]
+        assert r.pass_explain is not None
+        rows.append([
+            _window_requests(r), _s(r.pass_seconds.median), _s(r.pass_wall.median),
+            _s(r.pass_explain.database_ms / 1000), f"{first.count('checksum')}",
+            f"{first.chunks_same + first.chunks_different:,}", f"{r.pass_explain.table_rows:,}",
+            _scans(r.pass_explain.scans),
+            f"{r.pass_explain.table_rows / (r.pass_explain.database_ms / 1000):,.0f}",
+        ])  # fmt: skip
+    header = [
+        "spend_logs rows, history", "pass DB time (engine's count)", "pass wall",
+        "its statements under EXPLAIN ANALYZE", "checksum queries (batches)", "chunks compared",
+        "rows read", "how the pass reads spend_logs", "rows per DB second",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def _paced_ratio(paced: window.PassResult) -> float:
+    return paced.wall / paced.database_seconds
+
+
+def window_paced_table(results: list[WindowResult]) -> str:
+    expected = 1 / window.PACED_SHARE
+    rows = [
+        [_window_requests(r), f"{window.PACED_SHARE}", _s(r.paced.wall),
+         _s(r.paced.database_seconds), f"{_paced_ratio(r.paced):.1f}x", f"{expected:.0f}x",
+         _yes(_paced_ratio(r.paced) >= expected * 0.99)]
+        for r in results if r.paced is not None
+    ]  # fmt: skip
+    header = [
+        "spend_logs rows, history", "max_db_share", "pass wall", "pass DB time (engine's count)",
+        "wall / DB", "expected at least", "met",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def window_late_table(results: list[WindowResult]) -> str:
+    rows = []
+    for r in results:
+        late, recompute = r.late, r.late_recompute_explain
+        if late is None or recompute is None:
+            continue
+        check = late.seconds_of(window.PASS_KINDS)
+        redo = late.seconds_of(["aggregate"])
+        rows.append([
+            _window_requests(r), f"{late.rows_late} in {late.chunks_different} chunk(s)",
+            _s(late.database_seconds), f"{_s(check)} ({_s(r.late_check_explain / 1000)})",
+            f"{_s(redo)} ({_s(recompute.database_ms / 1000)})", f"{late.count('aggregate')}",
+            f"{recompute.table_rows:,}", _x(redo / r.pass_seconds.median),
+            _x(redo / _med(r.aggregate_psql)), _x(redo / (_med(r.groupby_db) / 1000)),
+            _s(late.database_seconds / r.reconcile_share), _yes(r.late_totals_match),
+        ])  # fmt: skip
+    header = [
+        "spend_logs rows, history", "late rows found", "pass DB time (engine's count)",
+        "checksums: engine (EXPLAIN)", "recompute: engine (EXPLAIN)", "recompute queries",
+        "rows re-read", "recompute / a pass that finds nothing", "recompute / b1",
+        "recompute / b2", "the same pass at max_db_share 0.01 (wall)", "totals = SQL after it",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def window_checks(results: list[WindowResult]) -> list[Check]:
+    largest, smallest = results[-1], results[0]
+    db = _med(largest.steady_db)
+    b1 = _med(largest.aggregate_psql) * 1000 / db
+    b2 = _med(largest.groupby_db) / db
+    items = [
+        Check(
+            f"steady poll with a 1-hour window at {largest.requests:,} rows: >= 100x less DB "
+            "time than a full aggregate",
+            f"{_x(b2)} vs GROUP BY per label set; {_x(b1)} vs the single-scan aggregate",
+            min(b1, b2) >= 100,
+        ),
+        Check(
+            "the poll range-scans spend_logs_start_time (no Seq Scan on spend_logs)",
+            "; ".join(f"{r.requests:,}: {_scans(r.steady_scans)}" for r in results),
+            all(
+                any("spend_logs_start_time" in s for s in r.steady_scans)
+                and not any(s.startswith("Seq Scan") for s in r.steady_scans)
+                for r in results
+            ),
+        ),
+        Check(
+            "exported total = SQL sum(spend::numeric) at start-up, after every poll and after "
+            "a reconcile that found late rows",
+            ", ".join(
+                f"{r.requests:,}: start-up {_yes(r.startup_totals_match)}, polls "
+                f"{_yes(r.steady_totals_match)}, reconcile {_yes(r.late_totals_match)}"
+                for r in results
+            ),
+            all(
+                r.startup_totals_match and r.steady_totals_match and r.late_totals_match
+                for r in results
+            ),
+        ),
+        Check(
+            f"reconcile DB time per hour at {largest.requests:,} rows <= max_db_share "
+            f"({largest.reconcile_share:.0%} of one core)",
+            f"{largest.reconcile_core_share():.3%} of one core",
+            largest.reconcile_core_share() <= largest.reconcile_share,
+        ),
+    ]
+    if len(results) > 1:
+        growth = _med(largest.steady_db) / _med(smallest.steady_db)
+        wall = _med(largest.steady_wall) / _med(smallest.steady_wall)
+        items.insert(1, Check(
+            f"steady poll flat as the history grows ({smallest.requests:,} -> "
+            f"{largest.requests:,} rows, the same hour in the window)",
+            f"{_x(growth)} DB time, {_x(wall)} wall", growth <= 1.5,
+        ))  # fmt: skip
+    for r in results:
+        if r.paced is not None:
+            ratio = _paced_ratio(r.paced)
+            items.append(Check(
+                f"pacing at max_db_share {window.PACED_SHARE} ({r.requests:,} rows): "
+                f"wall >= {1 / window.PACED_SHARE:.0f}x DB time",
+                f"{ratio:.1f}x", ratio >= 1 / window.PACED_SHARE * 0.99,
+            ))  # fmt: skip
+    return items
+
+
+def window_raw(results: list[WindowResult]) -> str:
+    lines = []
+    for r in results:
+        figures = {
+            "steady poll DB ms": r.steady_db,
+            "steady poll planning ms": r.steady_planning,
+            "steady poll wall s": r.steady_wall,
+            f"poll after {r.interval_new} new rows, DB ms": r.interval_db,
+            f"poll after {r.interval_new} new rows, wall s": r.interval_wall,
+            "full aggregate psql s": r.aggregate_psql,
+            "GROUP BY per label set DB ms": r.groupby_db,
+            "full reconcile pass DB s (engine)": r.pass_seconds,
+            "full reconcile pass wall s": r.pass_wall,
+            "scheduled reconcile pass DB s (engine)": (
+                r.scheduled_seconds if r.scheduled else None
+            ),
+        }
+        for name, value in figures.items():
+            if value is not None:
+                shown = ", ".join(f"{v:.4g}" for v in value.values)
+                lines.append(f"- {r.requests:,} rows, {name} (n={value.n}): {shown}")
+        kinds = ", ".join(f"{k} {v.median:.1f} ms" for k, v in r.steady_statements.items())
+        by_kind = ", ".join(
+            f"{kind} {count} x, {ms / 1000:.2f} s"
+            for kind, (count, ms) in r.pass_explain_by_kind.items()
+        )
+        load = r.load
+        loaded = (
+            f"loaded in {', '.join(f'{k} {v:.1f} s' for k, v in load.phases.items())}, "
+            f"{load.table_bytes / 2**20:,.0f} MiB with indexes; "
+            if load else ""
+        )  # fmt: skip
+        averages = " -> ".join(f"{a[0]:.2f}" for a in r.load_average)
+        lines.append(
+            f"- {r.requests:,} rows: {loaded}start-up {_s(r.startup_seconds)}; {r.series:,} "
+            f"series; the steady poll's statements (median DB time): {kinds}; the pass's "
+            f"statements under EXPLAIN: {by_kind}; {r.groupby_queries} GROUP BY queries; "
+            f"1-minute load average {averages}"
+        )
+    return "\n".join(lines)
+
+
+def window_section(results: list[WindowResult], heading: str = "##") -> str:
+    return f"""{_window_text(results)}
+
+{checks_table(window_checks(results))}
+
+{heading} (a), (b) Steady poll vs full aggregate
+
+Each steady poll follows {window.NEW_REQUESTS:,} new requests stamped within the last second
+(`gateway.log_requests`), from the state right after start-up: it reads the hour of history
+in the window plus the new rows. DB time is EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) of every
+statement of the poll, re-run with the same parameters; wall is the whole `run_once()`.
+
+{window_steady_table(results)}
+
+Start-up: the stream's first `run_once()`, its one aggregate over the whole history (with
+the per-chunk checksums the reconcile compares), against the same full aggregates.
+
+{window_startup_table(results)}
+
+{heading} (c) Per hour of wall time: the polls and the reconcile
+
+A poll every 15 s (the stream's interval) after the requests of 15 s at the rate. The
+reconcile's pass is measured unpaced (`max_db_share` 1.0) and scheduled as the defaults do:
+a pass per hour, paced to 0.01 (a pass longer than the hour runs back to back with the
+next, still at 1%), so its DB time per hour is min(pass, 36 s). A scheduled pass compares
+all settled history, or, on an engine with `reconcile.full_every`, the recent history and
+a slice of the rest (measured at the stream's own settings). Shares are of one core.
+
+{window_hour_table(results)}
+
+A full pass over all settled history, unpaced (median of the passes; statements of the
+first under EXPLAIN):
+
+{window_pass_table(results)}
+
+Pacing, on the smallest size: a pass at `max_db_share` {window.PACED_SHARE}.
+
+{window_paced_table(results)}
+
+{heading} (d) A pass that finds a difference
+
+{window.LATE_REQUESTS} requests stamped {window.LATE_HOURS} hours ago (beyond the window, so no
+poll counts them), then one unpaced pass: the checksums find the chunk, and the recompute reads the
+per-series totals of the whole settled history again, chunk range by chunk range. Engine
+figures are the wall time of each query's transaction (what it adds to
+`credit_exporter_reconcile_database_seconds_total`); EXPLAIN in brackets.
+
+{window_late_table(results)}
+
+{heading} Raw repetitions (spend_logs)
+
+{window_raw(results)}
+"""
+
+
+def window_document(machine: Machine, command: str, results: list[WindowResult]) -> str:
+    """Section 5 alone (``run.py --window-only``)."""
+    return f"""# Time-ordered stream with a one-hour window, and the reconcile
+
+Generated by `{command}` on {machine.date}.
+
+- machine: {machine.cpus} CPUs (nproc), {machine.memory} RAM, Linux {machine.kernel}; shared
+  with other work, so figures are noisy; 1-minute load average at the start and end of each
+  size: {_load_averages(results)}
+- {machine.postgres} on 127.0.0.1 ({machine.settings})
+- Python {machine.python}; credit-exporter at {machine.revision}
+
+{window_section(results)}"""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from cebench import baseline, dataset, engine, pg, qe, scrape
+from cebench import baseline, dataset, engine, pg, qe, scrape, window
 from cebench.stats import Repeated
 
 OUT = Path(__file__).resolve().parents[1] / "out"
@@ -280,6 +280,17 @@ def measure_size(admin_dsn: str, events: int, plan: Plan, log: Log) -> SizeResul
         groupby_baseline(dsn, queries, reps, result, log)
         query_exporter_baseline(dsn, queries, reps, result, log)
     return result
+
+
+# --- a time-ordered stream with a one-hour window ------------------------------
+
+
+def measure_window(admin_dsn: str, requests: int, plan: Plan, log: Log) -> window.WindowResult:
+    """Section 5 on ``requests`` spend_logs rows; the pacing check on the smallest size."""
+    return window.measure(
+        admin_dsn, requests, plan.steady_reps, plan.heavy_reps(requests),
+        paced=requests == plan.sizes[0], log=log,
+    )  # fmt: skip
 
 
 # --- /metrics under load -----------------------------------------------------
