@@ -21,8 +21,9 @@ their own. The reconcile finds them (docs/event-engine.md):
    never goes down within a process) and show in
    ``credit_exporter_counter_excess``.
 
-What was found is counted when it is found (rows late or gone, values changed,
-by stream), logged with the setting to raise, and alerted on. Both kinds of pass
+What was found is logged the moment it is found, with the setting to raise,
+and counted (rows late or gone, values changed, by stream) once it is folded in,
+so a recompute that fails and is found again is counted once; then alerted on. Both kinds of pass
 are paced: after a query that took ``d`` seconds the next waits
 ``d * (1 / max_db_share - 1)``, so the reconcile's database time stays under
 ``max_db_share`` of the wall time while it runs.
@@ -97,7 +98,6 @@ class Reconciler:
     def __init__(self, stream: EventStream, config: ReconcileConfig) -> None:
         self.stream = stream
         self.config = config
-        self.passes = 0  # completed passes (tests wait on it)
         self.null_times = 0  # rows without a time last seen (streams settled by time)
         self.cursor: int | None = None  # the next chunk of older history to compare
 
@@ -131,9 +131,10 @@ class Reconciler:
             max(0, compared - len(differences))
         )
         if differences:
-            self._report(differences)
+            self._log_found(differences)
             await self._recompute()
-        self.passes += 1
+            # counted once folded in: a recompute that fails is found and counted again
+            self._count_found(differences)
         stream.health.reconcile_last_success.labels(stream.name).set(time.time())
         return bool(differences)
 
@@ -233,16 +234,23 @@ class Reconciler:
         await self._pace(elapsed)
         return differences
 
-    def _report(self, differences: list[Difference]) -> None:
-        """Count and log what a pass found, before it is recomputed."""
+    def _count_found(self, differences: list[Difference]) -> None:
+        stream = self.stream
+        health = stream.health
+        health.reconcile_chunks.labels(stream.name, "different").inc(len(differences))
+        health.reconcile_rows.labels(stream.name, "late").inc(
+            sum(d.rows for d in differences if d.rows > 0)
+        )
+        health.reconcile_rows.labels(stream.name, "deleted").inc(
+            -sum(d.rows for d in differences if d.rows < 0)
+        )
+
+    def _log_found(self, differences: list[Difference]) -> None:
+        """Say what a pass found the moment it is found, and which setting to raise."""
         stream = self.stream
         late = sum(d.rows for d in differences if d.rows > 0)
         gone = -sum(d.rows for d in differences if d.rows < 0)
         changed = sum(1 for d in differences if d.rows == 0)
-        health = stream.health
-        health.reconcile_chunks.labels(stream.name, "different").inc(len(differences))
-        health.reconcile_rows.labels(stream.name, "late").inc(late)
-        health.reconcile_rows.labels(stream.name, "deleted").inc(gone)
         config = stream.config
         settings = f"changes_within ({_seconds_text(config.changes_within)})"
         if config.key is None:
