@@ -46,14 +46,11 @@ class TimeKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class TimeColumn:
-    """The stream's time column: its type, and for naive types the zone it is written in."""
+class OrderingColumn:
+    """A column of the stream's result that rows are settled by, and its type."""
 
     name: str
-    kind: TimeKind
     type_name: str  # format_type without modifiers: the cast given to every parameter
-    zone: str = "UTC"
-    unit: str = "s"
 
     @property
     def column(self) -> sql.Composable:
@@ -62,6 +59,15 @@ class TimeColumn:
     def param(self, name: str) -> sql.Composable:
         """A query parameter cast to the column's type (the index compares like with like)."""
         return sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(self.type_name))
+
+
+@dataclass(frozen=True)
+class TimeColumn(OrderingColumn):
+    """The stream's time column: its type, and for naive types the zone it is written in."""
+
+    kind: TimeKind = TimeKind.TIMESTAMPTZ
+    zone: str = "UTC"
+    unit: str = "s"
 
     def cutoff(self, window_param: str) -> sql.Composable:
         """``now()`` minus a window (seconds, a parameter), in the column's own type.
@@ -148,18 +154,8 @@ class TimeColumn:
 
 
 @dataclass(frozen=True)
-class KeyColumn:
+class KeyColumn(OrderingColumn):
     """The stream's insertion key: an integer column fed by a sequence."""
-
-    name: str
-    type_name: str
-
-    @property
-    def column(self) -> sql.Composable:
-        return sql.SQL("events.") + sql.Identifier(self.name)
-
-    def param(self, name: str) -> sql.Composable:
-        return sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(self.type_name))
 
 
 def time_column(name: str, oid: int, type_name: str, zone: str, unit: str) -> TimeColumn:
@@ -170,9 +166,9 @@ def time_column(name: str, oid: int, type_name: str, zone: str, unit: str) -> Ti
     names = {TIMESTAMPTZ_OID: "timestamp with time zone",
              TIMESTAMP_OID: "timestamp without time zone", DATE_OID: "date"}  # fmt: skip
     if oid in kinds:
-        return TimeColumn(name, kinds[oid], names[oid], zone, unit)
+        return TimeColumn(name, names[oid], kinds[oid], zone, unit)
     if oid in EPOCH_OIDS:
-        return TimeColumn(name, TimeKind.EPOCH, EPOCH_OIDS[oid], zone, unit)
+        return TimeColumn(name, EPOCH_OIDS[oid], TimeKind.EPOCH, zone, unit)
     raise QueryError(
         "validation",
         f"time column {name!r} is of type {type_name}; it must be {_TIME_TYPES}"
