@@ -76,6 +76,7 @@ SCHEMA: dict[str, Any] = {
         "late_data": {"window": "duration", "for": "duration", "severity": "severity"},
         "counters_held": {"for": "duration", "severity": "severity"},
         "reconcile_stale": {"after": "duration", "for": "duration", "severity": "severity"},
+        "stream_recomputed": {"window": "duration", "for": "duration", "severity": "severity"},
     },
 }  # fmt: skip
 
@@ -701,7 +702,7 @@ def reconcile_rules(exporter: Mapping[str, Any], links: Links) -> list[dict[str,
     that no longer complete."""
     health = links.dashboard(DASH_HEALTH)
     late, held = exporter["late_data"], exporter["counters_held"]
-    stale = exporter["reconcile_stale"]
+    stale, recomputed = exporter["reconcile_stale"], exporter["stream_recomputed"]
     window = late["window"]
     down = 'if eq $labels.direction "down" }}'
     sign = f"{{{{ {down}-{{{{ else }}}}+{{{{ end }}}}"
@@ -801,6 +802,35 @@ def reconcile_rules(exporter: Mapping[str, Any], links: Links) -> list[dict[str,
                     "error for every pass that fails."
                 ),
                 "runbook_url": links.runbook("CreditExporterReconcileStale"),
+                "dashboard_url": health,
+            },
+        },
+        {
+            "alert": "CreditExporterStreamRecomputed",
+            # Value: how many times the stream started over in the window.
+            "expr": grew_expr(
+                "credit_exporter_stream_recomputes_total", "query, reason", recomputed["window"]
+            ),
+            "for": recomputed["for"],
+            "labels": {"severity": recomputed["severity"]},
+            "annotations": {
+                "summary": (
+                    "credit-exporter stream {{ $labels.query }} recomputed from scratch "
+                    "({{ $labels.reason }})"
+                ),
+                "description": (
+                    "Stream {{ $labels.query }} on credit-exporter {{ $labels.instance }} threw "
+                    "its totals away and aggregated the whole table again in the last "
+                    f"{recomputed['window']} ({{{{ $labels.reason }}}}: database_replaced means "
+                    "the database under its DSN is another one, dropped and restored or "
+                    "re-created; key_went_back means its highest key fell below the one already "
+                    "counted, as after a restore from an older backup). Its counters now equal "
+                    "the new database's totals and may have dropped: rate() and increase() "
+                    "across that moment read the drop as a reset and count the new totals "
+                    "again. Check that the DSN points at the right database, and read "
+                    "dashboards across the restore with that in mind."
+                ),
+                "runbook_url": links.runbook("CreditExporterStreamRecomputed"),
                 "dashboard_url": health,
             },
         },

@@ -56,6 +56,15 @@ class InProcessStream:
     def exported(self, metric: str) -> dict[tuple[str, ...], Any]:
         return dict(self.stream.exported.get(metric, {}))
 
+    def dropped_rows(self) -> dict[str, float]:
+        """credit_exporter_dropped_rows_total of this stream, by reason (zeros left out)."""
+        return {
+            sample.labels["reason"]: sample.value
+            for family in self.health.dropped_rows.collect()
+            for sample in family.samples
+            if sample.labels["query"] == self.name and sample.value
+        }
+
     def total(self, metric: str) -> Decimal:
         return sum(self.exported(metric).values(), Decimal(0))
 

@@ -48,6 +48,7 @@ ALERT_NAMES = {
     "CreditExporterDown", "CreditExporterQueryFailing", "CreditExporterDataStale",
     "CreditExporterSeriesDropped", "CreditExporterRowsDropped",
     "CreditExporterLateData", "CreditExporterCountersHeld", "CreditExporterReconcileStale",
+    "CreditExporterStreamRecomputed",
 }  # fmt: skip
 
 

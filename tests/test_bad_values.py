@@ -222,27 +222,35 @@ def test_a_null_label_group_is_skipped_and_its_rows_counted(ev) -> None:
     assert dropped(s.health, "s") == {"null_label": 4}  # 2 rows x 2 metrics
 
 
-@pytest.mark.parametrize(
-    ("value", "reason"),
-    [("'NaN'::numeric", "not_finite"), ("'Infinity'::numeric", "not_finite"),
-     ("'-Infinity'::numeric", "not_finite"), ("1e400::numeric", "out_of_range")],
-)  # fmt: skip
-def test_a_group_whose_numeric_sum_is_not_exportable_is_skipped(
-    ev, value: str, reason: str
-) -> None:
-    s = ev(f"SELECT 'acme', 'phone', 'phone', {value}, 1")
+@pytest.mark.parametrize("value", ["'NaN'::numeric", "'Infinity'::numeric", "'-Infinity'::numeric"])
+def test_a_non_finite_numeric_value_leaves_out_its_row_not_its_group(ev, value: str) -> None:
+    s = ev(f"SELECT 'acme', 'web', 'web', {value}, 1")
     assert s.poll()
-    assert s.spent() == {("acme", "web"): Decimal("3.75")}
-    assert s.requests() == {("acme", "web"): Decimal(2), ("acme", "phone"): Decimal(1)}
-    assert dropped(s.health, "s") == {reason: 1}
+    assert s.spent() == {("acme", "web"): Decimal("3.75")}  # the two finite rows
+    assert s.requests() == {("acme", "web"): Decimal(3)}  # the row still happened
+    assert dropped(s.health, "s") == {"not_finite": 1}
 
 
 @pytest.mark.parametrize("ratio", ["'NaN'::float8", "'Infinity'::float8", "'-Infinity'::float8"])
-def test_a_group_whose_float8_sum_is_not_finite_is_skipped(ev, ratio: str) -> None:
-    s = ev(f"SELECT 'acme', 'phone', 'phone', 1, {ratio}", value="ratio")
+def test_a_non_finite_float8_value_leaves_out_its_row_not_its_group(ev, ratio: str) -> None:
+    s = ev(f"SELECT 'acme', 'web', 'web', 1, {ratio}", value="ratio")
     assert s.poll()
     assert s.spent() == {("acme", "web"): Decimal("0.75")}
     assert dropped(s.health, "s") == {"not_finite": 1}
+
+
+def test_a_non_finite_row_is_counted_once_however_many_polls_read_it(ev) -> None:
+    s = ev("SELECT 'acme', 'web', 'web', 'NaN'::numeric, 1")
+    assert s.poll() and s.poll() and s.poll()
+    assert dropped(s.health, "s") == {"not_finite": 1}
+
+
+def test_a_group_whose_sum_is_beyond_float_range_is_skipped(ev) -> None:
+    s = ev("SELECT 'acme', 'phone', 'phone', 1e400::numeric, 1")
+    assert s.poll()
+    assert s.spent() == {("acme", "web"): Decimal("3.75")}
+    assert s.requests() == {("acme", "web"): Decimal(2), ("acme", "phone"): Decimal(1)}
+    assert dropped(s.health, "s") == {"out_of_range": 1}
 
 
 def test_a_huge_but_float_sized_sum_is_exported_exactly_in_decimal(ev) -> None:

@@ -236,6 +236,41 @@ def test_histogram_buckets_count_and_sum_equal_sql(ev_db, harness) -> None:
     assert value.count == count and value.total == total
 
 
+def test_a_nan_row_leaves_every_series_equal_to_its_finite_rows_through_a_restart(
+    ev_db, harness
+) -> None:
+    """numeric accepts 'NaN': its row drops out of the sums, never its group's history."""
+    insert(ev_db, [("acme", "bot", "3.5"), ("acme", "bot", "1.25"), ("globex", "x", "2")])
+    first = harness(settle="1s")
+    first.poll()
+    insert(ev_db, [("acme", "bot", "NaN"), ("acme", "bot", "0.25")])
+    time.sleep(1.2)
+    first.poll()
+    first.poll()
+    expected = {"acme": Decimal("5.00"), "globex": Decimal(2)}
+    assert first.spent_by_org() == expected
+    second = harness(settle="1s")  # the restart reads it all in its first aggregate
+    second.poll()
+    assert second.spent_by_org() == expected
+    assert second.by_first_label("credit_requests_total") == {"acme": 4, "globex": 1}
+    assert second.dropped_rows() == {"not_finite": 2}  # its spent and refunded values
+
+
+def test_a_nan_observation_is_left_out_of_every_bucket_the_count_and_the_sum(
+    ev_db, harness
+) -> None:
+    with psycopg.connect(ev_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ev (org, agent, credits, latency) VALUES ('acme', 'm', 1, 0.2),"
+            " ('acme', 'm', 1, 'NaN'), ('acme', 'm', 1, 7)"
+        )
+    h = harness()
+    h.poll()
+    value = h.exported("credit_response_duration_seconds")[("acme", "m")]
+    assert isinstance(value, HistogramValue)
+    assert (value.count, value.total, max(value.buckets)) == (2, Decimal("7.200"), 2)
+
+
 def test_a_transaction_open_longer_than_settle_is_counted_once_it_commits(ev_db, harness) -> None:
     """The late commit: id 1 and its timestamp are taken first, committed last."""
     h = harness(settle="1s")

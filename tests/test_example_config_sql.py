@@ -416,6 +416,23 @@ def test_budget_used_excludes_playground_and_other_periods(billing_db: str) -> N
     }
 
 
+def test_a_nan_usage_row_leaves_the_budget_and_quota_series_as_they_were(billing_db: str) -> None:
+    """numeric accepts 'NaN': the row drops out of the sums, the budget keeps its series."""
+    budgets = series(billing_db, "credit_budget_used_credits")
+    quotas = series(billing_db, "credit_plan_quota_used")
+    with psycopg.connect(billing_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO usage_events (occurred_at, organization_id, project_id, department_id,"
+            " user_id, agent_id, service_type_id, credits, voice_seconds, playground, model_id,"
+            " pricing_rule_id, task_category_id, channel_id, pool, latency_seconds, success)"
+            " SELECT occurred_at, organization_id, project_id, department_id, user_id, agent_id,"
+            " 2, 'NaN', 'NaN', false, model_id, pricing_rule_id, task_category_id, channel_id,"
+            " pool, latency_seconds, success FROM usage_events WHERE id = 2"
+        )
+    assert series(billing_db, "credit_budget_used_credits") == budgets
+    assert series(billing_db, "credit_plan_quota_used") == quotas
+
+
 def test_budget_limit_for_every_budget_row(billing_db: str) -> None:
     assert series(billing_db, "credit_budget_limit_credits") == {
         ("acme", "organization", "acme"): 10000,

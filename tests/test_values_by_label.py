@@ -79,7 +79,8 @@ def test_the_value_columns_are_summed_in_one_scan_of_the_table(calls_db) -> None
     s = InProcessStream(one_stream_config(calls_db, stream([TOKENS, SPENT])))
     try:
         s.poll()
-        assert [name for name, _ in s.stream.plan.aggregates] == ["__rows", "__s0", "__s1", "__s2"]
+        sums = [name for name, _ in s.stream.plan.aggregates if name.startswith("__s")]
+        assert sums == ["__s0", "__s1", "__s2"]  # each value column summed once
         assert s.stream.ordering is not None
         statement = s.stream.plan.poll_statement(s.stream.ordering, None, s.stream.horizon)
         assert statement.as_string(None).count("FROM calls") == 1

@@ -629,7 +629,7 @@ def _read_stream(
         described = describe_stream_sync(conn, plan.shape_statement(), stream)
     except QueryError as error:
         raise BackfillError(f"streams.{name}: {error}") from None
-    plan = StreamPlan(stream, described.float_columns)
+    plan = StreamPlan(stream, described.float_columns, described.non_finite_columns)
     with conn.cursor(name=cursor_name, scrollable=True) as cur:
         cur.execute(bucket_statement(plan, described.ordering.time), statement_params(steps))
         # runs the aggregate and counts its rows, for the progress bar

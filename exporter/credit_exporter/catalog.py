@@ -377,6 +377,14 @@ METRICS: tuple[Metric, ...] = (
        "counters), down (held; see credit_exporter_counter_excess).",
        ("query", "metric", "direction"), EX, Group.EXPORTER,
        120, "60 stream metrics x 2 directions"),
+    _m("credit_exporter_stream_recomputes_total", C, "",
+       "Times a stream threw its totals away and aggregated the whole table again, by reason: "
+       "database_replaced (the database under its DSN is another one: its OID changed, as on "
+       "a drop and restore), key_went_back (the highest key is below the one it had settled: "
+       "a restore from an older backup, or the newest rows deleted). Its counters then equal "
+       "the new database's totals, which may be lower: Prometheus reads that as a reset.",
+       ("query", "reason"), EX, Group.EXPORTER,
+       40, "20 streams x 2 reasons"),
     _m("credit_exporter_reconcile_database_seconds_total", C, "seconds",
        "Wall time of the reconcile's queries: its rate is the share of one database core the "
        "reconcile uses.",

@@ -31,6 +31,8 @@ DROPPED_ROW_REASONS = (
 
 RECONCILE_RESULTS = ("same", "different")
 RECONCILE_REASONS = ("late", "deleted")
+# why a stream started over from the whole table (credit_exporter_stream_recomputes_total)
+RECOMPUTE_REASONS = ("database_replaced", "key_went_back")
 
 
 def _help(name: str) -> str:
@@ -119,6 +121,11 @@ class Health:
             _help("credit_exporter_reconcile_difference_total"),
             ["query", "metric", "direction"], registry=registry,
         )  # fmt: skip
+        self.recomputes = Counter(
+            "credit_exporter_stream_recomputes_total",
+            _help("credit_exporter_stream_recomputes_total"),
+            ["query", "reason"], registry=registry,
+        )  # fmt: skip
         self.reconcile_seconds = Counter(
             "credit_exporter_reconcile_database_seconds_total",
             _help("credit_exporter_reconcile_database_seconds_total"),
@@ -165,6 +172,9 @@ class Health:
                     metric.remove(name, label)
         with contextlib.suppress(KeyError):
             self.reconcile_seconds.remove(name)
+        for reason in RECOMPUTE_REASONS:
+            with contextlib.suppress(KeyError):
+                self.recomputes.remove(name, reason)
         for metric_name in metrics:
             with contextlib.suppress(KeyError):
                 self.counter_excess.remove(metric_name)
@@ -179,6 +189,8 @@ class Health:
         for reason in RECONCILE_REASONS:
             self.reconcile_rows.labels(name, reason)
         self.reconcile_seconds.labels(name)
+        for reason in RECOMPUTE_REASONS:
+            self.recomputes.labels(name, reason)
         for metric in metrics:
             self.counter_excess.labels(metric).set(0)
             for direction in ("up", "down"):

@@ -67,6 +67,8 @@ class _MetricPlan:
     # the label of ``values`` and this plan's value of it (one plan per value column)
     constant: tuple[int, str] | None = None  # (position in the metric's labels, text)
     counts_drops: bool = True  # False for all but the first plan of a ``values`` mapping
+    # the result column counting the rows whose value was NaN or infinite (left out)
+    non_finite: str | None = None
 
     @property
     def label_slots(self) -> tuple[tuple[str, str | None], ...]:
@@ -95,6 +97,9 @@ class StreamPlan:
     # value columns of a float type: summed as numeric, so their sums do not depend on
     # the order rows are added in (integer and numeric sums are exact as they are)
     float_columns: frozenset[str] = frozenset()
+    # value columns of a type that holds NaN and infinities (numeric, float): such a
+    # value leaves its row out of that metric's aggregate, never its whole group
+    non_finite_columns: frozenset[str] = frozenset()
     columns: list[str] = field(init=False)  # union of label columns, GROUPING() order
     metrics: list[_MetricPlan] = field(init=False)
     aggregates: list[tuple[str, sql.Composable]] = field(init=False)
@@ -122,18 +127,26 @@ class StreamPlan:
             if metric.type is catalog.MetricType.HISTOGRAM:
                 assert mapping.value is not None
                 observed = sql.Identifier(mapping.value)
+                finite = self._finite(mapping.value)
                 names = []
                 for b, bound in enumerate(metric.buckets):
                     name = f"__h{index}_b{b}"
                     self.aggregates.append(
-                        (name, sql.SQL("count(*) FILTER (WHERE {} <= {})").format(
-                            observed, sql.Literal(Decimal(repr(bound))))),
+                        (name, sql.SQL("count(*) FILTER (WHERE {} <= {} AND {})").format(
+                            observed, sql.Literal(Decimal(repr(bound))), finite)),
                     )  # fmt: skip
                     names.append(name)
-                self.aggregates.append((f"__h{index}_count", sql.SQL("count({})").format(observed)))
+                self.aggregates.append(
+                    (f"__h{index}_count", sql.SQL("count({}) FILTER (WHERE {})").format(
+                        observed, finite))
+                )  # fmt: skip
                 self.aggregates.append((f"__h{index}_sum", self._sum(mapping.value)))
                 names += [f"__h{index}_count", f"__h{index}_sum"]
-                aggregate_columns = tuple(names)
+                self.metrics.append(
+                    _MetricPlan(mapping, metric, label_columns, mask, tuple(names),
+                                non_finite=self._non_finite(mapping.value, summed))
+                )  # fmt: skip
+                continue
             elif mapping.values is not None:
                 # one plan per value column, all of one metric: a single scan
                 assert mapping.value_label is not None
@@ -142,16 +155,18 @@ class StreamPlan:
                     constant = (position, mapping.policy.label(mapping.value_label, text))
                     self.metrics.append(
                         _MetricPlan(mapping, metric, label_columns, mask,
-                                    (self._summed(column, summed),), constant, n == 0)
+                                    (self._summed(column, summed),), constant, n == 0,
+                                    self._non_finite(column, summed))
                     )  # fmt: skip
                 continue
             elif mapping.value is None:
-                aggregate_columns = ("__rows",)
+                self.metrics.append(_MetricPlan(mapping, metric, label_columns, mask, ("__rows",)))
             else:
-                aggregate_columns = (self._summed(mapping.value, summed),)
-            self.metrics.append(
-                _MetricPlan(mapping, metric, label_columns, mask, aggregate_columns)
-            )
+                self.metrics.append(
+                    _MetricPlan(mapping, metric, label_columns, mask,
+                                (self._summed(mapping.value, summed),),
+                                non_finite=self._non_finite(mapping.value, summed))
+                )  # fmt: skip
 
     def _summed(self, column: str, summed: dict[str, str]) -> str:
         """The result column holding ``sum(column)``, added once however many metrics read it."""
@@ -160,9 +175,33 @@ class StreamPlan:
             self.aggregates.append((summed[column], self._sum(column)))
         return summed[column]
 
+    def _non_finite(self, column: str, summed: dict[str, str]) -> str | None:
+        """The result column counting ``column``'s NaN and infinite values, added once;
+        None for a type that cannot hold them."""
+        if column not in self.non_finite_columns:
+            return None
+        key = f"non-finite {column}"  # not a column name: those are keys of ``summed`` too
+        if key not in summed:
+            summed[key] = f"__nf{len(summed)}"
+            counted = sql.SQL("count(*) FILTER (WHERE NOT {})").format(self._finite(column))
+            self.aggregates.append((summed[key], counted))
+        return summed[key]
+
+    def _finite(self, column: str) -> sql.Composable:
+        """True for a finite value of ``column``: x - x is 0 for every finite number and
+        NaN for NaN and both infinities (NULL stays NULL), in numeric and float alike."""
+        if column not in self.non_finite_columns:
+            return sql.SQL("TRUE")
+        value = sql.Identifier(column)
+        return sql.SQL("({} - {}) = 0").format(value, value)
+
     def _sum(self, column: str) -> sql.Composable:
         cast = sql.SQL("::numeric") if column in self.float_columns else sql.SQL("")
-        return sql.SQL("sum({}{})").format(sql.Identifier(column), cast)
+        if column not in self.non_finite_columns:
+            return sql.SQL("sum({}{})").format(sql.Identifier(column), cast)
+        return sql.SQL("sum({}{}) FILTER (WHERE {})").format(
+            sql.Identifier(column), cast, self._finite(column)
+        )
 
     @property
     def source(self) -> sql.Composable:
@@ -469,6 +508,9 @@ class PollSplit:
                     self.result.checksums[chunk] = tuple(row[i] for i in checksum)
                 continue
             for plan, gate, slots in self.by_mask.get(row[index["__grouping"]], []):
+                if plan.non_finite is not None and settled:
+                    # counted once, when its row settles (a live row is read every poll)
+                    dropped["not_finite"] += int(row[index[plan.non_finite]])
                 groups_rows = int(row[index["__rows"]])
                 # a metric with ``values`` has one plan per value column: its
                 # label cells count once
@@ -537,13 +579,15 @@ SELECT now(),
              AND xact_start IS NOT NULL
              AND application_name IS DISTINCT FROM current_setting('application_name')),
          '{{}}'),
-       {cutoff}
+       {cutoff},
+       (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
 def activity_statement(ordering: Ordering) -> sql.Composed:
-    """now(), whether this role sees other sessions, the open transactions, and ``now()``
-    minus the stream's window in its time column's type (parameter ``window``)."""
+    """now(), whether this role sees other sessions, the open transactions, ``now()``
+    minus the stream's window in its time column's type (parameter ``window``), and the
+    database's OID (another database under the same DSN has another)."""
     cutoff = ordering.time.cutoff("window") if ordering.by_time else sql.SQL("NULL")
     return sql.SQL(ACTIVITY_SQL).format(cutoff=cutoff)  # type: ignore[arg-type]
 
@@ -555,6 +599,15 @@ class Candidate:
     value: Any  # the highest ordering value visible when read
     open_transactions: frozenset[str]  # "pid@xact_start" read right after it
     seen: float  # time.monotonic() when read
+
+
+class StartOver(Exception):
+    """The rows the stream settled are not in this database any more (``reason``: a
+    RECOMPUTE_REASONS value): its totals must be read again from the whole table."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def _later(current: Any, new: Any) -> Any:
@@ -577,19 +630,11 @@ class EventStream:
         for mapping in config.metrics:
             health.register_metric(mapping.metric, ("series_limit",))
         health.register_stream(name, [mapping.metric for mapping in config.metrics])
-        self.ordering: Ordering | None = None  # the ordering columns' types, read at first poll
-        self.horizon: Horizon | None = None  # rows settled at it are in the base
-        self.candidates: list[Candidate] = []
-        self.base: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
-        self.live: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
-        # what /metrics shows: base + live, never below what it showed before
-        self.exported: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
-        # per time chunk, the checksum of the rows settled into the base
-        self.checksums: dict[int | None, Checksum] = {}
-        self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
         # after a reload that changed the stream: what its metrics exported before, which
-        # the first poll may not go below for the series it still has
+        # the first poll may not go below for the series it still has (set by the server)
         self.floor: Aggregates | None = None
+        self.generation = 0  # moves when the stream starts over: older reconcile work is void
+        self._clear()
         # polls and reconcile steps take turns: each sees a horizon nobody else moves
         self.lock = asyncio.Lock()
         reconcile = config.reconcile or ReconcileConfig()
@@ -597,12 +642,44 @@ class EventStream:
         self._chunk = reconcile.chunk
         self.reconciler = Reconciler(self, config.reconcile) if config.reconcile else None
 
+    def _clear(self) -> None:
+        """No rows counted: the state of a stream that has not polled yet."""
+        self.ordering: Ordering | None = None  # the ordering columns' types, read at first poll
+        self.horizon: Horizon | None = None  # rows settled at it are in the base
+        self.candidates: list[Candidate] = []
+        self.identity: int | None = None  # the database's OID, read at every poll
+        self.base: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
+        self.live: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
+        # what /metrics shows: base + live, never below what it showed before
+        self.exported: Aggregates = {p.metric.name: {} for p in self.plan.metrics}
+        # per time chunk, the checksum of the rows settled into the base
+        self.checksums: dict[int | None, Checksum] = {}
+        self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
+
+    def start_over(self, replaced: StartOver) -> None:
+        """Forget every total and aggregate the whole table again at the next poll.
+
+        The one place a counter may go down: the database itself is another one, and
+        holding the old totals would show money that no longer exists while every new
+        row went uncounted. Prometheus reads the drop as a counter reset.
+        """
+        log.error(
+            "stream %s: %s; recomputing every total from the whole table (its counters will"
+            " drop to the new database's totals, which Prometheus reads as a reset)",
+            self.name, replaced,
+        )  # fmt: skip
+        self.health.recomputes.labels(self.name, replaced.reason).inc()
+        self.generation += 1
+        self.floor = None
+        self.admissions = self.plan.admissions()
+        self._clear()
+
     async def describe(self, timeout: float) -> Ordering:
         """The ordering columns' types, read from the stream's result (no rows); the plan
         is made again to sum its float columns exactly."""
         async with self.database.read_only(timeout) as conn:
             described = await describe_stream(conn, self.plan.shape_statement(), self.config)
-        self.plan = StreamPlan(self.config, described.float_columns)
+        self.plan = StreamPlan(self.config, described.float_columns, described.non_finite_columns)
         self.chunk_width = described.ordering.time.chunk_seconds(self._chunk)
         return described.ordering
 
@@ -629,7 +706,8 @@ class EventStream:
             cur = await conn.execute(activity_statement(ordering), {"window": self.config.window})
             row = await cur.fetchone()
         assert row is not None
-        _, can_see_all, open_list, cutoff = row
+        _, can_see_all, open_list, cutoff, identity = row
+        self._check_same_rows(ordering, previous, top, identity)
         open_now = frozenset(open_list)
         now = time.monotonic()
         if top is not None and (guarded_horizon is None or top[0] > guarded_horizon):
@@ -665,6 +743,27 @@ class EventStream:
         ]
         return horizon
 
+    def _check_same_rows(
+        self, ordering: Ordering, previous: Horizon, top: tuple[Any, ...] | None, identity: int
+    ) -> None:
+        """Raise StartOver when the database is not the one the totals were read from."""
+        if self.identity is not None and identity != self.identity:
+            raise StartOver(
+                "database_replaced",
+                f"the database under this DSN is another one (OID {self.identity} is now"
+                f" {identity}: dropped and restored, or re-created)",
+            )
+        self.identity = identity
+        if ordering.key is None or previous.key is None:
+            return
+        highest = None if top is None else top[0]
+        if highest is None or highest < previous.key:
+            raise StartOver(
+                "key_went_back",
+                f"the highest {ordering.key.name} is {highest}, below the {previous.key}"
+                " already settled (a restore from an older backup, or the newest rows deleted)",
+            )
+
     def params(self, since: Horizon | None, settle_at: Horizon | None) -> dict[str, Any]:
         assert self.ordering is not None
         return {
@@ -680,7 +779,11 @@ class EventStream:
         ordering = self.ordering
         first = not ordering.complete(self.horizon)
         timeout = self.config.startup_timeout if first else self.config.timeout
-        horizon = await self._advance_horizon(ordering, timeout)
+        try:
+            horizon = await self._advance_horizon(ordering, timeout)
+        except StartOver as replaced:
+            self.start_over(replaced)
+            return await self.poll()  # cannot start over twice: nothing is settled now
         # The start-up aggregate is the one big statement: give it memory for its
         # GROUPING SETS sorts and skip JIT (measured: JIT compiled ~270
         # functions for ~9 s of a 31 s start-up on 1M rows; work_mem 256MB

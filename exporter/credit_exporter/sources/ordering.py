@@ -293,21 +293,25 @@ def ordering_for(
 
 
 FLOAT_OIDS = {700, 701}  # real, double precision
+NON_FINITE_OIDS = {*FLOAT_OIDS, 1700}  # the types that hold NaN and infinities (numeric too)
 
 
 @dataclass(frozen=True)
 class Described:
-    """What a stream's result looks like: its ordering, and its float columns."""
+    """What a stream's result looks like: its ordering, its float columns, and the
+    columns that can hold a NaN or an infinity."""
 
     ordering: Ordering
     float_columns: frozenset[str]
+    non_finite_columns: frozenset[str] = frozenset()
 
 
 def _described(
     config: StreamConfig, column_types: dict[str, int], type_names: dict[int, str]
 ) -> Described:
     floats = frozenset(name for name, oid in column_types.items() if oid in FLOAT_OIDS)
-    return Described(ordering_for(config, column_types, type_names), floats)
+    non_finite = frozenset(name for name, oid in column_types.items() if oid in NON_FINITE_OIDS)
+    return Described(ordering_for(config, column_types, type_names), floats, non_finite)
 
 
 async def describe_stream(

@@ -92,6 +92,9 @@ class Difference:
         return int((self.found or (0,))[0] or 0) - int((self.counted or (0,))[0] or 0)
 
 
+IDENTITY_SQL = "SELECT oid FROM pg_database WHERE datname = current_database()"
+
+
 class Reconciler:
     """Compares one stream's settled history with the database, on a schedule."""
 
@@ -118,6 +121,9 @@ class Reconciler:
         stream = self.stream
         if stream.ordering is None or not stream.ordering.complete(stream.horizon):
             return False  # no poll has settled anything yet
+        generation = stream.generation
+        if not await self._same_database(generation):
+            return False  # the next poll starts the stream over
         if stream.ordering.by_time:
             await self._count_null_times()
         span = await self._span()
@@ -132,7 +138,8 @@ class Reconciler:
         )
         if differences:
             self._log_found(differences)
-            await self._recompute()
+            if not await self._recompute(generation):
+                return False
             # counted once folded in: a recompute that fails is found and counted again
             self._count_found(differences)
         stream.health.reconcile_last_success.labels(stream.name).set(time.time())
@@ -273,8 +280,15 @@ class Reconciler:
 
     # --- the recompute ---------------------------------------------------------------------
 
-    async def _recompute(self) -> None:
-        """Read the per-series totals of settled history again and fold in the difference."""
+    async def _same_database(self, generation: int) -> bool:
+        """Whether the stream still reads the database (and the totals) of ``generation``."""
+        stream = self.stream
+        rows = await self._fetch(IDENTITY_SQL, {})
+        return stream.generation == generation and rows[0][0] == stream.identity
+
+    async def _recompute(self, generation: int) -> bool:
+        """Read the per-series totals of settled history again and fold in the difference;
+        False (nothing folded) if the stream started over meanwhile."""
         stream = self.stream
         async with stream.lock:
             ordering, at = stream.ordering, stream.horizon
@@ -300,7 +314,11 @@ class Reconciler:
             add_aggregates(fresh, split.settled)
             fresh_checksums.update(split.checksums)
             await self._pace(elapsed)
+        if not await self._same_database(generation):
+            return False
         async with stream.lock:
+            if stream.generation != generation:
+                return False
             change = difference(fresh, base_then)
             add_aggregates(stream.base, change)
             for chunk in fresh_checksums.keys() | checksums_then.keys():
@@ -308,6 +326,7 @@ class Reconciler:
                 stream.checksums[chunk] = add_checksums(stream.checksums.get(chunk), delta)
             stream.publish()
         self._report_change(change)
+        return True
 
     def _report_change(self, change: Aggregates) -> None:
         stream = self.stream
