@@ -76,6 +76,30 @@ def test_check_config_connect_runs_every_query_and_stream_once(demo_db: str) -> 
         assert f"ok   {name}: " in run.stdout, name
 
 
+def test_check_config_connect_names_an_unset_dsn_variable_once() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CREDIT_EXPORTER_DSN"}
+    run = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "check-config", "--connect",
+         str(REPO / "config.example.yaml")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stdout.count("CREDIT_EXPORTER_DSN is not set") == 1, run.stdout
+    assert "FAIL database billing: " in run.stdout
+    assert "not checked: organizations, " in run.stdout
+
+
+def test_version_prints_the_version_and_exits_0() -> None:
+    from credit_exporter import __version__
+
+    run = subprocess.run(
+        [sys.executable, "-m", "credit_exporter", "--version"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0
+    assert run.stdout.startswith(f"credit-exporter {__version__}")
+
+
 def test_check_config_connect_exits_1_and_names_a_failing_query(
     demo_db: str, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import platform
 import signal
 import sys
 import time
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from credit_exporter import catalog
+from credit_exporter import __version__, catalog
 from credit_exporter.config import Config, ConfigError, StreamConfig, load_config
 from credit_exporter.db import Database, QueryError
 from credit_exporter.sharding import Shard
@@ -105,6 +106,24 @@ async def _check_stream(database: Database, stream: StreamConfig) -> tuple[Strea
     return check, f"newest {top.rows[0][0]}" if top.rows else "no rows yet"
 
 
+async def _unreachable(databases: dict[str, Database], config: Config) -> dict[str, str]:
+    """The databases that cannot be connected to, with why, each said once (not once per
+    query: an unset DSN variable would otherwise repeat for every query)."""
+    unreachable: dict[str, str] = {}
+    for name, database in databases.items():
+        timeout = max(
+            (s.timeout for s in [*config.queries.values(), *config.streams.values()]
+             if s.database == name),
+            default=10.0,
+        )  # fmt: skip
+        try:
+            async with database.read_only(timeout) as conn:
+                await conn.execute("SELECT 1")
+        except QueryError as error:
+            unreachable[name] = f"{error.reason}: {error}"
+    return unreachable
+
+
 async def _check_queries(config: Config) -> int:
     """Run every state query once, and check every stream's columns and ordering."""
     from credit_exporter.sources.state import convert
@@ -112,7 +131,18 @@ async def _check_queries(config: Config) -> int:
     databases = {name: Database(name, db) for name, db in config.databases.items()}
     failures = 0
     try:
+        unreachable = await _unreachable(databases, config)
+        for name, why in unreachable.items():
+            sources = [
+                source for source, c in [*config.queries.items(), *config.streams.items()]
+                if c.database == name
+            ]  # fmt: skip
+            failures += 1
+            print(f"FAIL database {name}: {why}")
+            print(f"     not checked: {', '.join(sources)}")
         for name, query in config.queries.items():
+            if query.database in unreachable:
+                continue
             started = time.monotonic()
             try:
                 result = await databases[query.database].fetch(query.sql, query.timeout)
@@ -126,6 +156,8 @@ async def _check_queries(config: Config) -> int:
             note = f", {dropped} rows dropped ({dict(conversion.dropped)})" if dropped else ""
             print(f"ok   {name}: {len(result.rows)} rows in {elapsed * 1000:.0f} ms{note}")
         for name, stream in config.streams.items():
+            if stream.database in unreachable:
+                continue
             started = time.monotonic()
             try:
                 check, newest = await _check_stream(databases[stream.database], stream)
@@ -328,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="credit-exporter",
         description="Prometheus metrics for AI platforms that meter usage in credits.",
     )
+    parser.add_argument(
+        "--version", action="version",
+        version=f"credit-exporter {__version__} (python {platform.python_version()})",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="serve metrics from generated demo data")
