@@ -22,5 +22,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
   fi
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${EXTRAS:-}"
+# The install is editable: code changes need no reinstall, only a changed
+# pyproject.toml, extras or Python do. Skip pip (about 3 s) when none changed.
+STAMP="$VENV/.credit-exporter-install"
+WANT="$("$VENV/bin/python" -c 'import sys; print(sys.version)' | head -1) ${EXTRAS:-} $(cksum < "$ROOT/pyproject.toml") $ROOT"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${EXTRAS:-}"
+  printf '%s\n' "$WANT" > "$STAMP"
+fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import yaml
 from support import http_get, parse_samples, select, wait_until
 
@@ -34,7 +36,9 @@ def test_demo_on_embedded_postgres_serves_every_metric_and_stops_cleanly_on_ctrl
         banner = log_path.read_text()
         assert f"http://127.0.0.1:{port}/metrics" in banner
         assert "Database: " in banner and "dbname=billing" in banner
-        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, 60, "ready")
+        # "Ready" is said once /-/ready answers 200, not when the socket opens
+        wait_until(lambda: b"Ready in " in log_path.read_bytes(), 120, "the ready line", 0.2)
+        assert http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200
         _, body, _ = http_get(f"http://127.0.0.1:{port}/metrics")
         samples = parse_samples(body.decode())
         assert select(samples, "credit_spent_credits_total")
@@ -143,3 +147,37 @@ def test_check_config_connect_checks_the_column_of_a_label_given_with_if_null(
     assert run.returncode == 1, run.stdout + run.stderr
     assert "ok   present: stream" in run.stdout
     assert "FAIL absent: validation: result has no column api_key_alias" in run.stdout
+
+
+def test_the_demo_database_keeps_its_port_across_runs(tmp_path: Path) -> None:
+    """The port the data directory used last wins over 54329, so the DSN stays the same."""
+    from credit_exporter.demo.runner import PREFERRED_PORT, choose_port
+
+    last = free_port()
+    assert last != PREFERRED_PORT
+    (tmp_path / "port").write_text(f"{last}\n")
+    assert choose_port(tmp_path, None) == last
+    assert choose_port(tmp_path, None) == last
+
+
+def test_a_remembered_port_in_use_falls_back_and_is_remembered(tmp_path: Path) -> None:
+    from credit_exporter.demo.runner import choose_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        (tmp_path / "port").write_text(f"{busy.getsockname()[1]}\n")
+        chosen = choose_port(tmp_path, None)
+        assert chosen != busy.getsockname()[1]
+    assert (tmp_path / "port").read_text().strip() == str(chosen)
+
+
+def test_a_pinned_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    from credit_exporter.demo.runner import choose_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"--pg-port {taken}: the port is in use"):
+            choose_port(tmp_path, taken)

@@ -271,6 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config_path=Path(args.config) if args.config else EXAMPLE_CONFIG,
         live_speed=args.live_speed,
         web_config=web_config,
+        pg_port=args.pg_port,
     )
     try:
         return asyncio.run(run_demo(options))
@@ -370,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
     demo.add_argument("--dsn", help="load the demo into this database instead of an embedded one")
     demo.add_argument("--data-dir", help="embedded PostgreSQL directory (default: user cache)")
+    demo.add_argument(
+        "--pg-port", type=int, metavar="PORT",
+        help="embedded PostgreSQL port (default: the one this data directory used last, "
+        "else 54329, else a free one)",
+    )  # fmt: skip
     demo.add_argument("--days", type=int, default=90, help="days of history (default 90)")
     demo.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     demo.add_argument("--fresh", action="store_true", help="reload the data even if present")

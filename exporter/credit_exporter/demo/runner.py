@@ -23,6 +23,7 @@ from credit_exporter.config import load_config
 from credit_exporter.demo.embedded import EmbeddedPostgres, free_port
 
 if TYPE_CHECKING:
+    from credit_exporter.server import Exporter
     from credit_exporter.webconfig import WebConfig
 
 DSN_ENV = "CREDIT_EXPORTER_DSN"
@@ -42,6 +43,7 @@ class DemoOptions:
     config_path: Path
     live_speed: float = 1.0
     web_config: WebConfig | None = None
+    pg_port: int | None = None  # pin the embedded PostgreSQL's port (--pg-port)
 
 
 def default_data_dir() -> Path:
@@ -61,11 +63,48 @@ def _port_is_free(port: int) -> bool:
     import socket
 
     with socket.socket() as sock:
+        # as PostgreSQL binds it: a port our last run left in TIME_WAIT is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
+
+
+PORT_FILE = "port"  # in the data directory: the port the last run used
+
+
+def choose_port(data_dir: Path, pinned: int | None) -> int:
+    """The embedded PostgreSQL's port, stable across runs so the DSN printed stays valid:
+    ``--pg-port`` if given (an error if taken), else the port this data directory used
+    last, else 54329, else any free port (remembered for the next run)."""
+    if pinned is not None:
+        if not _port_is_free(pinned):
+            raise SystemExit(f"--pg-port {pinned}: the port is in use on 127.0.0.1")
+        port = pinned
+    else:
+        remembered = data_dir / PORT_FILE
+        last = remembered.read_text().strip() if remembered.is_file() else ""
+        candidates = [int(last)] if last.isdigit() else []
+        port = (
+            next((p for p in [*candidates, PREFERRED_PORT] if _port_is_free(p)), None)
+            or free_port()
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / PORT_FILE).write_text(f"{port}\n")
+    return port
+
+
+async def announce_when_ready(exporter: Exporter, started: float) -> None:
+    """Say "Ready" when /-/ready would answer 200, not when the socket opens."""
+    # what /-/ready checks: every source succeeded once and the body a scrape gets holds it
+    while not (exporter.health.ready and exporter.exposition.current.complete):
+        await asyncio.sleep(0.1)
+    print(
+        f"Ready in {time.monotonic() - started:.1f}s after start. Ctrl-C stops the demo.",
+        flush=True,
+    )
 
 
 def _ensure_database(admin_dsn: str, name: str) -> str:
@@ -135,7 +174,7 @@ async def run_demo(options: DemoOptions) -> int:
             dsn, admin_dsn = options.dsn, None
         else:
             data_dir = options.data_dir or default_data_dir()
-            port = PREFERRED_PORT if _port_is_free(PREFERRED_PORT) else free_port()
+            port = choose_port(data_dir, options.pg_port)
             server = EmbeddedPostgres(data_dir, port=port)
             print(f"Starting embedded PostgreSQL in {data_dir} ...", file=sys.stderr)
             await asyncio.to_thread(server.start)
@@ -161,14 +200,16 @@ async def run_demo(options: DemoOptions) -> int:
         banner = (
             f"Metrics:  {url}\n"
             f"Database: {redact(dsn)}\n"
-            f"Ready in {time.monotonic() - started:.1f}s after start. Ctrl-C stops the demo."
+            "Waiting for the first poll of every query..."
         )
+        announcer = asyncio.create_task(announce_when_ready(exporter, started))
         try:
             await serve(
                 exporter, options.listen, stop, on_ready=banner, web_config=options.web_config
             )
         finally:
             stop.set()
+            announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         return 0
