@@ -125,3 +125,14 @@ def test_logfmt_puts_a_traceback_on_the_same_line() -> None:
     line = _format("failed", exc=True)
     assert "\n" not in line
     assert "ValueError: boom" in parse_logfmt(line)["exc"]
+
+
+def test_debug_level_logs_each_state_poll_with_its_rows_and_time(
+    empty_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from test_bad_values import run_state_query
+
+    with caplog.at_level(logging.DEBUG, logger="credit_exporter.sources.state"):
+        run_state_query(empty_db, "VALUES ('a', 'plan', 1), ('b', 'plan', 2)")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("query q:")]
+    assert re.fullmatch(r"query q: 2 rows in \d+\.\d{3}s, 2 series", line), line

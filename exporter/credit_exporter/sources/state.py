@@ -203,6 +203,11 @@ class StateQuery:
             self.health.dropped_series.labels(metric, "series_limit").inc(count)
         self.state.replace(self.name, conversion.snapshot)
         self.health.succeeded(self.name, time.monotonic() - started, rows)
+        log.debug(
+            "query %s: %d rows in %.3fs, %d series",
+            self.name, rows, time.monotonic() - started,
+            sum(len(series) for series in conversion.snapshot.values()),
+        )  # fmt: skip
         return True
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
