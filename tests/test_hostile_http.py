@@ -428,11 +428,14 @@ def test_repeated_log_lines_are_rate_limited() -> None:
         for _ in range(10_000):
             logger.error("socket.accept() out of system resource")
         logger.error("something else")
+        for query in range(20):  # one line per query: the same template, different text
+            logger.error("query %s failed", f"q{query}")
     finally:
         logger.removeHandler(handler)
     lines = stream.getvalue().splitlines()
     assert lines.count("socket.accept() out of system resource") == 10
     assert "something else" in lines
+    assert sum(line.startswith("query q") for line in lines) == 20
 
 
 # --- content negotiation ----------------------------------------------------------------------

@@ -58,7 +58,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Lets at most ``burst`` lines with the same logger, level and message template through
+    """Lets at most ``burst`` lines with the same logger, level and message text through
     per ``window`` seconds; the first line after a window that dropped some says how many.
 
     A failure that repeats in a tight loop (asyncio's ``accept()`` at the open-file limit
@@ -71,7 +71,11 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int, int]] = {}  # start, sent, dropped
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg))
+        try:
+            text = record.getMessage()  # the whole text: "query %s failed" differs by query
+        except Exception:  # a bad format string: the handler reports it
+            text = str(record.msg)
+        key = (record.name, record.levelno, text)
         now = record.created
         start, sent, dropped = self._seen.get(key, (now, 0, 0))
         if now - start >= self.window:
