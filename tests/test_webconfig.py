@@ -355,11 +355,11 @@ def test_bcrypt_results_are_cached_so_repeated_scrapes_are_cheap() -> None:
     assert all(PASSWORD.encode() not in key for key in auth._cache)
 
 
-def test_the_cache_is_bounded() -> None:
-    auth = BasicAuth({USER: _hash(PASSWORD).encode()}, cache_size=3)
+def test_the_caches_are_bounded() -> None:
+    auth = BasicAuth({USER: _hash(PASSWORD).encode()}, cache_size=3, failure_cache_size=3)
     for attempt in range(10):
         auth.check(USER, f"guess-{attempt}")
-    assert len(auth._cache) == 3
+    assert len(auth._failures) == 3 and not auth._cache
 
 
 # --- bad files --------------------------------------------------------------------------------

@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 # Rows per FETCH of a server-side cursor: large enough that round trips do not
 # dominate, small enough that a chunk in memory is a few MB.
 CHUNK_ROWS = 5_000
+# lock_timeout as a share of the statement timeout (see Database.read_only)
+LOCK_TIMEOUT_FRACTION = 0.9
+# SET LOCAL statement_timeout and lock_timeout, in one round trip
+_TIMEOUTS = """
+SELECT set_config('statement_timeout', %(st)s, true), set_config('lock_timeout', CASE
+    WHEN current_setting('lock_timeout')::interval > interval '0'
+     AND current_setting('lock_timeout')::interval <= %(lt)s * interval '1 millisecond'
+    THEN current_setting('lock_timeout') ELSE %(lt)s::text END, true)
+"""
 # What DECLARE ... CURSOR FOR accepts, after leading comments and parentheses.
 _SELECT_LIKE = re.compile(
     r"^(\s|--[^\n]*\n|/\*.*?\*/|\()*(SELECT|WITH|VALUES|TABLE)\b", re.IGNORECASE | re.DOTALL
@@ -57,6 +66,12 @@ def classify(exc: BaseException) -> QueryError:
     """
     if isinstance(exc, QueryError):
         return exc
+    if isinstance(exc, psycopg.errors.LockNotAvailable):  # 55P03, from lock_timeout
+        return QueryError(
+            "timeout",
+            "waited too long for a lock (another session holds a conflicting lock on a table "
+            "this query reads: a migration, VACUUM FULL, LOCK TABLE?)",
+        )
     if isinstance(exc, psycopg.errors.QueryCanceled | asyncio.TimeoutError | TimeoutError):
         return QueryError("timeout", "statement timeout or run timeout exceeded")
     if isinstance(exc, PoolTimeout):
@@ -199,10 +214,13 @@ class Database:
                     isolation = "REPEATABLE READ" if repeatable_read else "READ COMMITTED"
                     await conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation} READ ONLY")
                     remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                    cap_ms = min(statement_timeout_ms, remaining_ms)
+                    # a lock wait fails a little before the statement timeout would, so
+                    # the server reports it as a lock (55P03), not as a plain timeout; a
+                    # lower lock_timeout (the role's, say) is kept
                     await conn.execute(
-                        sql.SQL("SET LOCAL statement_timeout = {}").format(
-                            sql.Literal(min(statement_timeout_ms, remaining_ms))
-                        )
+                        _TIMEOUTS,
+                        {"st": str(cap_ms), "lt": max(1, int(cap_ms * LOCK_TIMEOUT_FRACTION))},
                     )
                     for name, value in (settings or {}).items():
                         await conn.execute(

@@ -57,6 +57,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record, self), ensure_ascii=False)
 
 
+class RepeatFilter(logging.Filter):
+    """Lets at most ``burst`` lines with the same logger, level and message text through
+    per ``window`` seconds; the first line after a window that dropped some says how many.
+
+    A failure that repeats in a tight loop (asyncio's ``accept()`` at the open-file limit
+    logs one per attempt) would otherwise write gigabytes.
+    """
+
+    def __init__(self, burst: int = 10, window: float = 60.0, max_keys: int = 1024) -> None:
+        super().__init__()
+        self.burst, self.window, self.max_keys = burst, window, max_keys
+        self._seen: dict[tuple[str, int, str], tuple[float, int, int]] = {}  # start, sent, dropped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()  # the whole text: "query %s failed" differs by query
+        except Exception:  # a bad format string: the handler reports it
+            text = str(record.msg)
+        key = (record.name, record.levelno, text)
+        now = record.created
+        start, sent, dropped = self._seen.get(key, (now, 0, 0))
+        if now - start >= self.window:
+            if dropped:
+                record.msg = f"{record.msg} [{dropped} more like this dropped in {self.window:g}s]"
+            start, sent, dropped = now, 0, 0
+        if sent >= self.burst:
+            self._seen[key] = (start, sent, dropped + 1)
+            return False
+        if len(self._seen) >= self.max_keys and key not in self._seen:
+            self._seen.clear()
+        self._seen[key] = (start, sent + 1, dropped)
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
 
@@ -72,6 +106,7 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     """
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if isinstance(old, _StderrHandler):

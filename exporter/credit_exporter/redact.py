@@ -29,7 +29,8 @@ MIN_SECRET_LENGTH = 4
 _lock = threading.Lock()
 _secrets: set[str] = set()
 
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<tail>@)", re.I)
+# up to the last '@' of the URL: a password may hold an unencoded one
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*(?P<tail>@)", re.I)
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s,;)]+)", re.I
 )
@@ -54,6 +55,18 @@ def checked_dsn(dsn: str) -> str:
     Raises ``ValueError`` with a message that does not contain the DSN.
     """
     register(dsn)
+    scheme, sep, rest = dsn.strip().partition("://")
+    if sep and scheme.lower() in ("postgres", "postgresql"):
+        before_query = rest.partition("?")[0]
+        userinfo = before_query[: before_query.rfind("@")] if "@" in before_query else ""
+        if "@" in userinfo or "/" in userinfo:
+            # libpq splits at the first '@' or '/': the rest of the password would become
+            # the host name, quoted in its errors ("could not translate host name ...")
+            register(userinfo.partition(":")[2])
+            raise ValueError(
+                "a postgresql:// URL whose user name or password holds an unencoded '@' or "
+                "'/' (percent-encode them as %40 and %2F; the text is not shown)"
+            )
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error:

@@ -25,6 +25,7 @@ from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database
 from credit_exporter.exposition import CONTENT_TYPE, Exposition
 from credit_exporter.health import Health
+from credit_exporter.httpguard import ConnectionGuard, GuardedSite
 from credit_exporter.metric_state import MetricState, StateRenderer
 from credit_exporter.sharding import Shard
 from credit_exporter.sharding import apply as apply_shard
@@ -181,8 +182,8 @@ class Exporter:
     # --- HTTP ----------------------------------------------------------------
     async def handle_metrics(self, request: web.Request) -> web.Response:
         rendered = self.exposition.current
-        headers = {"Content-Type": CONTENT_TYPE}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
             headers["Content-Encoding"] = "gzip"
             return web.Response(body=rendered.gzipped, headers=headers)
         return web.Response(body=rendered.body, headers=headers)
@@ -247,6 +248,27 @@ class Exporter:
         return app
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip (RFC 9110 12.5.3): ``gzip`` (any
+    case) with a q-value above 0, or ``*`` with one when gzip is not named."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 0.0  # a malformed q-value: do not guess
+        if coding:
+            weights[coding.lower()] = weight
+    if "gzip" in weights or "x-gzip" in weights:
+        return max(weights.get("gzip", 0.0), weights.get("x-gzip", 0.0)) > 0
+    return weights.get("*", 0.0) > 0
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``:PORT`` (all interfaces) into a bind address."""
     host, sep, port = listen.rpartition(":")
@@ -275,10 +297,12 @@ async def serve(
     app = exporter.app()
     if web_config is not None:
         web_config.apply(app)
-    runner = web.AppRunner(app, access_log=None)
+    guard = ConnectionGuard()  # header/keep-alive timeouts, a connection limit
+    app.middlewares.insert(0, guard.middleware)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=guard.idle_timeout)
     await runner.setup()
     ssl_context = web_config.ssl_context if web_config is not None else None
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    site = GuardedSite(runner, host, port, guard, ssl_context=ssl_context)
     await site.start()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):

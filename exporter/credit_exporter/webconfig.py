@@ -8,11 +8,12 @@ does not support is rejected by name rather than silently ignored (see
 docs/security.md).
 
 Basic auth applies to every endpoint, including ``/-/healthy`` and
-``/-/reload``. Checking a bcrypt hash is slow on purpose (about 100 ms at cost
-10), so results are cached per (user, password, hash) under an HMAC with a key
-made at start-up: the cache never holds a password, a memory dump does not
-give an offline guess for free, and a scrape every few seconds costs one HMAC,
-not one bcrypt. The cache is bounded (least recently used entries go first).
+``/-/reload``. Checking a bcrypt hash is slow on purpose (about 300 ms at cost
+12), so verified successes are cached per (user, password, hash) under an HMAC
+with a key made at start-up: the cache never holds a password, a memory dump
+does not give an offline guess for free, and a scrape every few seconds costs
+one HMAC, not one bcrypt. How unauthenticated traffic is kept from starving the
+polls is in ``BasicAuth`` and docs/security.md.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import os
 import re
 import ssl
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,14 @@ from aiohttp import web
 from credit_exporter.config import read_yaml
 
 REALM = "credit-exporter"
-CACHE_SIZE = 1024
+CACHE_SIZE = 1024  # verified successes
+FAILURE_CACHE_SIZE = 256  # failed attempts, in a cache of their own
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit
+BCRYPT_WORKERS = 2  # bcrypt checks running at once
+BCRYPT_QUEUE = 16  # checks waiting for a worker; beyond that: 429 at once
+THROTTLE_BURST = 10.0  # uncached checks a client address may start at once ...
+THROTTLE_PER_SECOND = 1.0  # ... and then per second
+THROTTLE_CLIENTS = 4096  # client addresses remembered (least recently seen forgotten)
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -100,47 +110,125 @@ class WebConfig:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class BasicAuth:
-    """HTTP basic auth against bcrypt hashes, with a keyed, bounded verification cache."""
+def _dummy_hash(cost: int) -> bytes:
+    """A hash no password matches that costs ``cost`` to check, made at cost 4 (instantly):
+    bcrypt reads the cost from the hash, so the check itself pays the full cost."""
+    made = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(4))
+    return made[:4] + b"%02d" % cost + made[6:]
 
-    def __init__(self, users: Mapping[str, bytes], cache_size: int = CACHE_SIZE) -> None:
+
+class BasicAuth:
+    """HTTP basic auth against bcrypt hashes, hardened against unauthenticated traffic.
+
+    - Verified successes are cached (keyed HMAC, bounded LRU); failures have a cache of
+      their own, so no number of wrong passwords can push a good entry out.
+    - A password over bcrypt's 72 bytes is refused without running bcrypt.
+    - bcrypt runs in a pool of its own (``workers`` threads), never on the event loop and
+      never in the default executor that the polls use for row conversion; at most
+      ``queue`` checks wait for a thread, more get 429 at once.
+    - Each client address may start ``burst`` uncached checks at once, then ``rate`` per
+      second (a token bucket); beyond that it gets 429 without any bcrypt.
+    - An unknown user is checked against a dummy hash at the highest configured cost, so
+      it takes as long as a known user with a wrong password.
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, bytes],
+        cache_size: int = CACHE_SIZE,
+        failure_cache_size: int = FAILURE_CACHE_SIZE,
+        workers: int = BCRYPT_WORKERS,
+        queue: int = BCRYPT_QUEUE,
+        burst: float = THROTTLE_BURST,
+        rate: float = THROTTLE_PER_SECOND,
+    ) -> None:
         self.users = dict(users)
         self.cache_size = cache_size
+        self.failure_cache_size = failure_cache_size
+        self.queue = queue
+        self.burst = burst
+        self.rate = rate
         self._key = os.urandom(32)
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._cache: OrderedDict[bytes, None] = OrderedDict()  # verified successes only
+        self._failures: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()  # checks run in worker threads
+        self._workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0  # checks running or waiting for a worker
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client: tokens, t
         # unknown users are checked against this, so they take as long as known ones
-        cost = min(12, int(next(iter(self.users.values()))[4:6])) if self.users else 10
-        self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(cost))
+        self.cost = max((int(h[4:6]) for h in self.users.values()), default=10)
+        self._dummy = _dummy_hash(self.cost)
 
     def _cache_key(self, user: str, password: str, hashed: bytes) -> bytes:
         message = b"\0".join((user.encode(), password.encode(), hashed))
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
+    def cached(self, user: str, password: str) -> bool | None:
+        """The cached answer for this pair, or None when only bcrypt can tell."""
+        if len(password.encode()) > MAX_PASSWORD_BYTES:
+            return False  # bcrypt would refuse it anyway: no need to spend a check
+        key = self._cache_key(user, password, self.users.get(user, self._dummy))
+        with self._lock:
+            for cache, answer in ((self._cache, True), (self._failures, False)):
+                if key in cache:
+                    cache.move_to_end(key)
+                    return answer
+        return None
+
     def check(self, user: str, password: str) -> bool:
         """Verify (slow) or look up (fast) one user/password pair."""
+        answer = self.cached(user, password)
+        if answer is not None:
+            return answer
         known = user in self.users
         hashed = self.users.get(user, self._dummy)
-        key = self._cache_key(user, password, hashed)
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
         try:
             ok = bcrypt.checkpw(password.encode(), hashed) and known
-        except ValueError:  # e.g. a password longer than bcrypt's 72 bytes
+        except ValueError:
             ok = False
+        key = self._cache_key(user, password, hashed)
+        cache, size = (self._cache, self.cache_size) if ok else (
+            self._failures, self.failure_cache_size)  # fmt: skip
         with self._lock:
-            self._cache[key] = ok
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            cache[key] = None
+            while len(cache) > size:
+                cache.popitem(last=False)
         return ok
 
     def is_cached(self, user: str, password: str) -> bool:
-        hashed = self.users.get(user, self._dummy)
-        with self._lock:
-            return self._cache_key(user, password, hashed) in self._cache
+        return self.cached(user, password) is not None
+
+    def _take_token(self, client: str) -> bool:
+        """Token bucket per client address: False when it has run out."""
+        now = time.monotonic()
+        tokens, updated = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - updated) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[client] = (tokens - 1 if allowed else tokens, now)
+        while len(self._buckets) > THROTTLE_CLIENTS:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def _check_done(self, _: object) -> None:
+        self._pending -= 1
+
+    async def verify(self, user: str, password: str, client: str) -> bool | None:
+        """True or False, or None when the check was refused (throttled or queue full)."""
+        answer = self.cached(user, password)
+        if answer is not None:
+            return answer
+        if self._pending >= self._workers + self.queue or not self._take_token(client):
+            return None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="bcrypt")
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self.check, user, password
+        )
+        self._pending += 1
+        future.add_done_callback(self._check_done)
+        # a client that hangs up does not cancel the check, so _pending stays true
+        return await asyncio.shield(future)
 
     @staticmethod
     def credentials(header: str | None) -> tuple[str, str] | None:
@@ -157,12 +245,12 @@ class BasicAuth:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         given = self.credentials(request.headers.get("Authorization"))
         if given is not None:
-            user, password = given
-            # bcrypt blocks for ~100 ms: off the event loop unless the answer is cached
-            if self.is_cached(user, password):
-                ok = self.check(user, password)
-            else:
-                ok = await asyncio.to_thread(self.check, user, password)
+            ok = await self.verify(*given, client=request.remote or "")
+            if ok is None:
+                return web.Response(
+                    status=429, text="Too many authentication attempts; retry later\n",
+                    headers={"Retry-After": "1"},
+                )  # fmt: skip
             if ok:
                 return await handler(request)
         return web.Response(
