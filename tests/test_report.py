@@ -263,3 +263,53 @@ def test_pdf_has_five_pages_and_a_non_blank_first_page(
     non_white = sum(1 for i in range(0, len(samples), pixmap.n) if samples[i] < 200)
     assert non_white > len(samples) // pixmap.n // 50  # charts and tables, not an empty page
     assert (tmp_path / "page1.png").stat().st_size > 5_000
+
+
+def _money_fields(row_type: type) -> list[str]:
+    import typing
+
+    hints = typing.get_type_hints(row_type)
+    return [name for name, hint in hints.items() if Decimal in (hint, *typing.get_args(hint))]
+
+
+def _double_precision_config(dsn: str, tmp_path: Path) -> Path:
+    """The example config with credits, limits and balances as double precision columns."""
+    path = config_for(dsn, tmp_path)
+    text = path.read_text()
+    for numeric, double in (
+        ("greatest(e.credits, 0) AS spent", "greatest(e.credits, 0)::float8 AS spent"),
+        ("s.monthly_limit AS limit_credits", "s.monthly_limit::float8 AS limit_credits"),
+    ):
+        assert numeric in text, numeric
+        text = text.replace(numeric, double)
+    path.write_text(text)
+    return path
+
+
+def test_money_is_exact_at_six_decimals_from_double_precision_columns(
+    demo_db: str, demo_report: Any, tmp_path: Path
+) -> None:
+    import re
+
+    from credit_exporter.report.model import TABLES, Summary
+
+    _, start, end = demo_report
+    document = report_json(
+        _double_precision_config(demo_db, tmp_path), tmp_path, "--from", _iso(start),
+        "--to", _iso(end),
+    )  # fmt: skip
+    six = re.compile(r"^-?[0-9]+\.[0-9]{6}$")
+    checked = 0
+    for name in _money_fields(Summary):
+        value = document["summary"][name]
+        assert value is None or six.match(value), (name, value)
+        checked += 1
+    for table, row_type in TABLES.items():
+        for row in document["tables"][table]:
+            for name in _money_fields(row_type):
+                assert row[name] is None or six.match(row[name]), (table, name, row[name])
+                checked += 1
+    assert checked > 100
+    (spent,) = _sql(demo_db, f"SELECT sum(greatest(e.credits, 0)) {USAGE}", start=start, end=end)[0]
+    assert Decimal(document["summary"]["credits_used"]) == spent  # summed exactly, as numeric
+

@@ -106,6 +106,12 @@ def _window(
     )
 
 
+def _numeric(name: str) -> sql.Composable:
+    """A credit column as numeric: a double precision column is summed exactly, as the
+    exporter sums it, and its values keep the digits they were written with."""
+    return sql.SQL("({})::numeric").format(_ident(name))
+
+
 def _state(source: str) -> sql.Composed:
     return sql.SQL("FROM (\n{}\n) AS e").format(sql.SQL(source.strip().rstrip(";")))  # type: ignore[arg-type]
 
@@ -130,9 +136,9 @@ def _usage_statements(
         if u.prompts is None
         else sql.SQL("coalesce(sum({}) FILTER (WHERE {}), 0)").format(_ident(u.prompts), ok)
     )
-    spent = sql.SQL("coalesce(sum({}), 0)").format(_ident(u.spent))
+    spent = sql.SQL("coalesce(sum({}), 0)").format(_numeric(u.spent))
     plan = sql.SQL("coalesce(sum({}) FILTER (WHERE {} = {}), 0)").format(
-        _ident(u.spent), _ident(u.pool), sql.Literal(plan_pool)
+        _numeric(u.spent), _ident(u.pool), sql.Literal(plan_pool)
     )
     latency = (
         sql.SQL("coalesce(sum({l}), 0), count({l})").format(l=_ident(u.latency))
@@ -140,7 +146,7 @@ def _usage_statements(
         else sql.SQL("0, 0")
     )
     refunded = (
-        sql.SQL("coalesce(sum({}), 0)").format(_ident(u.refunded)) if u.refunded else sql.SQL("0")
+        sql.SQL("coalesce(sum({}), 0)").format(_numeric(u.refunded)) if u.refunded else sql.SQL("0")
     )
     return {
         "categories": sql.SQL(
@@ -189,14 +195,14 @@ def _state_figures(
     if s.multipliers:
         source, model, tier, value = s.multipliers
         statement = sql.SQL("SELECT {}::text, {}::text, {} {}").format(
-            _ident(model), _ident(tier), _ident(value), _state(source)
+            _ident(model), _ident(tier), _numeric(value), _state(source)
         )
         multipliers = {m: (t, Decimal(v)) for m, t, v in _rows(cur, statement)}
     balances = None
     if s.balances:
         source, organization, pool, value = s.balances
         statement = sql.SQL("SELECT {}::text, sum({}) {}{} GROUP BY 1 ORDER BY 1").format(
-            _ident(pool), _ident(value), _state(source), _org_filter(organization, org)
+            _ident(pool), _numeric(value), _state(source), _org_filter(organization, org)
         )
         balances = {p: Decimal(v) for p, v in _rows(cur, statement)}
     budgets = None
@@ -212,7 +218,8 @@ def _state_figures(
         select = "SELECT {}::text, {}::text, {}::text, {}, {} {}{} ORDER BY 1, 2, 3"
         statement = sql.SQL(select).format(
             _ident(labels["organization"]), _ident(labels["scope"]), _ident(labels["scope_id"]),
-            _ident(used), _ident(limit), _state(source), _org_filter(labels["organization"], org),
+            _numeric(used), _numeric(limit), _state(source),
+            _org_filter(labels["organization"], org),
         )  # fmt: skip
         budgets = [
             Budget(o, scope, sid, Decimal(u), Decimal(lim), *periods.get(o, (None, None)))
