@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from credit_exporter.config import ReportConfig
 from credit_exporter.report import recommend
-from credit_exporter.report.data import RawReport
+from credit_exporter.report.data import CategoryModelRow, RawReport
 from credit_exporter.report.model import (
     BalanceRow,
     BudgetRow,
@@ -188,9 +189,25 @@ def _users(raw: RawReport) -> list[UserRow]:
     return sorted(rows, key=lambda r: (-r.credits, r.user))
 
 
+def _by_category_and_model(rows: list[CategoryModelRow]) -> list[CategoryModelRow]:
+    """The rows summed over service types (one row per task category and model)."""
+    merged: dict[tuple[str, str], CategoryModelRow] = {}
+    for r in rows:
+        key = (r.task_category, r.model)
+        if (m := merged.get(key)) is None:
+            merged[key] = replace(r, service_type=None)
+        else:
+            merged[key] = replace(
+                m, prompts=m.prompts + r.prompts, successes=m.successes + r.successes,
+                credits=m.credits + r.credits, latency_sum=m.latency_sum + r.latency_sum,
+                latency_count=m.latency_count + r.latency_count,
+            )  # fmt: skip
+    return list(merged.values())
+
+
 def _categories(raw: RawReport, spent: Decimal) -> list[CategoryRow]:
     per: dict[str, list[tuple[Decimal, str, int]]] = defaultdict(list)
-    for row in raw.categories:
+    for row in _by_category_and_model(raw.categories):
         per[row.task_category].append((row.credits, row.model, row.prompts))
     rows = []
     for category, items in per.items():
@@ -204,7 +221,7 @@ def _categories(raw: RawReport, spent: Decimal) -> list[CategoryRow]:
 
 def _efficiency(raw: RawReport, settings: ReportConfig) -> list[EfficiencyRow]:
     """Task category x model pairs with enough prompts, cheapest per prompt first."""
-    pairs = [r for r in raw.categories if r.prompts >= settings.min_prompts]
+    pairs = [r for r in _by_category_and_model(raw.categories) if r.prompts >= settings.min_prompts]
     pairs.sort(key=lambda r: (r.credits / r.prompts, r.task_category, r.model))
     return [
         EfficiencyRow(

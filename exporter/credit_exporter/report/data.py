@@ -35,6 +35,7 @@ ZERO = Decimal(0)
 @dataclass(frozen=True)
 class CategoryModelRow:
     task_category: str
+    service_type: str | None
     model: str
     prompts: int
     successes: int
@@ -150,9 +151,11 @@ def _usage_statements(
     )
     return {
         "categories": sql.SQL(
-            "SELECT {c}::text, {m}::text, {p}, {s}, {v}, {lat} {frm} GROUP BY 1, 2"
+            "SELECT {c}::text, {st}, {m}::text, {p}, {s}, {v}, {lat} {frm} GROUP BY 1, 2, 3"
         ).format(
             c=_ident(u.task_category), m=_ident(u.model), p=prompts, s=successes, v=spent,
+            st=(sql.SQL("{}::text").format(_ident(u.service_type)) if u.service_type
+                else sql.SQL("NULL::text")),
             lat=latency, frm=frm,
         ),
         "users": sql.SQL("SELECT {user}::text, {m}::text, {p}, {v} {frm} GROUP BY 1, 2").format(
@@ -256,8 +259,8 @@ def read_report(
                 config.report.success_outcome,
             )  # fmt: skip
             categories = [
-                CategoryModelRow(c, m, int(p), int(s), Decimal(v), Decimal(ls), int(lc))
-                for c, m, p, s, v, ls, lc in _rows(cur, statements["categories"])
+                CategoryModelRow(c, st, m, int(p), int(s), Decimal(v), Decimal(ls), int(lc))
+                for c, st, m, p, s, v, ls, lc in _rows(cur, statements["categories"])
             ]
             users = [
                 UserModelRow(user, m, int(p), Decimal(v))

@@ -131,6 +131,7 @@ class EfficiencyRow:
 @dataclass(frozen=True)
 class ModelSwitchRow:
     task_category: str
+    service_type: str | None  # both models served this service type; None: not configured
     from_model: str
     to_model: str
     prompts: int  # prompts of from_model in the category
