@@ -220,20 +220,32 @@ def _categories(raw: RawReport, spent: Decimal) -> list[CategoryRow]:
 
 
 def _efficiency(raw: RawReport, settings: ReportConfig) -> list[EfficiencyRow]:
-    """Task category x model pairs with enough prompts, cheapest per prompt first."""
-    pairs = [r for r in _by_category_and_model(raw.categories) if r.prompts >= settings.min_prompts]
-    pairs.sort(key=lambda r: (r.credits / r.prompts, r.task_category, r.model))
-    return [
-        EfficiencyRow(
-            i + 1, r.task_category, r.model, r.prompts, r.credits,
-            float(r.credits / r.prompts), r.successes / r.prompts,
-        )
-        for i, r in enumerate(pairs)
-    ]  # fmt: skip
+    """Task category x model pairs with enough prompts, ranked within their service type
+    (an embedding is not compared with a chat answer), cheapest per prompt first."""
+    pairs = [r for r in raw.categories if r.prompts >= settings.min_prompts]
+    pairs.sort(
+        key=lambda r: (r.service_type or "", r.credits / r.prompts, r.task_category, r.model)
+    )
+    rows: list[EfficiencyRow] = []
+    for r in pairs:
+        same_kind = bool(rows) and rows[-1].service_type == r.service_type
+        rows.append(
+            EfficiencyRow(
+                rows[-1].rank + 1 if same_kind else 1, r.service_type, r.task_category, r.model,
+                r.prompts, r.credits, float(r.credits / r.prompts), r.successes / r.prompts,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _urgency(row: BudgetRow) -> tuple[bool, float, str, str, str]:
+    """Over their limit first, then the largest share of the limit used."""
+    return (row.status != "over", -row.used_ratio, row.organization, row.scope, row.scope_id)
 
 
 def _budgets(raw: RawReport, now: datetime) -> list[BudgetRow]:
-    """Current billing period of each budget; projected = used / elapsed x period length."""
+    """Current billing period of each budget; projected = used / elapsed x period length.
+    Most urgent first (see ``_urgency``)."""
     rows = []
     for b in raw.budgets or []:
         projected = None
@@ -254,4 +266,4 @@ def _budgets(raw: RawReport, now: datetime) -> list[BudgetRow]:
                 float(projected / b.limit) if projected is not None else None, status,
             )
         )  # fmt: skip
-    return rows
+    return sorted(rows, key=_urgency)

@@ -87,7 +87,7 @@ def _switch(
     message = (
         f"For {category}{kind}, use {b.model} instead of {a.model}: {float(cpp_b):.2f} instead of "
         f"{float(cpp_a):.2f} credits per prompt, success rate {success_b:.1%} vs "
-        f"{success_a:.1%}, rating {rating_b:.2f} vs {rating_a:.2f}; {a.prompts} prompts "
+        f"{success_a:.1%}, rating {rating_b:.2f} vs {rating_a:.2f}; {a.prompts:,} prompts "
         f"would have cost {saving:,.2f} credits less."
     )
     return ModelSwitchRow(

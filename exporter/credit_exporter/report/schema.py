@@ -67,11 +67,12 @@ def schema() -> dict[str, Any]:
             "period": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["label", "start", "end", "granularity"],
+                "required": ["label", "start", "end", "to_date", "granularity"],
                 "properties": {
                     "label": {"type": "string"},
                     "start": time,
                     "end": time,
+                    "to_date": {"type": "boolean"},
                     "granularity": {"enum": ["hour", "day", "week", "month"]},
                 },
             },

@@ -42,6 +42,7 @@ def to_document(report: Report) -> dict[str, Any]:
             "label": report.period_label,
             "start": plain(report.period_start),
             "end": plain(report.period_end),
+            "to_date": report.to_date,
             "granularity": report.granularity,
         },
         "organization": report.organization,

@@ -49,6 +49,8 @@ def _cell(value: object) -> str:
     value = plain(value)
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return ";".join(str(v) for v in value)
     return str(value)
