@@ -59,6 +59,11 @@ def period_text(report: Report) -> str:
     """``2026-11-01 00:00 to 2026-12-01 00:00 UTC``, or for a period not over yet
     ``2026-12-01 00:00 to date (2026-12-03 17:57 UTC; the period ends 2027-01-01 00:00)``."""
     start = _minute(report.period_start)
+    if report.generated_at < report.period_start:
+        return (
+            f"{start} to {_minute(report.period_end)} UTC (not begun at "
+            f"{_minute(report.generated_at)} UTC)"
+        )
     if report.to_date:
         return (
             f"{start} to date ({_minute(report.generated_at)} UTC; the period ends "

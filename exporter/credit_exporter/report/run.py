@@ -52,7 +52,10 @@ def add_report_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> No
         "--granularity", default="day", choices=GRANULARITIES,
         help="timeline buckets (default %(default)s)",
     )  # fmt: skip
-    report.add_argument("--format", required=True, choices=FORMATS)
+    report.add_argument(
+        "--format", required=True, choices=FORMATS,
+        help="pdf needs matplotlib: pip install 'credit-exporter[report]'",
+    )  # fmt: skip
     report.add_argument(
         "--output",
         help="file (json, pdf) or directory / .zip (csv); json defaults to stdout, pdf and "
