@@ -242,7 +242,7 @@ def test_csv_zip_holds_one_file_per_table_with_the_json_figures(
     assert summary["credits_used"] == document["summary"]["credits_used"]
 
 
-def test_pdf_has_five_pages_and_a_non_blank_first_page(
+def test_pdf_has_six_pages_and_a_non_blank_first_page(
     demo_db: str, demo_report: Any, tmp_path: Path
 ) -> None:
     import pymupdf
@@ -255,7 +255,7 @@ def test_pdf_has_five_pages_and_a_non_blank_first_page(
     )  # fmt: skip
     assert code == 0
     with pymupdf.open(output) as pdf:
-        assert pdf.page_count == 5
+        assert pdf.page_count == 6  # the demo's 47 budgets fit on one page
         assert "Credit report" in pdf[0].get_text()
         pixmap = pdf[0].get_pixmap(dpi=50)
         pixmap.save(tmp_path / "page1.png")
@@ -263,3 +263,126 @@ def test_pdf_has_five_pages_and_a_non_blank_first_page(
     non_white = sum(1 for i in range(0, len(samples), pixmap.n) if samples[i] < 200)
     assert non_white > len(samples) // pixmap.n // 50  # charts and tables, not an empty page
     assert (tmp_path / "page1.png").stat().st_size > 5_000
+
+
+def _money_fields(row_type: type) -> list[str]:
+    import typing
+
+    hints = typing.get_type_hints(row_type)
+    return [name for name, hint in hints.items() if Decimal in (hint, *typing.get_args(hint))]
+
+
+def _double_precision_config(dsn: str, tmp_path: Path) -> Path:
+    """The example config with credits, limits and balances as double precision columns."""
+    path = config_for(dsn, tmp_path)
+    text = path.read_text()
+    for numeric, double in (
+        ("greatest(e.credits, 0) AS spent", "greatest(e.credits, 0)::float8 AS spent"),
+        ("s.monthly_limit AS limit_credits", "s.monthly_limit::float8 AS limit_credits"),
+    ):
+        assert numeric in text, numeric
+        text = text.replace(numeric, double)
+    path.write_text(text)
+    return path
+
+
+def test_money_is_exact_at_six_decimals_from_double_precision_columns(
+    demo_db: str, demo_report: Any, tmp_path: Path
+) -> None:
+    import re
+
+    from credit_exporter.report.model import TABLES, Summary
+
+    _, start, end = demo_report
+    document = report_json(
+        _double_precision_config(demo_db, tmp_path), tmp_path, "--from", _iso(start),
+        "--to", _iso(end),
+    )  # fmt: skip
+    six = re.compile(r"^-?[0-9]+\.[0-9]{6}$")
+    checked = 0
+    for name in _money_fields(Summary):
+        value = document["summary"][name]
+        assert value is None or six.match(value), (name, value)
+        checked += 1
+    for table, row_type in TABLES.items():
+        for row in document["tables"][table]:
+            for name in _money_fields(row_type):
+                assert row[name] is None or six.match(row[name]), (table, name, row[name])
+                checked += 1
+    assert checked > 100
+    (spent,) = _sql(demo_db, f"SELECT sum(greatest(e.credits, 0)) {USAGE}", start=start, end=end)[0]
+    assert Decimal(document["summary"]["credits_used"]) == spent  # summed exactly, as numeric
+
+
+def test_budget_rows_come_most_urgent_first(demo_report: Any) -> None:
+    document, _, _ = demo_report
+    budgets = document["tables"]["budgets"]
+    assert {b["status"] for b in budgets} >= {"over", "on_track"}
+    urgency = sorted(budgets, key=lambda b: (b["status"] != "over", -Decimal(str(b["used_ratio"]))))
+    assert [b["scope_id"] for b in budgets] == [b["scope_id"] for b in urgency]
+
+
+def _pdf_text(demo_db: str, tmp_path: Path, *when: str) -> list[str]:
+    import pymupdf
+
+    output = tmp_path / "report.pdf"
+    code = cli.main(
+        ["report", "--config", str(config_for(demo_db, tmp_path)), "--format", "pdf",
+         "--output", str(output), *when]
+    )  # fmt: skip
+    assert code == 0
+    with pymupdf.open(output) as pdf:
+        return [" ".join(page.get_text().split()) for page in pdf]
+
+
+def test_pdf_lists_every_budget_with_the_over_limit_ones_first(
+    demo_db: str, demo_report: Any, tmp_path: Path
+) -> None:
+    document, start, end = demo_report
+    budgets = document["tables"]["budgets"]
+    assert len(budgets) > 20
+    text = " ".join(_pdf_text(demo_db, tmp_path, "--from", _iso(start), "--to", _iso(end)))
+    for budget in budgets:
+        row = f"{budget['organization']} {budget['scope']} {budget['scope_id']} "
+        assert row in text, row
+    over = [b for b in budgets if b["status"] == "over"]
+    assert over
+    assert f"{len(over)} over limit" in text
+    first_over = text.index(f"{over[0]['scope']} {over[0]['scope_id']} ")
+    for budget in budgets:
+        if budget["status"] == "on_track":
+            assert first_over < text.index(f"{budget['scope']} {budget['scope_id']} ")
+
+
+def _month(moment: datetime) -> str:
+    return moment.strftime("%Y-%m")
+
+
+def test_pdf_of_the_current_month_says_to_date(demo_db: str, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    pages = _pdf_text(demo_db, tmp_path, "--period", _month(now))
+    start = now.strftime("%Y-%m-01 00:00")
+    assert f"| {start} to date (" in pages[0]  # the header of the first page
+    assert all(" to date (" in page for page in pages)  # ... and of every page
+
+
+def test_pdf_of_a_past_month_flags_budgets_and_balances_as_today(
+    demo_db: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    last_month = _month(now.replace(day=1) - timedelta(days=1))
+    pages = _pdf_text(demo_db, tmp_path, "--period", last_month)
+    assert "to date" not in pages[0]
+    generated = now.strftime("%Y-%m-%d")
+    assert f"Credits remaining on {generated}, after the period" in pages[0]
+    budgets = next(p for p in pages if "Budgets" in p and "scope id" in p)
+    assert "not of the report's period" in budgets
+
+
+def test_json_period_says_whether_it_runs_to_date(demo_db: str, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    config = config_for(demo_db, tmp_path)
+    current = report_json(config, tmp_path, "--period", _month(now))
+    past = report_json(config, tmp_path, "--period", _month(now.replace(day=1) - timedelta(days=1)))
+    assert current["period"]["to_date"] is True
+    assert past["period"]["to_date"] is False

@@ -99,3 +99,114 @@ def test_webhook_receives_the_json_document(demo_db: str, tmp_path: Path) -> Non
     assert content_type == "application/json"
     assert document == json.loads(output.read_text())
     assert document["summary"]["prompts"] > 0
+
+
+def test_help_for_from_and_to_matches_what_the_parser_accepts(
+    schema_db: str, tmp_path: Path
+) -> None:
+    help_text = " ".join(_run("--help").stdout.split())
+    assert "needs --to" not in help_text  # --to is optional: it defaults to now
+    assert "default: now" in help_text
+    alone = _run("--config", str(config_for(schema_db, tmp_path)), "--format", "json",
+                 "--from", "now-1d", "--output", str(tmp_path / "r.json"))  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_webhook_exits_1_with_one_plain_line_and_keeps_the_file(
+    schema_db: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "report.json"
+    url = f"http://127.0.0.1:{_free_port()}/hook/s3cr3t-token"
+    result = _run("--config", str(config_for(schema_db, tmp_path)), "--format", "json",
+                  "--period", "2026-01", "--output", str(output), "--webhook", url)  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "urlopen" not in line and "Errno" not in line
+    assert line.startswith("credit-exporter report: --webhook: could not connect to 127.0.0.1:")
+    assert "s3cr3t-token" not in line  # a webhook URL's path is often its secret
+    assert json.loads(output.read_text())["period"]["label"] == "2026-01"
+
+
+def test_webhook_that_is_not_an_http_url_exits_2_before_reading(
+    schema_db: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "report.json"
+    result = _run("--config", str(config_for(schema_db, tmp_path)), "--format", "json",
+                  "--period", "2026-01", "--output", str(output),
+                  "--webhook", "hooks.example")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "credit-exporter report: --webhook: 'hooks.example' is not an http:// or https:// URL"
+    )
+    assert not output.exists()
+
+
+def test_webhook_answering_an_error_status_names_it(demo_db: str, tmp_path: Path) -> None:
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = _run("--config", str(config_for(demo_db, tmp_path)), "--format", "json",
+                      "--from", "now-1d", "--output", str(tmp_path / "r.json"),
+                      "--webhook", f"http://127.0.0.1:{server.server_port}/hook")  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"credit-exporter report: --webhook: 127.0.0.1:{server.server_port} answered HTTP 503"
+    )
+
+
+def test_pdf_without_matplotlib_says_which_pip_command_installs_it(
+    schema_db: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "report.pdf"
+    blocked = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from credit_exporter.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "report", "--config", str(config_for(schema_db, tmp_path)),
+         "--format", "pdf", "--period", "2026-01", "--output", str(output)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "pip install 'credit-exporter[report]'" in line
+    assert not output.exists()
+
+
+def test_the_demo_venv_installs_what_the_pdf_needs() -> None:
+    """scripts/demo builds the venv the README's commands run in: its extras hold matplotlib."""
+    import re
+    import tomllib
+
+    from report_support import REPO
+
+    demo = (REPO / "scripts" / "demo").read_text()
+    match = re.search(r'^EXTRAS="\[([a-z,]+)\]"', demo, re.MULTILINE)
+    assert match, "scripts/demo sets no EXTRAS"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    requirements = [r for extra in match[1].split(",") for r in extras[extra]]
+    assert any(r.startswith("matplotlib") for r in requirements)

@@ -144,3 +144,31 @@ def test_no_off_peak_advice_when_peak_is_only_slightly_slower(
     schema_db: str, tmp_path: Path
 ) -> None:
     assert _off_peak(schema_db, tmp_path, peak_latency="2.2") == []  # +10% < 20%
+
+
+def test_no_switch_between_models_of_different_service_types(
+    schema_db: str, tmp_path: Path
+) -> None:
+    """An embedding model is no cheaper replacement for a chat model in the same task."""
+    with psycopg.connect(schema_db) as conn:
+        conn.execute(BASE)
+        conn.execute(
+            "INSERT INTO service_types VALUES (2, 'embedding', 'Embedding');"
+            "INSERT INTO models VALUES (3, 'embed', 'acme', 'Embed', 0.1, 'economy');"
+        )
+        _usage(conn, 1, 100, "2.000000", 99)
+        _usage(conn, 3, 100, "0.010000", 100)
+        conn.execute("UPDATE usage_events SET service_type_id = 2 WHERE model_id = 3")
+        _ratings(conn, 1, 30, 4)
+        _ratings(conn, 3, 30, 5)
+    document = report_json(config_for(schema_db, tmp_path), tmp_path, "--period", "2026-01")
+    assert document["tables"]["model_switches"] == []
+    # the leaderboard ranks each within its own service type, not the embedding above the chat
+    ranks = {(r["service_type"], r["model"], r["rank"]) for r in document["tables"]["efficiency"]}
+    assert ranks == {("embedding", "embed", 1), ("text_generation", "big", 1)}
+
+
+def test_a_switch_names_the_service_type_it_compares_within(schema_db: str, tmp_path: Path) -> None:
+    (switch,) = _switches(schema_db, tmp_path)
+    assert switch["service_type"] == "text_generation"
+    assert "For email_writing (text_generation)," in switch["message"]

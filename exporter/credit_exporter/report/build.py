@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from credit_exporter.config import ReportConfig
 from credit_exporter.report import recommend
-from credit_exporter.report.data import RawReport
+from credit_exporter.report.data import CategoryModelRow, RawReport
 from credit_exporter.report.model import (
     BalanceRow,
     BudgetRow,
@@ -188,9 +189,25 @@ def _users(raw: RawReport) -> list[UserRow]:
     return sorted(rows, key=lambda r: (-r.credits, r.user))
 
 
+def _by_category_and_model(rows: list[CategoryModelRow]) -> list[CategoryModelRow]:
+    """The rows summed over service types (one row per task category and model)."""
+    merged: dict[tuple[str, str], CategoryModelRow] = {}
+    for r in rows:
+        key = (r.task_category, r.model)
+        if (m := merged.get(key)) is None:
+            merged[key] = replace(r, service_type=None)
+        else:
+            merged[key] = replace(
+                m, prompts=m.prompts + r.prompts, successes=m.successes + r.successes,
+                credits=m.credits + r.credits, latency_sum=m.latency_sum + r.latency_sum,
+                latency_count=m.latency_count + r.latency_count,
+            )  # fmt: skip
+    return list(merged.values())
+
+
 def _categories(raw: RawReport, spent: Decimal) -> list[CategoryRow]:
     per: dict[str, list[tuple[Decimal, str, int]]] = defaultdict(list)
-    for row in raw.categories:
+    for row in _by_category_and_model(raw.categories):
         per[row.task_category].append((row.credits, row.model, row.prompts))
     rows = []
     for category, items in per.items():
@@ -203,20 +220,32 @@ def _categories(raw: RawReport, spent: Decimal) -> list[CategoryRow]:
 
 
 def _efficiency(raw: RawReport, settings: ReportConfig) -> list[EfficiencyRow]:
-    """Task category x model pairs with enough prompts, cheapest per prompt first."""
+    """Task category x model pairs with enough prompts, ranked within their service type
+    (an embedding is not compared with a chat answer), cheapest per prompt first."""
     pairs = [r for r in raw.categories if r.prompts >= settings.min_prompts]
-    pairs.sort(key=lambda r: (r.credits / r.prompts, r.task_category, r.model))
-    return [
-        EfficiencyRow(
-            i + 1, r.task_category, r.model, r.prompts, r.credits,
-            float(r.credits / r.prompts), r.successes / r.prompts,
-        )
-        for i, r in enumerate(pairs)
-    ]  # fmt: skip
+    pairs.sort(
+        key=lambda r: (r.service_type or "", r.credits / r.prompts, r.task_category, r.model)
+    )
+    rows: list[EfficiencyRow] = []
+    for r in pairs:
+        same_kind = bool(rows) and rows[-1].service_type == r.service_type
+        rows.append(
+            EfficiencyRow(
+                rows[-1].rank + 1 if same_kind else 1, r.service_type, r.task_category, r.model,
+                r.prompts, r.credits, float(r.credits / r.prompts), r.successes / r.prompts,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _urgency(row: BudgetRow) -> tuple[bool, float, str, str, str]:
+    """Over their limit first, then the largest share of the limit used."""
+    return (row.status != "over", -row.used_ratio, row.organization, row.scope, row.scope_id)
 
 
 def _budgets(raw: RawReport, now: datetime) -> list[BudgetRow]:
-    """Current billing period of each budget; projected = used / elapsed x period length."""
+    """Current billing period of each budget; projected = used / elapsed x period length.
+    Most urgent first (see ``_urgency``)."""
     rows = []
     for b in raw.budgets or []:
         projected = None
@@ -237,4 +266,4 @@ def _budgets(raw: RawReport, now: datetime) -> list[BudgetRow]:
                 float(projected / b.limit) if projected is not None else None, status,
             )
         )  # fmt: skip
-    return rows
+    return sorted(rows, key=_urgency)

@@ -35,6 +35,7 @@ ZERO = Decimal(0)
 @dataclass(frozen=True)
 class CategoryModelRow:
     task_category: str
+    service_type: str | None
     model: str
     prompts: int
     successes: int
@@ -106,6 +107,12 @@ def _window(
     )
 
 
+def _numeric(name: str) -> sql.Composable:
+    """A credit column as numeric: a double precision column is summed exactly, as the
+    exporter sums it, and its values keep the digits they were written with."""
+    return sql.SQL("({})::numeric").format(_ident(name))
+
+
 def _state(source: str) -> sql.Composed:
     return sql.SQL("FROM (\n{}\n) AS e").format(sql.SQL(source.strip().rstrip(";")))  # type: ignore[arg-type]
 
@@ -130,9 +137,9 @@ def _usage_statements(
         if u.prompts is None
         else sql.SQL("coalesce(sum({}) FILTER (WHERE {}), 0)").format(_ident(u.prompts), ok)
     )
-    spent = sql.SQL("coalesce(sum({}), 0)").format(_ident(u.spent))
+    spent = sql.SQL("coalesce(sum({}), 0)").format(_numeric(u.spent))
     plan = sql.SQL("coalesce(sum({}) FILTER (WHERE {} = {}), 0)").format(
-        _ident(u.spent), _ident(u.pool), sql.Literal(plan_pool)
+        _numeric(u.spent), _ident(u.pool), sql.Literal(plan_pool)
     )
     latency = (
         sql.SQL("coalesce(sum({l}), 0), count({l})").format(l=_ident(u.latency))
@@ -140,13 +147,15 @@ def _usage_statements(
         else sql.SQL("0, 0")
     )
     refunded = (
-        sql.SQL("coalesce(sum({}), 0)").format(_ident(u.refunded)) if u.refunded else sql.SQL("0")
+        sql.SQL("coalesce(sum({}), 0)").format(_numeric(u.refunded)) if u.refunded else sql.SQL("0")
     )
     return {
         "categories": sql.SQL(
-            "SELECT {c}::text, {m}::text, {p}, {s}, {v}, {lat} {frm} GROUP BY 1, 2"
+            "SELECT {c}::text, {st}, {m}::text, {p}, {s}, {v}, {lat} {frm} GROUP BY 1, 2, 3"
         ).format(
             c=_ident(u.task_category), m=_ident(u.model), p=prompts, s=successes, v=spent,
+            st=(sql.SQL("{}::text").format(_ident(u.service_type)) if u.service_type
+                else sql.SQL("NULL::text")),
             lat=latency, frm=frm,
         ),
         "users": sql.SQL("SELECT {user}::text, {m}::text, {p}, {v} {frm} GROUP BY 1, 2").format(
@@ -189,14 +198,14 @@ def _state_figures(
     if s.multipliers:
         source, model, tier, value = s.multipliers
         statement = sql.SQL("SELECT {}::text, {}::text, {} {}").format(
-            _ident(model), _ident(tier), _ident(value), _state(source)
+            _ident(model), _ident(tier), _numeric(value), _state(source)
         )
         multipliers = {m: (t, Decimal(v)) for m, t, v in _rows(cur, statement)}
     balances = None
     if s.balances:
         source, organization, pool, value = s.balances
         statement = sql.SQL("SELECT {}::text, sum({}) {}{} GROUP BY 1 ORDER BY 1").format(
-            _ident(pool), _ident(value), _state(source), _org_filter(organization, org)
+            _ident(pool), _numeric(value), _state(source), _org_filter(organization, org)
         )
         balances = {p: Decimal(v) for p, v in _rows(cur, statement)}
     budgets = None
@@ -212,7 +221,8 @@ def _state_figures(
         select = "SELECT {}::text, {}::text, {}::text, {}, {} {}{} ORDER BY 1, 2, 3"
         statement = sql.SQL(select).format(
             _ident(labels["organization"]), _ident(labels["scope"]), _ident(labels["scope_id"]),
-            _ident(used), _ident(limit), _state(source), _org_filter(labels["organization"], org),
+            _numeric(used), _numeric(limit), _state(source),
+            _org_filter(labels["organization"], org),
         )  # fmt: skip
         budgets = [
             Budget(o, scope, sid, Decimal(u), Decimal(lim), *periods.get(o, (None, None)))
@@ -249,8 +259,8 @@ def read_report(
                 config.report.success_outcome,
             )  # fmt: skip
             categories = [
-                CategoryModelRow(c, m, int(p), int(s), Decimal(v), Decimal(ls), int(lc))
-                for c, m, p, s, v, ls, lc in _rows(cur, statements["categories"])
+                CategoryModelRow(c, st, m, int(p), int(s), Decimal(v), Decimal(ls), int(lc))
+                for c, st, m, p, s, v, ls, lc in _rows(cur, statements["categories"])
             ]
             users = [
                 UserModelRow(user, m, int(p), Decimal(v))

@@ -119,7 +119,8 @@ class BalanceRow:
 
 @dataclass(frozen=True)
 class EfficiencyRow:
-    rank: int
+    rank: int  # within the service type
+    service_type: str | None
     task_category: str
     model: str
     prompts: int
@@ -131,6 +132,7 @@ class EfficiencyRow:
 @dataclass(frozen=True)
 class ModelSwitchRow:
     task_category: str
+    service_type: str | None  # both models served this service type; None: not configured
     from_model: str
     to_model: str
     prompts: int  # prompts of from_model in the category
@@ -169,6 +171,11 @@ class Report:
     source: str
     summary: Summary
     tables: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def to_date(self) -> bool:
+        """The period had not ended when the report was made: figures run to generated_at."""
+        return self.generated_at < self.period_end
 
 
 # table name -> row type: the stable order and column names of CSV and JSON

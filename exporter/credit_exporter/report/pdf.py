@@ -1,14 +1,16 @@
-"""The PDF report: five A4 pages of charts and tables drawn with matplotlib.
+"""The PDF report: A4 pages of charts and tables drawn with matplotlib.
 
-1. summary figures, credits by tier, timeline; 2. models (usage, response time,
-success rate); 3. users and task categories; 4. budgets and the efficiency
-leaderboard; 5. recommendations.
+Summary figures, credits by tier, timeline; models (usage, response time,
+success rate); users and task categories; every budget, most urgent first (as
+many pages as they need); the efficiency leaderboard; recommendations. A table
+cut short says so ("top 20 of 31"); the CSV and JSON always hold every row.
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,13 @@ from matplotlib.figure import Figure
 from credit_exporter.report.model import Report
 
 A4 = (8.27, 11.69)
-PAGES = 5
 ACCENT = "#4e79a7"
 TIER_COLORS = {"premium": "#e15759", "standard": "#4e79a7", "economy": "#59a14f"}
+STATUS_COLORS = {"over": "#f8d7da", "at_risk": "#fff3cd"}
+STATUS_TEXT = {"over": "over limit", "at_risk": "at risk", "on_track": "on track"}
+BUDGET_ROWS_PER_PAGE = 50
+MODEL_ROWS = 20
+EFFICIENCY_ROWS = 45
 
 
 def _credits(value: Decimal | None) -> str:
@@ -45,47 +51,94 @@ def _multiplier(value: Decimal | None) -> str:
     return "-" if value is None else f"{value.normalize():f}x"
 
 
-def _page(report: Report, title: str, number: int) -> Figure:
+def _minute(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def period_text(report: Report) -> str:
+    """``2026-11-01 00:00 to 2026-12-01 00:00 UTC``, or for a period not over yet
+    ``2026-12-01 00:00 to date (2026-12-03 17:57 UTC; the period ends 2027-01-01 00:00)``."""
+    start = _minute(report.period_start)
+    if report.generated_at < report.period_start:
+        return (
+            f"{start} to {_minute(report.period_end)} UTC (not begun at "
+            f"{_minute(report.generated_at)} UTC)"
+        )
+    if report.to_date:
+        return (
+            f"{start} to date ({_minute(report.generated_at)} UTC; the period ends "
+            f"{_minute(report.period_end)})"
+        )
+    return f"{start} to {_minute(report.period_end)} UTC"
+
+
+def _page(report: Report, title: str) -> Figure:
     fig = plt.figure(figsize=A4)
     who = report.organization or "all organizations"
-    start = report.period_start.strftime("%Y-%m-%d %H:%M")
-    end = report.period_end.strftime("%Y-%m-%d %H:%M")
     fig.text(0.06, 0.965, "Credit report", fontsize=10, color="#666666")
     fig.text(0.06, 0.94, title, fontsize=17, weight="bold")
-    fig.text(0.94, 0.965, f"{who} | {start} to {end} UTC", fontsize=8, ha="right", color="#666")
-    fig.text(0.94, 0.02, f"page {number} of {PAGES}", fontsize=8, ha="right", color="#666")
+    fig.text(0.94, 0.965, f"{who} | {period_text(report)}", fontsize=8, ha="right", color="#666")
     return fig
 
 
+def _top(shown: int, total: int, what: str) -> str:
+    """``all 12 models`` or ``top 20 of 31 models`` (the rest: CSV and JSON)."""
+    if shown >= total:
+        return f"all {total} {what}"
+    return f"top {shown} of {total} {what}; all in the CSV and JSON"
+
+
 def _table(
-    ax: Axes, header: Sequence[str], rows: Sequence[Sequence[str]], title: str, size: float = 7.5
+    ax: Axes,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    title: str,
+    size: float = 7.5,
+    empty: str = "no data in this period",
+    shading: Sequence[str | None] = (),
+    row_scale: float = 1.25,
+    col_widths: Sequence[float] = (),
 ) -> None:
+    """A table under ``title``; ``shading`` colours whole rows (one entry per row)."""
     ax.axis("off")
     ax.set_title(title, loc="left", fontsize=11, weight="bold")
     if not rows:
-        ax.text(0, 0.9, "no data in this period", fontsize=9, color="#666", va="top")
+        ax.text(0, 0.9, empty, fontsize=9, color="#666", va="top")
         return
-    table = ax.table(cellText=list(rows), colLabels=list(header), loc="upper left", cellLoc="left")
+    table = ax.table(
+        cellText=list(rows), colLabels=list(header), loc="upper left", cellLoc="left",
+        colWidths=list(col_widths) or None,
+    )  # fmt: skip
     table.auto_set_font_size(False)
     table.set_fontsize(size)
-    table.scale(1, 1.25)
-    table.auto_set_column_width(list(range(len(header))))
+    table.scale(1, row_scale)
+    if not col_widths:
+        table.auto_set_column_width(list(range(len(header))))
     for (row, _), cell in table.get_celld().items():
         cell.set_edgecolor("#dddddd")
         if row == 0:
             cell.set_facecolor("#eef2f7")
             cell.set_text_props(weight="bold")
+        elif row - 1 < len(shading) and shading[row - 1]:
+            cell.set_facecolor(shading[row - 1])
+
+
+def _remaining_label(report: Report) -> str:
+    """Balances are read now: say so, and say when that is not the period's end."""
+    if report.to_date:
+        return f"Credits remaining now ({_minute(report.generated_at)} UTC)"
+    return f"Credits remaining on {report.generated_at:%Y-%m-%d}, after the period"
 
 
 def _summary_page(report: Report) -> Figure:
-    fig = _page(report, "Summary", 1)
+    fig = _page(report, "Summary")
     s = report.summary
     lines = [
         ("Total credits used", _credits(s.credits_used)),
         ("Plan credits used", _credits(s.plan_credits_used)),
         ("Additional (top-up) credits used", _credits(s.additional_credits_used)),
         ("Credits refunded", _credits(s.credits_refunded)),
-        ("Credits remaining (now)", _credits(s.credits_remaining)),
+        (_remaining_label(report), _credits(s.credits_remaining)),
         ("Prompts", f"{s.prompts:,}"),
         ("Average credits per prompt", _num(s.average_credits_per_prompt, 3)),
         ("Peak day", f"{s.peak_day} ({_credits(s.peak_day_credits)} credits)"),
@@ -100,7 +153,8 @@ def _summary_page(report: Report) -> Figure:
         ("Potential saving (recommendations)", _credits(s.potential_saving_credits)),
     ]
     ax = fig.add_axes((0.06, 0.62, 0.88, 0.28))
-    _table(ax, ["figure", "value"], [list(line) for line in lines], "Key figures", size=9)
+    _table(ax, ["figure", "value"], [list(line) for line in lines], "Key figures", size=8.5,
+           col_widths=(0.57, 0.43))  # fmt: skip
 
     tiers = report.tables["tiers"]
     ax = fig.add_axes((0.16, 0.36, 0.3, 0.2))
@@ -138,11 +192,12 @@ def _summary_page(report: Report) -> Figure:
 
 
 def _models_page(report: Report) -> Figure:
-    fig = _page(report, "Models", 2)
+    fig = _page(report, "Models")
     models = report.tables["models"]
     top = models[:12]
     ax = fig.add_axes((0.25, 0.66, 0.69, 0.24))
-    ax.set_title("Credits by model", loc="left", fontsize=11, weight="bold")
+    ax.set_title(f"Credits by model ({_top(len(top), len(models), 'models')})", loc="left",
+                 fontsize=11, weight="bold")  # fmt: skip
     ax.barh(
         [m.model for m in top],
         [float(m.credits) for m in top],
@@ -158,24 +213,25 @@ def _models_page(report: Report) -> Figure:
             _num(m.average_credits_per_prompt), _num(m.average_response_seconds),
             _pct(m.success_rate), _num(m.average_rating),
         ]
-        for m in models[:20]
+        for m in models[:MODEL_ROWS]
     ]  # fmt: skip
     ax = fig.add_axes((0.06, 0.05, 0.88, 0.55))
     header = ["model", "tier", "mult.", "prompts", "credits", "share", "cr/prompt", "resp. s",
               "success", "rating"]  # fmt: skip
-    _table(ax, header, rows, "Usage, response time and success rate per model")
+    title = f"Usage, response time and success rate ({_top(len(rows), len(models), 'models')})"
+    _table(ax, header, rows, title)
     return fig
 
 
 def _users_page(report: Report) -> Figure:
-    fig = _page(report, "Users and task categories", 3)
+    fig = _page(report, "Users and task categories")
     users = report.tables["users"]
     rows = [
         [u.user, f"{u.prompts:,}", u.top_model, _credits(u.credits),
          _num(u.average_credits_per_prompt)]
         for u in users[:20]
     ]  # fmt: skip
-    title = f"Top {min(20, len(users))} of {len(users)} users by credits"
+    title = f"Users by credits ({_top(len(rows), len(users), 'users')})"
     ax = fig.add_axes((0.06, 0.42, 0.88, 0.48))
     _table(ax, ["user", "prompts", "top model", "credits", "cr/prompt"], rows, title)
     categories = report.tables["task_categories"]
@@ -194,31 +250,98 @@ def _users_page(report: Report) -> Figure:
     return fig
 
 
-def _budgets_page(report: Report) -> Figure:
-    fig = _page(report, "Budgets and efficiency", 4)
+def _budget_title(report: Report, budgets: Sequence[Any]) -> str:
+    counts = {status: sum(1 for b in budgets if b.status == status) for status in STATUS_TEXT}
+    tally = ", ".join(f"{n} {STATUS_TEXT[status]}" for status, n in counts.items())
+    return f"{len(budgets)} budgets: {tally}; most urgent first"
+
+
+def _budget_notes(report: Report) -> list[str]:
+    when = "today" if not report.to_date else "now"
+    notes = [
+        f"Used and limit are {when} ({_minute(report.generated_at)} UTC), in each "
+        "organization's current billing period; projected = used / elapsed time x the "
+        "billing period's length.",
+        "Order: over their limit first, then by the share of the limit used.",
+    ]
+    if not report.to_date:
+        notes.insert(
+            0,
+            "These are today's budgets, not of the report's period: the billing schema "
+            "keeps no history of budgets.",
+        )
+    return notes
+
+
+def _budget_pages(report: Report) -> list[Figure]:
+    """Every budget, most urgent first, over as many pages as they need."""
     budgets = report.tables["budgets"]
-    rows = [
-        [b.organization, b.scope, b.scope_id, _credits(b.used_credits), _credits(b.limit_credits),
-         _pct(b.used_ratio), _credits(b.projected_credits), b.status.replace("_", " ")]
-        for b in budgets[:18]
-    ]  # fmt: skip
-    ax = fig.add_axes((0.06, 0.5, 0.88, 0.4))
-    header = ["organization", "scope", "scope id", "used", "limit", "used %", "projected", "status"]
-    _table(ax, header, rows, "Budgets in the current billing period (projected to its end)", 7)
+    header = ["organization", "scope", "scope id", "used", "limit", "used %", "projected",
+              "proj. %", "status"]  # fmt: skip
+    pages = []
+    chunks = [
+        budgets[i : i + BUDGET_ROWS_PER_PAGE] for i in range(0, len(budgets), BUDGET_ROWS_PER_PAGE)
+    ] or [[]]
+    for number, chunk in enumerate(chunks):
+        first = number * BUDGET_ROWS_PER_PAGE + 1
+        title = "Budgets" if number == 0 else f"Budgets (continued, {first} to "
+        if number:
+            title += f"{first + len(chunk) - 1} of {len(budgets)})"
+        fig = _page(report, title)
+        y = 0.905
+        if number == 0:
+            for note in _budget_notes(report):
+                for line in textwrap.wrap(note, 120):
+                    fig.text(0.06, y, line, fontsize=8, color="#333")
+                    y -= 0.014
+            y -= 0.02
+        rows = [
+            [b.organization, b.scope, b.scope_id, _credits(b.used_credits),
+             _credits(b.limit_credits), _pct(b.used_ratio), _credits(b.projected_credits),
+             _pct(b.projected_ratio), STATUS_TEXT.get(b.status, b.status)]
+            for b in chunk
+        ]  # fmt: skip
+        ax = fig.add_axes((0.06, 0.05, 0.88, y - 0.05 - 0.01))
+        _table(
+            ax, header, rows, _budget_title(report, budgets), size=7,
+            empty="no budget query configured" if not budgets else "no budgets",
+            shading=[STATUS_COLORS.get(b.status) for b in chunk], row_scale=1.0,
+        )  # fmt: skip
+        pages.append(fig)
+    return pages
+
+
+def _efficiency_page(report: Report) -> Figure:
+    """The cheapest pairs of every service type (each kind gets its share of the page)."""
+    fig = _page(report, "Efficiency leaderboard")
     efficiency = report.tables["efficiency"]
+    kinds = list(dict.fromkeys(e.service_type for e in efficiency))
+    per_kind = max(3, EFFICIENCY_ROWS // max(1, len(kinds)))
+    shown = [e for e in efficiency if e.rank <= per_kind]
     rows = [
-        [str(e.rank), e.task_category, e.model, f"{e.prompts:,}",
+        [str(e.rank), e.service_type or "-", e.task_category, e.model, f"{e.prompts:,}",
          _num(e.average_credits_per_prompt, 3), _pct(e.success_rate)]
-        for e in efficiency[:15]
+        for e in shown
     ]  # fmt: skip
-    ax = fig.add_axes((0.06, 0.05, 0.88, 0.38))
-    header = ["#", "task category", "model", "prompts", "cr/prompt", "success"]
-    _table(ax, header, rows, "Efficiency leaderboard (cheapest per prompt first)")
+    fig.text(
+        0.06, 0.905, "Task category x model pairs with enough prompts, ranked within their "
+        "service type (like with like), cheapest per prompt first.", fontsize=8, color="#333",
+    )  # fmt: skip
+    if len(shown) < len(efficiency):
+        title = (
+            f"Cheapest {per_kind} of each service type ({len(shown)} of {len(efficiency)} "
+            "pairs; all in the CSV and JSON)"
+        )
+    else:
+        title = f"All {len(efficiency)} pairs"
+    ax = fig.add_axes((0.06, 0.05, 0.88, 0.8))
+    header = ["#", "service type", "task category", "model", "prompts", "cr/prompt", "success"]
+    _table(ax, header, rows, title)
     return fig
 
 
 def _recommendations_page(report: Report) -> Figure:
-    fig = _page(report, "Recommendations", 5)
+    fig = _page(report, "Recommendations")
     lines: list[tuple[str, Any]] = []
     switches = report.tables["model_switches"]
     total = report.summary.potential_saving_credits
@@ -246,14 +369,27 @@ def _recommendations_page(report: Report) -> Figure:
     return fig
 
 
+def figures(report: Report) -> list[Figure]:
+    """Every page, numbered "page i of n"."""
+    pages = [_summary_page(report), _models_page(report), _users_page(report)]
+    pages += _budget_pages(report)
+    pages += [_efficiency_page(report), _recommendations_page(report)]
+    for number, fig in enumerate(pages, 1):
+        fig.text(0.94, 0.02, f"page {number} of {len(pages)}", fontsize=8, ha="right",
+                 color="#666")  # fmt: skip
+    return pages
+
+
 def write_pdf(report: Report, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
-    with PdfPages(output) as pdf:
-        for draw in (_summary_page, _models_page, _users_page, _budgets_page,
-                     _recommendations_page):  # fmt: skip
-            fig = draw(report)
-            pdf.savefig(fig)
+    pages = figures(report)
+    try:
+        with PdfPages(output) as pdf:
+            for fig in pages:
+                pdf.savefig(fig)
+            info = pdf.infodict()
+            info["Title"] = f"Credit report {report.period_label}"
+            info["Creator"] = "credit-exporter report"
+    finally:
+        for fig in pages:
             plt.close(fig)
-        info = pdf.infodict()
-        info["Title"] = f"Credit report {report.period_label}"
-        info["Creator"] = "credit-exporter report"

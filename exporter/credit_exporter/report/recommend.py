@@ -1,12 +1,14 @@
 """Recommendations: cheaper models already used for the same task, and off-peak scheduling.
 
-A model switch from A to B in a task category is recommended only when, in
-the report period (thresholds in the ``report:`` config section, documented in
-docs/report.md):
+A model switch from A to B in a task category is recommended only when A and B
+served the same service type there (an embedding or speech model is no
+replacement for a chat model, whatever the task), and, in the report period
+(thresholds in the ``report:`` config section, documented in docs/report.md):
 
-- both A and B have at least ``min_prompts`` prompts in that category;
-- B's credits per prompt in that category are lower than A's;
-- B's success rate in that category is at most ``max_success_rate_drop`` below A's;
+- both A and B have at least ``min_prompts`` prompts of that service type in that
+  category (all figures below are of that category and service type);
+- B's credits per prompt are lower than A's;
+- B's success rate is at most ``max_success_rate_drop`` below A's;
 - both models have at least ``min_ratings`` ratings, and B's average rating is
   at most ``max_rating_drop`` below A's (ratings are per model, not per category:
   the rating stream carries no category);
@@ -37,12 +39,12 @@ def model_switches(
     ratings: dict[str, tuple[int, Decimal]],
     settings: ReportConfig,
 ) -> list[ModelSwitchRow]:
-    by_category: dict[str, list[CategoryModelRow]] = defaultdict(list)
+    by_kind: dict[tuple[str, str], list[CategoryModelRow]] = defaultdict(list)
     for row in rows:
         if row.prompts >= settings.min_prompts:
-            by_category[row.task_category].append(row)
+            by_kind[(row.task_category, row.service_type or "")].append(row)
     found: list[ModelSwitchRow] = []
-    for category, candidates in sorted(by_category.items()):
+    for (category, _), candidates in sorted(by_kind.items()):
         for current in sorted(candidates, key=lambda r: r.model):
             best = None
             for other in candidates:
@@ -53,7 +55,10 @@ def model_switches(
                     best = switch
             if best is not None:
                 found.append(best)
-    return sorted(found, key=lambda s: (-s.saving_credits, s.task_category, s.from_model))
+    return sorted(
+        found,
+        key=lambda s: (-s.saving_credits, s.task_category, s.service_type or "", s.from_model),
+    )
 
 
 def _switch(
@@ -78,14 +83,16 @@ def _switch(
     saving = (a.prompts * (cpp_a - cpp_b)).quantize(MICRO)
     if saving < Decimal(repr(settings.min_saving_credits)):
         return None
+    kind = f" ({a.service_type})" if a.service_type else ""
     message = (
-        f"For {category}, use {b.model} instead of {a.model}: {float(cpp_b):.2f} instead of "
+        f"For {category}{kind}, use {b.model} instead of {a.model}: {float(cpp_b):.2f} instead of "
         f"{float(cpp_a):.2f} credits per prompt, success rate {success_b:.1%} vs "
-        f"{success_a:.1%}, rating {rating_b:.2f} vs {rating_a:.2f}; {a.prompts} prompts "
+        f"{success_a:.1%}, rating {rating_b:.2f} vs {rating_a:.2f}; {a.prompts:,} prompts "
         f"would have cost {saving:,.2f} credits less."
     )
     return ModelSwitchRow(
-        task_category=category, from_model=a.model, to_model=b.model, prompts=a.prompts,
+        task_category=category, service_type=a.service_type, from_model=a.model,
+        to_model=b.model, prompts=a.prompts,
         from_credits_per_prompt=float(cpp_a), to_credits_per_prompt=float(cpp_b),
         from_success_rate=success_a, to_success_rate=success_b, to_prompts=b.prompts,
         from_average_rating=rating_a, to_average_rating=rating_b, from_ratings=n_a,

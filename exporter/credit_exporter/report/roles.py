@@ -43,6 +43,7 @@ class UsageRoles:
     organization: str
     model: str
     task_category: str
+    service_type: str | None  # None: the stream has no service type; all rows are one kind
     user: str
     pool: str
     outcome: str
@@ -112,6 +113,7 @@ def usage_roles(config: Config) -> UsageRoles:
         organization=spent.labels["organization"],
         model=by_model.labels[MODEL],
         task_category=by_model.labels["task_category"],
+        service_type=spent.labels.get("service_type"),
         user=found["credit_spent_by_user_credits_total"][2].labels["user"],
         pool=found["credit_spent_by_pool_credits_total"][2].labels["pool"],
         outcome=requests.labels["outcome"],

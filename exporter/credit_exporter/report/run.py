@@ -21,6 +21,10 @@ from credit_exporter.report.period import (
 
 EXIT_BAD_INPUT = 2
 FORMATS = ("csv", "json", "pdf")
+PDF_NEEDS = (
+    "--format pdf needs matplotlib, which is not installed: pip install "
+    "'credit-exporter[report]' (in a checkout: .venv/bin/pip install -e '.[report]')"
+)
 
 
 def add_report_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
@@ -37,26 +41,41 @@ def add_report_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> No
     report.add_argument("--config", required=True, help="YAML config file")
     when = report.add_mutually_exclusive_group(required=True)
     when.add_argument("--period", help="a month 2026-11, a day 2026-11-05 or an ISO week 2026-W45")
-    when.add_argument("--from", dest="start", help="start (RFC 3339, a date, now-30d); needs --to")
-    report.add_argument("--to", dest="end", help="end, exclusive (default: now, with --from)")
+    when.add_argument(
+        "--from", dest="start", help="instead of --period: start (RFC 3339, a date, now-30d)"
+    )
+    report.add_argument(
+        "--to", dest="end", help="with --from: end, exclusive (RFC 3339, a date, now; default: now)"
+    )
     report.add_argument("--organization", help="one organization (its label value); default all")
     report.add_argument(
         "--granularity", default="day", choices=GRANULARITIES,
         help="timeline buckets (default %(default)s)",
     )  # fmt: skip
-    report.add_argument("--format", required=True, choices=FORMATS)
+    report.add_argument(
+        "--format", required=True, choices=FORMATS,
+        help="pdf needs matplotlib: pip install 'credit-exporter[report]'",
+    )  # fmt: skip
     report.add_argument(
         "--output",
         help="file (json, pdf) or directory / .zip (csv); json defaults to stdout, pdf and "
         "csv to credit-report-<period>.pdf / credit-report-<period>/",
     )
-    report.add_argument("--webhook", help="also POST the JSON document to this URL")
+    report.add_argument("--webhook", help="also POST the JSON document to this http(s) URL")
     report.set_defaults(func=func)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"credit-exporter report: {message}", file=sys.stderr)
     return code
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -69,6 +88,10 @@ def run_report(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.webhook is not None and not writers.is_http_url(args.webhook):
+        return _fail(f"--webhook: {args.webhook!r} is not an http:// or https:// URL")
+    if args.format == "pdf" and not _has_matplotlib():
+        return _fail(PDF_NEEDS)
     now = datetime.now(UTC)
     try:
         if args.period is not None:
@@ -102,7 +125,7 @@ def run_report(args: argparse.Namespace) -> int:
             try:
                 from credit_exporter.report.pdf import write_pdf
             except ImportError:
-                return _fail("--format pdf needs matplotlib: pip install 'credit-exporter[report]'")
+                return _fail(PDF_NEEDS)
 
             output = Path(args.output or default.with_suffix(".pdf"))
             write_pdf(report, output)
@@ -110,6 +133,8 @@ def run_report(args: argparse.Namespace) -> int:
         if args.webhook:
             status = writers.post_webhook(report, args.webhook)
             print(f"posted to webhook: HTTP {status}", file=sys.stderr)
+    except writers.WebhookError as error:
+        return _fail(f"--webhook: {error}", 1)
     except OSError as error:
         return _fail(str(error), 1)
     return 0

@@ -1,21 +1,24 @@
-"""Plain JSON-ready values: exact decimal strings for credits, ISO 8601 for times."""
+"""Plain JSON-ready values: decimal strings at 6 decimals for credits, ISO 8601 for times."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from credit_exporter.report.model import TABLES, Report, columns
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MICRO = Decimal("0.000001")  # the credit precision: numeric(18, 6) in the reference schema
+_WIDE = Context(prec=60)  # quantize never overflows the default 28 digits
 
 
 def plain(value: Any) -> Any:
-    """A value as JSON carries it: Decimal -> "123.456000" (exact), datetime -> ISO 8601."""
+    """A value as JSON carries it: Decimal -> "123.456000" (6 decimals, half up; exact for
+    credits of the reference schema), datetime -> ISO 8601."""
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return format(value.quantize(MICRO, rounding=ROUND_HALF_UP, context=_WIDE), "f")
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
@@ -39,6 +42,7 @@ def to_document(report: Report) -> dict[str, Any]:
             "label": report.period_label,
             "start": plain(report.period_start),
             "end": plain(report.period_end),
+            "to_date": report.to_date,
             "granularity": report.granularity,
         },
         "organization": report.organization,

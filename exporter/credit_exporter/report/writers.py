@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -48,6 +49,8 @@ def _cell(value: object) -> str:
     value = plain(value)
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return ";".join(str(v) for v in value)
     return str(value)
@@ -70,16 +73,45 @@ def write_csv(report: Report, output: Path) -> list[Path]:
     return written
 
 
+class WebhookError(Exception):
+    """The webhook could not be reached or refused the document; the message is one line."""
+
+
+def is_http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _where(url: str) -> str:
+    """host:port of the URL only: a webhook's path or query often holds its secret."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
 def post_webhook(report: Report, url: str, timeout: float = 30.0) -> int:
-    """POST the JSON document; returns the HTTP status, raises OSError on failure."""
+    """POST the JSON document; returns the HTTP status, raises WebhookError on failure."""
     request = urllib.request.Request(
         url,
         data=json_bytes(report),
         method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "credit-exporter-report"},
     )
+    where = _where(url)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
-        raise OSError(f"webhook answered HTTP {error.code}") from None
+        raise WebhookError(f"{where} answered HTTP {error.code}") from None
+    except urllib.error.URLError as error:
+        reason = error.reason
+        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+        raise WebhookError(f"could not connect to {where}: {text}") from None
+    except TimeoutError:
+        raise WebhookError(f"{where} did not answer within {timeout:g} s") from None
+    except (OSError, ValueError) as error:  # a reset connection, a bad port number
+        raise WebhookError(f"could not POST to {where}: {error}") from None
