@@ -24,8 +24,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # The install is editable: code changes need no reinstall, only a changed
 # pyproject.toml, extras or Python do. Skip pip (about 3 s) when none changed.
-STAMP="$VENV/.credit-exporter-install"
-WANT="$("$VENV/bin/python" -c 'import sys; print(sys.version)' | head -1) ${EXTRAS:-} $(cksum < "$ROOT/pyproject.toml") $ROOT"
+# One stamp per set of extras (scripts/test and scripts/demo ask for different ones).
+STAMP="$VENV/.credit-exporter-install${EXTRAS:-}"
+WANT="$("$VENV/bin/python" -c 'import sys; print(sys.version)' | head -1) $(cksum < "$ROOT/pyproject.toml") $ROOT"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${EXTRAS:-}"
