@@ -45,7 +45,8 @@ ALERT_NAMES = {
     "CreditBudgetProjectedExhaustion",
     "CreditPoolUsageHigh", "CreditPoolAlmostExhausted", "CreditPoolExhausted",
     "CreditAgentRunaway", "CreditBalanceLowAutoRechargeOff", "CreditPlanQuotaExceeded",
-    "CreditExporterDown", "CreditExporterQueryFailing", "CreditExporterDataStale",
+    "CreditExporterDown", "CreditExporterQueryFailing", "CreditExporterSourceStalled",
+    "CreditExporterDataStale",
     "CreditExporterSeriesDropped", "CreditExporterRowsDropped",
     "CreditExporterLateData", "CreditExporterCountersHeld", "CreditExporterReconcileStale",
 }  # fmt: skip
