@@ -71,6 +71,7 @@ SCHEMA: dict[str, Any] = {
         "job": str,
         "down": {"for": "duration", "severity": "severity"},
         "query_failing": {"for": "duration", "severity": "severity"},
+        "source_stalled": {"for": "duration", "severity": "severity"},
         "data_stale": {"after": "duration", "for": "duration", "severity": "severity"},
         "dropped": {"window": "duration", "for": "duration", "severity": "severity"},
         "late_data": {"window": "duration", "for": "duration", "severity": "severity"},
@@ -628,6 +629,30 @@ def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, 
                     + " ago."
                 ),
                 "runbook_url": links.runbook("CreditExporterQueryFailing"),
+                "dashboard_url": health,
+            },
+        },
+        {
+            "alert": "CreditExporterSourceStalled",
+            # The exporter's watchdog: no run of the source completed, successfully or
+            # not, for 3 of its intervals plus its timeout, while the process is scraped.
+            "expr": "credit_exporter_query_stalled == 1\n",
+            "for": exporter["source_stalled"]["for"],
+            "labels": {"severity": exporter["source_stalled"]["severity"]},
+            "annotations": {
+                "summary": (
+                    "credit-exporter source {{ $labels.query }} stopped polling on "
+                    "{{ $labels.instance }}"
+                ),
+                "description": (
+                    "No run of query or stream {{ $labels.query }} of credit-exporter "
+                    "{{ $labels.instance }} has completed, successfully or not, for 3 of its "
+                    "intervals plus its timeout, for at least "
+                    f"{exporter['source_stalled']['for']}, while the exporter is up: its "
+                    "values are frozen, /-/ready answers 503 and the exporter logs "
+                    '"source {{ $labels.query }} stalled".'
+                ),
+                "runbook_url": links.runbook("CreditExporterSourceStalled"),
                 "dashboard_url": health,
             },
         },

@@ -322,7 +322,12 @@ METRICS: tuple[Metric, ...] = (
        ("version", "revision", "python_version"), EX, Group.EXPORTER,
        1, "1 per process"),
     _m("credit_exporter_query_up", G, "",
-       "1 when the query's last run succeeded, 0 when it failed.",
+       "1 when the query's last run succeeded, 0 when it failed or the query is stalled.",
+       ("query",), EX, Group.EXPORTER,
+       50, "one per configured query"),
+    _m("credit_exporter_query_stalled", G, "",
+       "1 when no run of the query (or stream) has completed, successfully or not, for 3 of "
+       "its intervals plus its timeout: it no longer polls. /-/ready fails while any is 1.",
        ("query",), EX, Group.EXPORTER,
        50, "one per configured query"),
     _m("credit_exporter_query_last_success_timestamp_seconds", G, "seconds",

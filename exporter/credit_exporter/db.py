@@ -145,6 +145,11 @@ class Database:
             )
             try:
                 await pool.open(wait=True, timeout=min(timeout, self.config.connect_timeout))
+            except asyncio.CancelledError:
+                # a reload or shutdown stopped us mid-open: close what was opened, or
+                # its workers and connections outlive it
+                await pool.close(timeout=1)
+                raise
             except Exception as exc:
                 await pool.close(timeout=1)
                 error = classify(exc)

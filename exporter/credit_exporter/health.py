@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +28,13 @@ DROPPED_ROW_REASONS = (
     "label_value_too_long", "invalid_utf8", "out_of_range", "unsupported_type", "null_time",
 )  # fmt: skip
 
+
+# A source is stalled when no poll of it has completed (success or failure) for
+# STALL_INTERVALS of its intervals plus its timeout (a stream's first poll: its
+# startup_timeout). Every run is bounded by its timeout, so this only happens
+# when its task no longer runs: a wedged reload, a task that ignored its
+# cancellation, a bug.
+STALL_INTERVALS = 3
 
 RECONCILE_RESULTS = ("same", "different")
 RECONCILE_REASONS = ("late", "deleted")
@@ -52,6 +59,17 @@ class QueryStatus:
     last_error_reason: str | None = None
     last_duration: float | None = None
     rows: int | None = None
+    # the watchdog's view (monotonic seconds), reset by watch() when a task starts
+    timeout: float = 0.0
+    first_timeout: float = 0.0
+    last_poll: float = field(default_factory=time.monotonic)
+    polled: bool = False
+    stalled: bool = False
+
+    def stall_after(self) -> float:
+        """Seconds without a completed poll after which the source is stalled."""
+        timeout = self.timeout if self.polled else max(self.timeout, self.first_timeout)
+        return STALL_INTERVALS * self.interval + timeout
 
 
 class Health:
@@ -136,6 +154,10 @@ class Health:
             _help("credit_exporter_reconcile_last_success_timestamp_seconds"),
             ["query"], registry=registry,
         )  # fmt: skip
+        self.stalled = Gauge(
+            "credit_exporter_query_stalled", _help("credit_exporter_query_stalled"), ["query"],
+            registry=registry,
+        )  # fmt: skip
         self.reload_ok = Gauge(
             "credit_exporter_config_last_reload_successful",
             _help("credit_exporter_config_last_reload_successful"),
@@ -151,6 +173,7 @@ class Health:
         """Create the query's series up front so a never-succeeding query shows up=0."""
         self.queries[name] = QueryStatus(name=name, interval=interval)
         self.up.labels(name).set(0)
+        self.stalled.labels(name).set(0)
         self.duration.labels(name)
         for reason in ERROR_REASONS:
             self.errors.labels(name, reason)
@@ -198,7 +221,7 @@ class Health:
 
     def forget_query(self, name: str) -> None:
         self.queries.pop(name, None)
-        for metric in (self.up, self.last_success, self.duration, self.rows):
+        for metric in (self.up, self.stalled, self.last_success, self.duration, self.rows):
             with contextlib.suppress(KeyError):
                 metric.remove(name)
         for reason in ERROR_REASONS:
@@ -207,8 +230,43 @@ class Health:
         with contextlib.suppress(KeyError):
             self.reconcile_last_success.remove(name)
 
+    def watch(self, name: str, timeout: float, first_timeout: float = 0.0) -> None:
+        """A task for the source has (re)started: its stall clock starts now."""
+        status = self.queries[name]
+        status.timeout, status.first_timeout = timeout, first_timeout
+        status.last_poll, status.polled = time.monotonic(), False
+
+    def _polled(self, status: QueryStatus) -> None:
+        status.last_poll, status.polled = time.monotonic(), True
+        if status.stalled:
+            status.stalled = False
+            self.stalled.labels(status.name).set(0)
+
+    def check_stalls(self) -> tuple[list[QueryStatus], list[QueryStatus]]:
+        """Mark sources stalled or not; returns those that just stalled and just recovered.
+
+        A stalled source shows ``credit_exporter_query_stalled`` 1 and
+        ``credit_exporter_query_up`` 0, and readiness fails, until a poll of it
+        completes again.
+        """
+        now = time.monotonic()
+        stalled, recovered = [], []
+        for status in self.queries.values():
+            late = now - status.last_poll > status.stall_after()
+            if late and not status.stalled:
+                status.stalled, status.up = True, False
+                self.stalled.labels(status.name).set(1)
+                self.up.labels(status.name).set(0)
+                stalled.append(status)
+            elif not late and status.stalled:  # a reload restarted it
+                status.stalled = False
+                self.stalled.labels(status.name).set(0)
+                recovered.append(status)
+        return stalled, recovered
+
     def succeeded(self, name: str, duration: float, rows: int) -> None:
         status = self.queries[name]
+        self._polled(status)
         status.up, status.ever_succeeded = True, True
         status.last_success, status.last_duration, status.rows = time.time(), duration, rows
         status.last_error = status.last_error_reason = None
@@ -219,6 +277,7 @@ class Health:
 
     def failed(self, name: str, duration: float, reason: str, message: str) -> None:
         status = self.queries[name]
+        self._polled(status)
         status.up, status.last_duration = False, duration
         status.last_error, status.last_error_reason = message, reason
         self.up.labels(name).set(0)
@@ -232,4 +291,4 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        return all(status.ever_succeeded for status in self.queries.values())
+        return all(s.ever_succeeded and not s.stalled for s in self.queries.values())

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import os
 import signal
 import sys
 import time
@@ -24,13 +25,13 @@ from credit_exporter import __version__
 from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database
 from credit_exporter.exposition import CONTENT_TYPE, Exposition
-from credit_exporter.health import Health
+from credit_exporter.health import STALL_INTERVALS, Health
 from credit_exporter.httpguard import ConnectionGuard, GuardedSite
 from credit_exporter.metric_state import MetricState, StateRenderer
 from credit_exporter.sharding import Shard
 from credit_exporter.sharding import apply as apply_shard
 from credit_exporter.sources.events import EventStream, StreamRenderer
-from credit_exporter.sources.state import StateQuery
+from credit_exporter.sources.state import RETRY_CAP_SECONDS, StateQuery
 from credit_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,31 @@ ENDPOINTS = (
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
+# How long a reload or shutdown waits for the cancelled source tasks, and then for
+# each database's pool to close. psycopg waits up to 5 s for a query it cancels.
+SOURCE_STOP_TIMEOUT = 6.0
+# The watchdog's period (see health.STALL_INTERVALS for when a source is stalled).
+WATCHDOG_PERIOD = 1.0
+
+Source = StateQuery | EventStream
 
 
 def _max_backoff(intervals: list[float]) -> float:
-    """Reconnect backoff cap: below the shortest interval, so recovery takes one interval."""
-    return max(1.0, min(30.0, min(intervals, default=30.0) / 2))
+    """Reconnect backoff cap: below the shortest interval and never above the sources'
+    own retry cap, so a database that is back is used within seconds whatever the
+    intervals."""
+    return max(1.0, min(RETRY_CAP_SECONDS, min(intervals, default=30.0) / 2))
+
+
+def _detach(source: Source) -> None:
+    """Point a source that would not stop at throwaway state and health, so whatever it
+    still does lands nowhere the exporter reads."""
+    registry = CollectorRegistry(auto_describe=False)
+    health = Health(registry)
+    health.register_query(source.name, source.config.interval)
+    source.health = health
+    if isinstance(source, StateQuery):
+        source.state = MetricState()
 
 
 class Exporter:
@@ -70,17 +91,24 @@ class Exporter:
             self.registry, self.health, [StateRenderer(self.state), StreamRenderer(self.streams)]
         )
         self._polled = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[asyncio.Task[None], Source] = {}
         self._renderer: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # the reload that runs next; every request made meanwhile shares its answer
+        self._next_reload: asyncio.Future[tuple[bool, list[str]]] | None = None
+        self._reload_tasks: set[asyncio.Task[None]] = set()
+        # tasks that did not stop when cancelled, detached from everything and let go
+        self.abandoned: set[asyncio.Task[None]] = set()
         self._kept_streams: dict[str, EventStream] = {}
+        self._previous_streams: dict[str, EventStream] = {}
         self.health.config_loaded(True)
 
     # --- lifecycle -----------------------------------------------------------
     def _build(self, config: Config) -> None:
         floors: dict[str, dict[Any, Any]] = {}  # what the streams of the last config exported
-        for kept in self._kept_streams.values():
-            floors.update(kept.exported)
+        for previous in self._previous_streams.values():
+            floors.update(previous.exported)
         for db_name, db_config in config.databases.items():
             sources = [*config.queries.values(), *config.streams.values()]
             intervals = [q.interval for q in sources if q.database == db_name]
@@ -114,70 +142,158 @@ class Exporter:
                 self.streams[name] = stream
 
     def _start_tasks(self) -> None:
-        self._tasks = [
-            asyncio.create_task(query.run_forever(self._polled), name=f"query-{name}")
-            for name, query in self.queries.items()
-        ] + [
-            asyncio.create_task(stream.run_forever(self._polled), name=f"stream-{name}")
-            for name, stream in self.streams.items()
-        ]
+        self._tasks = {}
+        for name, query in self.queries.items():
+            self.health.watch(name, query.config.timeout)
+            task = asyncio.create_task(query.run_forever(self._polled), name=f"query-{name}")
+            self._tasks[task] = query
+        for name, stream in self.streams.items():
+            self.health.watch(name, stream.config.timeout, stream.config.startup_timeout)
+            task = asyncio.create_task(stream.run_forever(self._polled), name=f"stream-{name}")
+            self._tasks[task] = stream
 
     async def start(self) -> None:
         self._build(self.config)
         self.exposition.render()
         self._renderer = asyncio.create_task(self.exposition.render_on_poll(self._polled))
         self._start_tasks()
+        self._watchdog = asyncio.create_task(self._watch(), name="watchdog")
+
+    async def _watch(self) -> None:
+        """Every WATCHDOG_PERIOD: mark the sources that stopped polling, whatever the cause."""
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD)
+            stalled, recovered = self.health.check_stalls()
+            for status in stalled:
+                log.error(
+                    "source %s stalled: no poll completed for %.0fs (limit: %d intervals of "
+                    "%gs plus its timeout); not ready until it polls again",
+                    status.name, time.monotonic() - status.last_poll,
+                    STALL_INTERVALS, status.interval,
+                )  # fmt: skip
+            for status in recovered:
+                log.info("source %s polls again", status.name)
+            if stalled or recovered:
+                self._polled.set()  # publish the gauges now: no poll will
 
     async def _stop_sources(self) -> None:
-        for task in self._tasks:
+        """Cancel every source task and wait, at most SOURCE_STOP_TIMEOUT, for them.
+
+        A task still running then is logged, detached (its writes go to throwaway
+        state) and abandoned: a reload or shutdown never waits on it again.
+        """
+        tasks = self._tasks  # cleared once waited for: a stop() interrupting us waits again
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        stuck: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=SOURCE_STOP_TIMEOUT)
+        self._tasks = {}
+        for task in tasks:
+            task.add_done_callback(_retrieve)
+        for task in stuck:
+            source = tasks[task]
+            log.error(
+                "source %s did not stop within %gs of its cancellation; abandoning its task "
+                "(it can no longer change exported values)", source.name, SOURCE_STOP_TIMEOUT,
+            )  # fmt: skip
+            _detach(source)
+            self.abandoned.add(task)
+            task.add_done_callback(self.abandoned.discard)
         for database in self.databases.values():
-            await database.close()
-        self._kept_streams = dict(self.streams)
+            try:
+                async with asyncio.timeout(SOURCE_STOP_TIMEOUT):
+                    await database.close()
+            except TimeoutError:
+                log.error("database %s: its pool did not close within %gs; leaving it",
+                          database.name, SOURCE_STOP_TIMEOUT)  # fmt: skip
+        self._previous_streams = dict(self.streams)
+        self._kept_streams = {
+            name: stream for name, stream in self.streams.items()
+            if all(source is not stream for source in (tasks[t] for t in stuck))
+        }  # fmt: skip
         self.databases, self.queries = {}, {}
         self.streams.clear()  # the stream renderer holds this same dict
 
     async def stop(self) -> None:
+        """Stop everything, bounded: reloads in flight, sources, watchdog, renderer."""
+        for task in self._reload_tasks:
+            task.cancel()
+        if self._reload_tasks:
+            await asyncio.wait(self._reload_tasks, timeout=SOURCE_STOP_TIMEOUT)
         await self._stop_sources()
-        if self._renderer is not None:
-            self._renderer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renderer
+        for task in (self._watchdog, self._renderer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def request_reload(self) -> asyncio.Future[tuple[bool, list[str]]]:
+        """Ask for a reload; returns the future of its outcome.
+
+        Reloads are serialised and coalesced: while one runs, every request
+        shares the single reload that starts after it (a storm of SIGHUPs is
+        one reload now and at most one more).
+        """
+        if self._next_reload is None:
+            future: asyncio.Future[tuple[bool, list[str]]] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._next_reload = future
+            task = asyncio.create_task(self._run_reload(future), name="reload")
+            self._reload_tasks.add(task)
+            task.add_done_callback(self._reload_tasks.discard)
+        return self._next_reload
+
+    async def _run_reload(self, future: asyncio.Future[tuple[bool, list[str]]]) -> None:
+        try:
+            async with self._reload_lock:
+                self._next_reload = None  # a request from now on needs a reload after this
+                future.set_result(await self._reload())
+        except BaseException as exc:
+            if self._next_reload is future:
+                self._next_reload = None
+            if not future.done():
+                future.set_exception(
+                    exc if isinstance(exc, Exception) else RuntimeError("reload interrupted")
+                )
+                future.exception()  # retrieved: nobody may be waiting
+            if not isinstance(exc, Exception):
+                raise
+            log.error("reload failed unexpectedly: %s", exc, exc_info=exc)
 
     async def reload(self) -> tuple[bool, list[str]]:
+        """Reload the config file (see request_reload); on any problem keep the running
+        config. The caller's cancellation (a client gone) does not cancel the reload."""
+        return await asyncio.shield(self.request_reload())
+
+    async def _reload(self) -> tuple[bool, list[str]]:
         """Validate the config file first; on any problem keep the running config."""
-        async with self._reload_lock:
-            if self.config_path is None:
-                return False, ["no config file to reload (started without --config)"]
-            try:
-                new_config = apply_shard(load_config(self.config_path), self.shard)
-            except ConfigError as exc:
-                self.health.config_loaded(False)
-                self._polled.set()  # publish the failed-reload gauge now
-                log.error("reload rejected, keeping the running config: %s", exc)
-                return False, exc.problems
-            await self._stop_sources()
-            for name in (
-                set(self.health.queries) - set(new_config.queries) - set(new_config.streams)
-            ):
-                if name in self.config.streams:
-                    metrics = [m.metric for m in self.config.streams[name].metrics]
-                    self.health.forget_stream(name, metrics)
-                else:
-                    self.health.forget_query(name)
-                self.state.forget(name)
-            self.config = new_config
-            self._build(new_config)
-            self._kept_streams = {}
-            self._start_tasks()
-            self.health.config_loaded(True)
-            self._polled.set()
-            log.info("config reloaded from %s", self.config_path)
-            return True, []
+        if self.config_path is None:
+            return False, ["no config file to reload (started without --config)"]
+        try:
+            new_config = apply_shard(load_config(self.config_path), self.shard)
+        except ConfigError as exc:
+            self.health.config_loaded(False)
+            self._polled.set()  # publish the failed-reload gauge now
+            log.error("reload rejected, keeping the running config: %s", exc)
+            return False, exc.problems
+        await self._stop_sources()
+        for name in set(self.health.queries) - set(new_config.queries) - set(new_config.streams):
+            if name in self.config.streams:
+                metrics = [m.metric for m in self.config.streams[name].metrics]
+                self.health.forget_stream(name, metrics)
+            else:
+                self.health.forget_query(name)
+            self.state.forget(name)
+        self.config = new_config
+        self._build(new_config)
+        self._kept_streams, self._previous_streams = {}, {}
+        self._start_tasks()
+        self.health.config_loaded(True)
+        self._polled.set()
+        log.info("config reloaded from %s", self.config_path)
+        return True, []
 
     # --- HTTP ----------------------------------------------------------------
     async def handle_metrics(self, request: web.Request) -> web.Response:
@@ -196,10 +312,15 @@ class Exporter:
         # the last source succeeded (the body is re-rendered just after)
         if self.health.ready and self.exposition.current.complete:
             return web.Response(text="Ready.\n")
-        waiting = sorted(n for n, s in self.health.queries.items() if not s.ever_succeeded)
-        return web.Response(
-            status=503, text="Not ready: waiting for first success of " + ", ".join(waiting) + "\n"
-        )
+        statuses = self.health.queries.values()
+        stalled = sorted(s.name for s in statuses if s.stalled)
+        waiting = sorted(s.name for s in statuses if not s.ever_succeeded and not s.stalled)
+        reasons = []
+        if stalled:
+            reasons.append("stalled (no poll completed recently): " + ", ".join(stalled))
+        if waiting or not reasons:
+            reasons.append("waiting for first success of " + ", ".join(waiting))
+        return web.Response(status=503, text="Not ready: " + "; ".join(reasons) + "\n")
 
     async def handle_reload(self, _: web.Request) -> web.Response:
         ok, problems = await self.reload()
@@ -218,9 +339,10 @@ class Exporter:
             error = html.escape(
                 f"{status.last_error_reason}: {status.last_error}" if status.last_error else ""
             )
+            state = "stalled" if status.stalled else "up" if status.up else "down"
             rows.append(
                 f"<tr><td>{html.escape(status.name)}</td>"
-                f"<td>{'up' if status.up else 'down'}</td><td>{status.interval:g}s</td>"
+                f"<td>{state}</td><td>{status.interval:g}s</td>"
                 f"<td>{age}</td><td>{status.rows if status.rows is not None else ''}</td>"
                 f"<td>{error}</td></tr>"
             )
@@ -306,7 +428,7 @@ async def serve(
     await site.start()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
+        loop.add_signal_handler(signal.SIGHUP, exporter.request_reload)
     if on_ready:
         print(on_ready, flush=True)
     log.info("serving /metrics on %s://%s:%d", "https" if ssl_context else "http", host, port)
@@ -317,3 +439,17 @@ async def serve(
             loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
         await exporter.stop()
+        if exporter.abandoned:
+            # asyncio.run() would wait for them without end after we return
+            log.error(
+                "exiting with %d source task(s) that never stopped: %s",
+                len(exporter.abandoned), ", ".join(t.get_name() for t in exporter.abandoned),
+            )  # fmt: skip
+            logging.shutdown()
+            os._exit(1)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A stopped source task's outcome, read so asyncio does not warn about it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("source task %s ended with an error", task.get_name(), exc_info=task.exception())

@@ -41,6 +41,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from credit_exporter.config import ReconcileConfig
+from credit_exporter.sources.state import stop_if_cancelled
 from credit_exporter.sources.totals import (
     Aggregates,
     Checksum,
@@ -108,6 +109,7 @@ class Reconciler:
         """A pass every ``interval`` (from the previous pass's start) until cancelled."""
         next_pass = time.monotonic() + self.config.interval
         while True:
+            stop_if_cancelled()  # a cancel swallowed by psycopg_pool on 3.11 (see there)
             await asyncio.sleep(max(0.0, next_pass - time.monotonic()))
             next_pass = time.monotonic() + self.config.interval
             try:

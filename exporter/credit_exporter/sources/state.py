@@ -226,16 +226,52 @@ def report_failure(health: Health, kind: str, name: str, started: float, exc: Ex
         log.error("%s %s failed unexpectedly: %s", kind, name, error, exc_info=exc)
 
 
+# A failed run is retried after 1 s, 2 s, 4 s ... up to this, or the interval if that is
+# shorter: a 5-minute query is back within seconds of its database, not at its next tick.
+RETRY_CAP_SECONDS = 5.0
+
+
+def retry_delay(failures: int, interval: float) -> float:
+    """Seconds before the next attempt after ``failures`` failed runs in a row."""
+    return min(interval, RETRY_CAP_SECONDS, 2.0 ** (failures - 1))
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task has been asked to stop.
+
+    On Python 3.11, ``asyncio.wait_for`` returns the inner result instead of
+    raising when a cancel() arrives in the same loop iteration as the inner
+    future completes (fixed in 3.12 by its rewrite on ``asyncio.timeout``).
+    psycopg_pool waits through ``wait_for`` (pool.open, getconn), so a reload's
+    cancel() can be swallowed there and the task would poll on, unstoppable.
+    ``Task.cancelling()`` still counts the request: honour it between runs.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def poll_forever(
     run_once: Callable[[], Awaitable[bool]], interval: float, on_poll: asyncio.Event
 ) -> None:
-    """Run at a fixed cadence (not drifting with run time) until cancelled."""
+    """Run at a fixed cadence (not drifting with run time) until cancelled.
+
+    A failed run is retried on a backoff of its own (``retry_delay``) instead
+    of waiting for the next tick; the first success returns to the cadence.
+    """
     next_run = time.monotonic()
+    failures = 0
     while True:
-        await run_once()
+        stop_if_cancelled()
+        ok = await run_once()
+        stop_if_cancelled()
         on_poll.set()
-        next_run += interval
+        failures = 0 if ok else failures + 1
         now = time.monotonic()
-        if next_run < now:  # a run overran its interval: skip the missed ticks
-            next_run = now + interval - (now - next_run) % interval
+        if failures:
+            next_run = now + retry_delay(failures, interval)
+        else:
+            next_run += interval
+            if next_run < now:  # a run overran its interval (or retries ran): skip the ticks
+                next_run = now + interval - (now - next_run) % interval
         await asyncio.sleep(next_run - now)
