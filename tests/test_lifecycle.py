@@ -263,3 +263,18 @@ def test_a_source_that_ignores_its_cancellation_is_abandoned_and_cannot_write(
             await exporter.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_refused_connection_is_retried_within_seconds_whatever_the_interval() -> None:
+    from credit_exporter.sources.state import RETRY_CAP_SECONDS, retry_delay
+
+    delays = [retry_delay(n, 300.0, "connection") for n in range(1, 8)]
+    assert delays == [1, 2, 4, RETRY_CAP_SECONDS, RETRY_CAP_SECONDS, RETRY_CAP_SECONDS, 5]
+
+
+def test_a_failure_that_ran_on_the_database_backs_off_up_to_the_interval() -> None:
+    """A query timing out on a loaded database must not run every five seconds."""
+    from credit_exporter.sources.state import retry_delay
+
+    delays = [retry_delay(n, 60.0, "timeout") for n in range(1, 9)]
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]

@@ -36,7 +36,7 @@ from credit_exporter.limits import Refused, overflow_labels
 from credit_exporter.metric_state import LabelValues
 from credit_exporter.sources.ordering import Horizon, Ordering, describe_stream
 from credit_exporter.sources.reconcile import Reconciler
-from credit_exporter.sources.state import poll_forever, report_failure
+from credit_exporter.sources.state import last_failure, poll_forever, report_failure
 from credit_exporter.sources.totals import (
     Aggregates,
     Checksum,
@@ -898,7 +898,11 @@ class EventStream:
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(poll_forever(self.run_once, self.config.interval, on_poll))
+            polls = poll_forever(
+                self.run_once, self.config.interval, on_poll,
+                lambda: last_failure(self.health, self.name),
+            )  # fmt: skip
+            tasks.create_task(polls)
             if self.reconciler is not None:
                 tasks.create_task(self.reconciler.run_forever(on_poll))
 

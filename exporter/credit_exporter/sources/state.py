@@ -211,7 +211,16 @@ class StateQuery:
         return True
 
     async def run_forever(self, on_poll: asyncio.Event) -> None:
-        await poll_forever(self.run_once, self.config.interval, on_poll)
+        await poll_forever(
+            self.run_once, self.config.interval, on_poll,
+            lambda: last_failure(self.health, self.name),
+        )  # fmt: skip
+
+
+def last_failure(health: Health, name: str) -> str | None:
+    """Why the source's last run failed (None after a success)."""
+    status = health.queries.get(name)
+    return None if status is None else status.last_error_reason
 
 
 def report_failure(health: Health, kind: str, name: str, started: float, exc: Exception) -> None:
@@ -226,14 +235,19 @@ def report_failure(health: Health, kind: str, name: str, started: float, exc: Ex
         log.error("%s %s failed unexpectedly: %s", kind, name, error, exc_info=exc)
 
 
-# A failed run is retried after 1 s, 2 s, 4 s ... up to this, or the interval if that is
-# shorter: a 5-minute query is back within seconds of its database, not at its next tick.
+# A run that failed to connect is retried after 1 s, 2 s, 4 s ... up to this (or the
+# interval if shorter): a 5-minute query is back within seconds of its database, not at
+# its next tick, and a refused connection costs the database nothing.
 RETRY_CAP_SECONDS = 5.0
 
 
-def retry_delay(failures: int, interval: float) -> float:
-    """Seconds before the next attempt after ``failures`` failed runs in a row."""
-    return min(interval, RETRY_CAP_SECONDS, 2.0 ** (failures - 1))
+def retry_delay(failures: int, interval: float, reason: str | None) -> float:
+    """Seconds before the next attempt after ``failures`` failed runs in a row, the last
+    for ``reason``. Any other failure (a timeout, an SQL error) ran on the database, so
+    its retries back off up to the interval instead: a query that times out because the
+    database is loaded must not run every five seconds."""
+    cap = RETRY_CAP_SECONDS if reason == "connection" else interval
+    return min(interval, cap, 2.0 ** (failures - 1))
 
 
 def stop_if_cancelled() -> None:
@@ -252,7 +266,10 @@ def stop_if_cancelled() -> None:
 
 
 async def poll_forever(
-    run_once: Callable[[], Awaitable[bool]], interval: float, on_poll: asyncio.Event
+    run_once: Callable[[], Awaitable[bool]],
+    interval: float,
+    on_poll: asyncio.Event,
+    failure_reason: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Run at a fixed cadence (not drifting with run time) until cancelled.
 
@@ -269,7 +286,7 @@ async def poll_forever(
         failures = 0 if ok else failures + 1
         now = time.monotonic()
         if failures:
-            next_run = now + retry_delay(failures, interval)
+            next_run = now + retry_delay(failures, interval, failure_reason())
         else:
             next_run += interval
             if next_run < now:  # a run overran its interval (or retries ran): skip the ticks
