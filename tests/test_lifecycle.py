@@ -20,6 +20,7 @@ from support import ExporterProcess, http_get, http_post, start_exporter, wait_u
 from credit_exporter.config import parse_config
 from credit_exporter.demo.embedded import EmbeddedPostgres
 from credit_exporter.server import SOURCE_STOP_TIMEOUT, Exporter
+from credit_exporter.sources.events import EventStream
 from credit_exporter.sources.state import StateQuery
 
 SOURCES = 18
@@ -259,6 +260,58 @@ def test_a_source_that_ignores_its_cancellation_is_abandoned_and_cannot_write(
             await wait_for_condition(lambda: not exporter.abandoned, 10, "the abandoned task ends")
             exporter.exposition.render()
             assert "ghost" not in body_of(exporter)
+        finally:
+            await exporter.stop()
+
+    asyncio.run(scenario())
+
+
+def spend_stream(dsn: str, interval: str) -> dict[str, Any]:
+    return {
+        "databases": {"billing": {"dsn": dsn}},
+        "streams": {"spend": {
+            "database": "billing", "key": "id", "time": "at", "interval": interval,
+            "timeout": "1s", "settle": "1s", "reconcile": False,
+            "sql": "SELECT id, at, 'acme' AS org, 'p' AS project, 'a' AS agent,"
+                   " 'chat' AS st, credits FROM spend",
+            "metrics": [{"metric": "credit_spent_credits_total", "value": "credits", "labels": {
+                "organization": "org", "project": "project", "agent": "agent",
+                "service_type": "st"}}],
+        }},
+    }  # fmt: skip
+
+
+def test_a_changed_stream_shows_its_counters_between_a_reload_and_its_first_poll(
+    empty_db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE spend (id bigserial PRIMARY KEY, at timestamptz, credits int)")
+        conn.execute("INSERT INTO spend (at, credits) VALUES (now() - interval '1h', 42)")
+    hold = asyncio.Event()
+    original = EventStream.run_once
+
+    async def run_once(self: EventStream) -> bool:
+        if self.config.interval == 2:  # the reloaded definition: its first poll waits
+            await hold.wait()
+        return await original(self)
+
+    monkeypatch.setattr(EventStream, "run_once", run_once)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(spend_stream(empty_db, "1s")))
+    series = 'credit_spent_credits_total{organization="acme",project="p",agent="a",'
+
+    async def scenario() -> None:
+        exporter = Exporter(parse_config(spend_stream(empty_db, "1s")), path)
+        await exporter.start()
+        try:
+            await wait_for_condition(lambda: series in body_of(exporter), 20, "the counter")
+            path.write_text(yaml.safe_dump(spend_stream(empty_db, "2s")))  # a changed stream
+            ok, problems = await exporter.reload()
+            assert ok, problems
+            exporter.exposition.render()
+            assert [line for line in body_of(exporter).splitlines() if line.startswith(series)]
+            assert f'{series}service_type="chat"}} 42' in body_of(exporter)
+            hold.set()
         finally:
             await exporter.stop()
 

@@ -139,6 +139,9 @@ class Exporter:
                 stream.floor = {
                     m.metric: floors[m.metric] for m in stream_config.metrics if m.metric in floors
                 }
+                # and until its first poll it shows what was shown: a scrape between the
+                # reload and that poll must not find the counters gone
+                stream.exported.update({m: dict(s) for m, s in stream.floor.items()})
                 self.streams[name] = stream
 
     def _start_tasks(self) -> None:
