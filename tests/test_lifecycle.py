@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -90,8 +91,10 @@ def test_a_reload_storm_leaves_every_source_polling_and_reload_answering(
     assert "Task was destroyed but it is pending" not in exporter.log()
     started = time.monotonic()
     exporter.process.send_signal(signal.SIGTERM)
-    exporter.process.wait(20)
+    assert exporter.process.wait(20) == 0
     print(f"SIGTERM to exit: {time.monotonic() - started:.2f}s")
+    assert "shutting down: closing the HTTP server, stopping 18 sources" in exporter.log()
+    assert re.search(r"msg=\"?stopped in \d+\.\ds", exporter.log()), exporter.log()[-2000:]
 
 
 # --- recovery after an outage, independent of the interval ---------------------------

@@ -438,10 +438,16 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        log.info(
+            "shutting down: closing the HTTP server, stopping %d sources",
+            len(exporter.health.queries),
+        )
+        started = time.monotonic()
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
         await exporter.stop()
+        log.info("stopped in %.1fs", time.monotonic() - started)
         if exporter.abandoned:
             # asyncio.run() would wait for them without end after we return
             log.error(
