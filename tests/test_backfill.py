@@ -269,8 +269,8 @@ def test_a_row_stamped_exactly_at_a_step_counts_at_that_step(
                              "--output", str(tmp_path / "out"))  # fmt: skip
     assert code == 0
     assert "3 rows skipped" in out  # per metric, as credit_exporter_dropped_rows_total
-    # a: 4 steps, b: 2 steps; two counters and a histogram (17 samples a step) each
-    assert "6 series, 114 samples at 4 steps" in out
+    # a: 4 steps, b: 2 steps; two counters and a histogram (17 series) each
+    assert "38 series (34 of them histograms' _bucket, _count and _sum), 114 samples" in out
     text = "".join(p.read_text() for p in sorted((tmp_path / "out").glob("*.om")))
     series: dict[str, list[tuple[str, str]]] = {}
     for line in text.splitlines():
@@ -383,6 +383,25 @@ def test_live_exporter_continues_the_backfilled_series_without_a_jump(
         if prometheus is not None:
             prometheus.stop()
         exporter.stop()
+
+
+def test_the_summary_counts_each_histogram_bucket_count_and_sum_as_a_series(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary's series are the series Prometheus stores: one a counter, and for a
+    histogram one per ``le`` (+Inf included) plus ``_count`` and ``_sum``; the distinct
+    series in the written file are the same number."""
+    _insert(ev_db, [(T0 - MINUTE, "a", "1", "0.5"), (T0, "b", "2", None)])
+    out, files = _backfill_ev(capsys, _ev_config(ev_db), tmp_path)
+    series = {
+        line.rsplit(" ", 2)[0]
+        for path in files for line in path.read_text().splitlines() if not line.startswith("#")
+    }  # fmt: skip
+    histogram = {s for s in series if s.startswith("credit_response_duration_seconds_")}
+    buckets = len(catalog.get("credit_response_duration_seconds").buckets)
+    assert len(histogram) == 2 * (buckets + 3)  # organizations a and b
+    assert len(series) == 2 * 2 + len(histogram)  # and two counters each
+    assert f"{len(series)} series ({len(histogram)} of them histograms'" in out
 
 
 @pytest.mark.parametrize(

@@ -455,7 +455,10 @@ class Summary:
     steps: Steps
     files: list[Path] = field(default_factory=list)  # OpenMetrics files left in the output
     bytes: int = 0  # OpenMetrics bytes written (kept or not)
+    # Series as Prometheus stores them: a counter is one, a histogram one per bucket
+    # (le values and +Inf) plus _count and _sum; histogram_series counts the latter.
     series: int = 0
+    histogram_series: int = 0
     samples: int = 0
     rows: int = 0  # grouped rows read from the database
     skipped_rows: int = 0  # rows whose label the mapping's policy refuses (NULL, too long)
@@ -531,10 +534,13 @@ class _StreamWriter:
     def _series(self, metric_plan: Any, values: LabelValues, first_step: int) -> _Series:
         metric = metric_plan.metric
         labels = _labels_text(metric.labels, values, self.extra)
-        self.summary.series += 1
         if metric.type is catalog.MetricType.HISTOGRAM:
+            series = len(metric.buckets) + 3  # a _bucket per le and +Inf, _count, _sum
+            self.summary.series += series
+            self.summary.histogram_series += series
             return _HistogramSeries(self.parts, metric.name, self.stamps, first_step, labels,
                                     metric.buckets)  # fmt: skip
+        self.summary.series += 1
         return _CounterSeries(self.parts, metric.name, self.stamps, first_step, labels)
 
     def _finish(self) -> None:

@@ -298,7 +298,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"credit-exporter backfill: {redact.scrub(str(error))}", file=sys.stderr)
         return 1
     print(
-        f"{args.output}: {summary.series:,} series, {summary.samples:,} samples at "
+        f"{args.output}: {summary.series:,} series ({summary.histogram_series:,} of them "
+        f"histograms' _bucket, _count and _sum), {summary.samples:,} samples at "
         f"{steps.count:,} steps from {steps.at(0).isoformat()} to "
         f"{steps.at(steps.count - 1).isoformat()}; {summary.bytes:,} bytes of OpenMetrics "
         f"from {summary.rows:,} grouped rows (query {summary.query_seconds:.1f}s, "
