@@ -404,6 +404,43 @@ def test_the_summary_counts_each_histogram_bucket_count_and_sum_as_a_series(
     assert f"{len(series)} series ({len(histogram)} of them histograms'" in out
 
 
+def test_a_failed_run_leaves_no_output_directory_it_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write_config(_ev_config("postgresql://nobody@127.0.0.1:1/none"),
+                           tmp_path / "config.yaml")  # fmt: skip
+    output = tmp_path / "new" / "backfill"
+    code, _, err = _backfill(capsys, "--config", str(config), "--from", "now-1h",
+                             "--no-blocks", "--output", str(output))  # fmt: skip
+    assert code == 1
+    assert "127.0.0.1" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_run_keeps_the_directory_it_was_given_and_what_was_in_it(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The database fails: the run's own files go; the directory the user gave, and the
+    blocks and files already in it, stay."""
+    require_binary("promtool")
+    _insert(ev_db, [*EV_ROWS, (T0 + 2 * MINUTE, "boom", "1", None)])
+    output = tmp_path / "data"
+    (output / "01HZZZZZZZZZZZZZZZZZZZZZZZ").mkdir(parents=True)
+    (output / "notes.txt").write_text("mine")
+    config = _ev_config(ev_db)
+    config["streams"]["ev"]["sql"] = EV_SQL.replace(
+        "credits,", "credits / (CASE org WHEN 'boom' THEN 0 ELSE 1 END) AS credits,"
+    )
+    path = _write_config(config, tmp_path / "config.yaml")
+    code, _, err = _backfill(capsys, "--config", str(path), "--from", T0.isoformat(),
+                             "--to", (T0 + 3 * MINUTE).isoformat(),
+                             "--output", str(output))  # fmt: skip
+    assert code == 1
+    assert "division by zero" in err
+    assert sorted(p.name for p in output.iterdir()) == ["01HZZZZZZZZZZZZZZZZZZZZZZZ", "notes.txt"]
+    assert (output / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -65,6 +65,8 @@ FETCH_ROWS = 20_000
 WRITE_BUFFER = 1 << 16
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+# what a run puts in its output: blocks (and promtool's <ULID>.tmp-for-creation), files
+_OWN = re.compile(rf"^([0-9A-HJKMNP-TV-Z]{{26}}(\.tmp.*)?|{re.escape(FILE_PREFIX)}.*\.om)$")
 
 
 class BackfillError(Exception):
@@ -751,6 +753,15 @@ def _raise_open_files_limit() -> int:
     return max(16, min(soft if soft != resource.RLIM_INFINITY else 4096, 4096) - 64)
 
 
+def _created_by_mkdir(output: Path) -> Path | None:
+    """The outermost directory ``output.mkdir(parents=True)`` is about to create."""
+    created = None
+    path = output.absolute()
+    while not path.exists() and path != path.parent:
+        created, path = path, path.parent
+    return created
+
+
 def run(
     config: Config, steps: Steps, output: Path, *, extra_labels: dict[str, str] | None = None,
     promtool: str | None = None, keep_openmetrics: bool = False, jobs: int = 1,
@@ -760,7 +771,9 @@ def run(
 
     Writes one OpenMetrics file per block window; with ``promtool`` turns each
     into a TSDB block in ``output`` (``jobs`` promtool processes at a time) and,
-    unless ``keep_openmetrics``, deletes the file once its block is made.
+    unless ``keep_openmetrics``, deletes the file once its block is made. A run
+    that fails leaves nothing of its own behind: the directories it created, or
+    the blocks and files it wrote in a directory that was there before.
     """
     extra = extra_labels or {}
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -769,7 +782,29 @@ def run(
     for name, stream in config.streams.items():
         if stream.database not in config.databases:
             raise BackfillError(f"streams.{name}.database: unknown database {stream.database!r}")
+    created = _created_by_mkdir(output)
     output.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in output.iterdir()}
+    try:
+        return _write(config, steps, output, extra, promtool, keep_openmetrics, jobs,
+                      progress, say)  # fmt: skip
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        else:  # the blocks (promtool's unfinished ones too) and files this run made
+            for path in output.iterdir():
+                if path.name not in before and _OWN.match(path.name):
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+        raise
+
+
+def _write(
+    config: Config, steps: Steps, output: Path, extra: dict[str, str], promtool: str | None,
+    keep_openmetrics: bool, jobs: int, progress: bool, say: Callable[[str], None],
+) -> Summary:  # fmt: skip
     summary = Summary(steps)
     stamps = _Timestamps(steps)
     by_database: dict[str, list[str]] = {}
