@@ -4,10 +4,14 @@ real promtool and a real Prometheus."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
+import json
+import os
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -189,6 +193,147 @@ def test_promtool_blocks_answer_a_past_instant_query_in_prometheus(
         prometheus.stop()
 
 
+ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+class ScratchWatch:
+    """Polls a backfill's output directory while it runs: the peak bytes of the backfill's
+    temporary OpenMetrics and scratch files, and the OpenMetrics files seen. Blocks are
+    left out, finished or not (promtool preallocates 512 MiB for an unfinished block's
+    chunk file, whatever the chunk size: docs/backfill.md)."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.peak = 0
+        self.files: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _size(self) -> int:
+        total = 0
+        for root, dirs, files in os.walk(self.output):
+            if root == str(self.output):
+                dirs[:] = [d for d in dirs if not ULID.match(d[:26])]
+                self.files.update(f for f in files if f.endswith(".om"))
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    total += os.stat(os.path.join(root, name)).st_size
+        return total
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            if self.output.is_dir():
+                self.peak = max(self.peak, self._size())
+            time.sleep(0.005)
+
+    def __enter__(self) -> ScratchWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class ChunkedBackfill:
+    output: Path
+    watch: ScratchWatch
+    chunk_bytes: int
+    first_ms: int
+    last_ms: int
+    blocks: list[tuple[int, int]]  # (minTime, maxTime) of each block, sorted
+
+
+CHUNK_BYTES = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def chunked_backfill(demo_db: str, tmp_path_factory: pytest.TempPathFactory) -> ChunkedBackfill:
+    """Two hours of the demo at 5m steps (about 25 MB of OpenMetrics) in 2 MB chunks,
+    promtool one at a time."""
+    require_binary("promtool")
+    work = tmp_path_factory.mktemp("backfill-chunked")
+    config = _example_config(demo_db, work / "config.yaml")
+    output = work / "prometheus" / "data"  # start_prometheus's storage path
+    to = datetime.now(UTC)
+    start = to - timedelta(hours=2)
+    with ScratchWatch(output) as watch:
+        code = main(["backfill", "--quiet", "--config", str(config), "--from", start.isoformat(),
+                     "--to", to.isoformat(), "--step", "5m", "--output", str(output),
+                     "--jobs", "1", "--chunk-size", str(CHUNK_BYTES)])  # fmt: skip
+    assert code == 0
+    assert not list(output.glob("*.om")), "the OpenMetrics files are deleted"
+    step = 300_000
+    first, last = -(-to_ms(start) // step) * step, to_ms(to) // step * step
+    metas = [json.loads((p / "meta.json").read_text())
+             for p in output.iterdir() if ULID.match(p.name)]  # fmt: skip
+    blocks = sorted((m["minTime"], m["maxTime"]) for m in metas)
+    return ChunkedBackfill(output, watch, CHUNK_BYTES, first, last, blocks)
+
+
+def test_the_temporary_disk_stays_within_jobs_plus_two_chunks(
+    chunked_backfill: ChunkedBackfill, demo_db: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The range is written and turned into blocks chunk by chunk: the temporary disk
+    peak is bounded by the chunk size (one file being written and assembled, one being
+    read by promtool), not by the range, which writes many times that."""
+    config = _example_config(demo_db, tmp_path / "config.yaml")
+    code, out, _ = _backfill(
+        capsys, "--config", str(config), "--from", _rfc3339(chunked_backfill.first_ms),
+        "--to", _rfc3339(chunked_backfill.last_ms), "--step", "5m", "--no-blocks",
+        "--output", str(tmp_path / "om"),
+    )  # fmt: skip
+    assert code == 0
+    whole = int(re.search(r"; ([\d,]+) bytes of OpenMetrics", out)[1].replace(",", ""))
+    bound = (1 + 2) * chunked_backfill.chunk_bytes
+    assert whole > 4 * bound, "the range must write far more than the bound"
+    watch = chunked_backfill.watch
+    assert len(watch.files) > 4, "written in several chunks"
+    assert 0 < watch.peak <= bound, f"peak {watch.peak:,} bytes > {bound:,}"
+
+
+def test_chunks_make_blocks_whose_time_ranges_do_not_overlap(
+    chunked_backfill: ChunkedBackfill,
+) -> None:
+    ranges = chunked_backfill.blocks
+    assert len(ranges) == len(chunked_backfill.watch.files), "one block a chunk"
+    assert ranges[0][0] == chunked_backfill.first_ms
+    assert ranges[-1][1] == chunked_backfill.last_ms + 1
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges)), ranges
+
+
+def test_chunked_blocks_answer_every_step_with_the_sql_total(
+    chunked_backfill: ChunkedBackfill, demo_db: str
+) -> None:
+    """Across the chunk seams, every step's value in Prometheus is the SQL total."""
+    prometheus = start_prometheus(
+        chunked_backfill.output.parent, [], extra_args=LONG_RETENTION
+    )  # fmt: skip
+    stream_sql = yaml.safe_load(EXAMPLE.read_text())["streams"]["usage_events"]["sql"]
+    try:
+        for ts_ms in range(chunked_backfill.first_ms, chunked_backfill.last_ms + 1, 300_000):
+            query = urllib.parse.urlencode(
+                {"query": "credit_spent_credits_total", "time": f"{ts_ms / 1000:.3f}"}
+            )
+            served = {
+                tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")):
+                float(r["value"][1])
+                for r in prometheus.api(f"/api/v1/query?{query}")["result"]
+            }  # fmt: skip
+            expected = {
+                tuple((k, v) for k, v in key[1] if v): value
+                for key, value in _sql_totals(
+                    demo_db, stream_sql, datetime.fromtimestamp(ts_ms / 1000, UTC)
+                ).items()
+                if key[0] == "credit_spent_credits_total"
+            }
+            assert served == expected, _rfc3339(ts_ms)
+    finally:
+        prometheus.stop()
+
+
 # --- a small hand-made stream ------------------------------------------------------------
 
 EV_SCHEMA = """
@@ -269,8 +414,8 @@ def test_a_row_stamped_exactly_at_a_step_counts_at_that_step(
                              "--output", str(tmp_path / "out"))  # fmt: skip
     assert code == 0
     assert "3 rows skipped" in out  # per metric, as credit_exporter_dropped_rows_total
-    # a: 4 steps, b: 2 steps; two counters and a histogram (17 samples a step) each
-    assert "6 series, 114 samples at 4 steps" in out
+    # a: 4 steps, b: 2 steps; two counters and a histogram (17 series) each
+    assert "38 series (34 of them histograms' _bucket, _count and _sum), 114 samples" in out
     text = "".join(p.read_text() for p in sorted((tmp_path / "out").glob("*.om")))
     series: dict[str, list[tuple[str, str]]] = {}
     for line in text.splitlines():
@@ -383,6 +528,63 @@ def test_live_exporter_continues_the_backfilled_series_without_a_jump(
         if prometheus is not None:
             prometheus.stop()
         exporter.stop()
+
+
+def test_the_summary_counts_each_histogram_bucket_count_and_sum_as_a_series(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary's series are the series Prometheus stores: one a counter, and for a
+    histogram one per ``le`` (+Inf included) plus ``_count`` and ``_sum``; the distinct
+    series in the written file are the same number."""
+    _insert(ev_db, [(T0 - MINUTE, "a", "1", "0.5"), (T0, "b", "2", None)])
+    out, files = _backfill_ev(capsys, _ev_config(ev_db), tmp_path)
+    series = {
+        line.rsplit(" ", 2)[0]
+        for path in files for line in path.read_text().splitlines() if not line.startswith("#")
+    }  # fmt: skip
+    histogram = {s for s in series if s.startswith("credit_response_duration_seconds_")}
+    buckets = len(catalog.get("credit_response_duration_seconds").buckets)
+    assert len(histogram) == 2 * (buckets + 3)  # organizations a and b
+    assert len(series) == 2 * 2 + len(histogram)  # and two counters each
+    assert f"{len(series)} series ({len(histogram)} of them histograms'" in out
+
+
+def test_a_failed_run_leaves_no_output_directory_it_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write_config(_ev_config("postgresql://nobody@127.0.0.1:1/none"),
+                           tmp_path / "config.yaml")  # fmt: skip
+    output = tmp_path / "new" / "backfill"
+    code, _, err = _backfill(capsys, "--config", str(config), "--from", "now-1h",
+                             "--no-blocks", "--output", str(output))  # fmt: skip
+    assert code == 1
+    assert "127.0.0.1" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_run_keeps_the_directory_it_was_given_and_what_was_in_it(
+    ev_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The database fails on the third one-step chunk, after promtool started on the
+    first two: the run's own blocks and files go; the directory the user gave, and the
+    blocks and files already in it, stay."""
+    require_binary("promtool")
+    _insert(ev_db, [*EV_ROWS, (T0 + 2 * MINUTE, "boom", "1", None)])
+    output = tmp_path / "data"
+    (output / "01HZZZZZZZZZZZZZZZZZZZZZZZ").mkdir(parents=True)
+    (output / "notes.txt").write_text("mine")
+    config = _ev_config(ev_db)
+    config["streams"]["ev"]["sql"] = EV_SQL.replace(
+        "credits,", "credits / (CASE org WHEN 'boom' THEN 0 ELSE 1 END) AS credits,"
+    )
+    path = _write_config(config, tmp_path / "config.yaml")
+    code, _, err = _backfill(capsys, "--config", str(path), "--from", T0.isoformat(),
+                             "--to", (T0 + 3 * MINUTE).isoformat(), "--chunk-size", "1KiB",
+                             "--jobs", "2", "--output", str(output))  # fmt: skip
+    assert code == 1
+    assert "division by zero" in err
+    assert sorted(p.name for p in output.iterdir()) == ["01HZZZZZZZZZZZZZZZZZZZZZZZ", "notes.txt"]
+    assert (output / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

@@ -303,6 +303,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             )
         steps = backfill.Steps.between(start, end, backfill.parse_step(args.step))
         labels = backfill.parse_labels(args.label)
+        chunk_bytes = backfill.parse_size(args.chunk_size)
         if args.jobs is not None and args.jobs < 1:
             raise backfill.BackfillError(f"--jobs: must be at least 1, got {args.jobs}")
         promtool = None
@@ -321,6 +322,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             promtool=promtool,
             keep_openmetrics=args.keep_openmetrics,
             jobs=args.jobs or min(4, os.cpu_count() or 1),
+            chunk_bytes=chunk_bytes,
             progress=not args.quiet,
             say=(lambda _message: None) if args.quiet else None,
         )
@@ -331,14 +333,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"credit-exporter backfill: {redact.scrub(str(error))}", file=sys.stderr)
         return 1
     print(
-        f"{args.output}: {summary.series:,} series, {summary.samples:,} samples at "
+        f"{args.output}: {summary.series:,} series ({summary.histogram_series:,} of them "
+        f"histograms' _bucket, _count and _sum), {summary.samples:,} samples at "
         f"{steps.count:,} steps from {steps.at(0).isoformat()} to "
         f"{steps.at(steps.count - 1).isoformat()}; {summary.bytes:,} bytes of OpenMetrics "
+        f"in {summary.chunks:,} files of at most {summary.largest_chunk:,} bytes, "
         f"from {summary.rows:,} grouped rows (query {summary.query_seconds:.1f}s, "
         f"write {summary.write_seconds:.1f}s)"
     )
     if promtool is not None:
-        print(f"  {len(summary.blocks)} TSDB blocks (promtool {summary.blocks_seconds:.1f}s)")
+        print(
+            f"  {len(summary.blocks)} TSDB blocks (then waited "
+            f"{summary.blocks_seconds:.1f}s for promtool)"
+        )
     for path in summary.files:
         print(f"  {path}")
     if summary.skipped_rows:
@@ -414,9 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the live exporter would have exported at each step in [--from, --to]: the "
             "total of all rows with time <= T. Times are RFC 3339 (2024-05-01T00:00:00Z), "
             "'now', or relative like now-90d / now-1h30m. Sample times are the multiples "
-            "of --step inside the range. The output is one OpenMetrics file per 54h block "
-            "window; unless --no-blocks, promtool turns each into a Prometheus TSDB block "
-            "in --output. State gauges are NOT backfilled: state "
+            "of --step inside the range. The output is written in chunks of about "
+            "--chunk-size, one OpenMetrics file each; unless --no-blocks, promtool turns "
+            "each into a Prometheus TSDB block in --output. State gauges are NOT backfilled: state "
             "queries read the current state only and the schema keeps no history of it. "
             "See docs/backfill.md."
         ),
@@ -443,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the OpenMetrics files after the blocks are created",
     )  # fmt: skip
     backfill.add_argument("--promtool", help="promtool binary (default: from PATH)")
+    backfill.add_argument(
+        "--chunk-size", default="256MiB",
+        help="target size of each temporary OpenMetrics file: the range is written and "
+        "turned into blocks chunk by chunk, so the temporary disk stays near "
+        "(--jobs + 1) x this (default %(default)s)",
+    )  # fmt: skip
     backfill.add_argument(
         "--jobs", type=int, default=None,
         help="promtool processes at a time (default: the number of CPUs, at most 4)",
