@@ -566,7 +566,9 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for query in config["queries"].values():
         query.update(interval="2s", timeout="2s")
     for stream in config["streams"].values():
-        stream.update(interval="1s", timeout="1s", settle="1s")
+        # write_fresh_usage adds a week of rows at once: one poll must take them all
+        # within its timeout (about 1 s here on a loaded machine)
+        stream.update(interval="2s", timeout="2s", settle="1s")
     work = tmp_path_factory.mktemp("dashboards")
     exporter = start_exporter(config, work / "exporter", env={"CREDIT_EXPORTER_DSN": dsn})
     started = [exporter]

@@ -289,13 +289,14 @@ def bucket_statement(
     ).format(time=instant)
     return sql.SQL(
         "SELECT {select_list} FROM ("
-        "SELECT events.*, {bucket} AS __bucket "
+        "SELECT events.*, {bucket} AS __bucket{values} "
         "FROM (\n{source}\n) AS events WHERE {time} <= %(last)s{lower}"
         ") AS stream GROUP BY GROUPING SETS ({sets}) "
         "ORDER BY __grouping, {order}"
     ).format(
         select_list=select_list,
         bucket=bucket,
+        values=plan.row_values,
         source=plan.source,
         time=instant,
         lower=sql.SQL(" AND {} > %(after)s").format(instant) if after else sql.SQL(""),

@@ -103,6 +103,8 @@ class StreamPlan:
     columns: list[str] = field(init=False)  # union of label columns, GROUPING() order
     metrics: list[_MetricPlan] = field(init=False)
     aggregates: list[tuple[str, sql.Composable]] = field(init=False)
+    # per non-finite column, the per-row column the aggregates read instead (see row_values)
+    finite_values: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         columns: list[str] = []
@@ -111,6 +113,13 @@ class StreamPlan:
                 if column not in columns and label not in mapping.policy.dropped:
                     columns.append(column)
         self.columns = columns
+        values = {m.value for m in self.config.metrics if m.value is not None} | {
+            column for m in self.config.metrics if m.values is not None
+            for column in m.value_columns.values()
+        }  # fmt: skip
+        self.finite_values = {
+            column: f"__v{i}" for i, column in enumerate(sorted(values & self.non_finite_columns))
+        }
         self.aggregates = [("__rows", sql.SQL("count(*)"))]
         self.metrics = []
         summed: dict[str, str] = {}
@@ -126,20 +135,16 @@ class StreamPlan:
             )
             if metric.type is catalog.MetricType.HISTOGRAM:
                 assert mapping.value is not None
-                observed = sql.Identifier(mapping.value)
-                finite = self._finite(mapping.value)
+                observed = self._value(mapping.value)
                 names = []
                 for b, bound in enumerate(metric.buckets):
                     name = f"__h{index}_b{b}"
                     self.aggregates.append(
-                        (name, sql.SQL("count(*) FILTER (WHERE {} <= {} AND {})").format(
-                            observed, sql.Literal(Decimal(repr(bound))), finite)),
+                        (name, sql.SQL("count(*) FILTER (WHERE {} <= {})").format(
+                            observed, sql.Literal(Decimal(repr(bound))))),
                     )  # fmt: skip
                     names.append(name)
-                self.aggregates.append(
-                    (f"__h{index}_count", sql.SQL("count({}) FILTER (WHERE {})").format(
-                        observed, finite))
-                )  # fmt: skip
+                self.aggregates.append((f"__h{index}_count", sql.SQL("count({})").format(observed)))
                 self.aggregates.append((f"__h{index}_sum", self._sum(mapping.value)))
                 names += [f"__h{index}_count", f"__h{index}_sum"]
                 self.metrics.append(
@@ -183,25 +188,35 @@ class StreamPlan:
         key = f"non-finite {column}"  # not a column name: those are keys of ``summed`` too
         if key not in summed:
             summed[key] = f"__nf{len(summed)}"
-            counted = sql.SQL("count(*) FILTER (WHERE NOT {})").format(self._finite(column))
+            # the values that were there, less those left: the NaNs and infinities
+            counted = sql.SQL("count({}) - count({})").format(
+                sql.Identifier(column), self._value(column)
+            )
             self.aggregates.append((summed[key], counted))
         return summed[key]
 
-    def _finite(self, column: str) -> sql.Composable:
-        """True for a finite value of ``column``: x - x is 0 for every finite number and
-        NaN for NaN and both infinities (NULL stays NULL), in numeric and float alike."""
-        if column not in self.non_finite_columns:
-            return sql.SQL("TRUE")
-        value = sql.Identifier(column)
-        return sql.SQL("({} - {}) = 0").format(value, value)
+    def _value(self, column: str) -> sql.Identifier:
+        """What the aggregates read for a value column: the column, or for one that can
+        hold NaN or an infinity, its finite values (``row_values``)."""
+        return sql.Identifier(self.finite_values.get(column, column))
+
+    @property
+    def row_values(self) -> sql.Composable:
+        """The per-row columns the aggregates read, each preceded by a comma (empty when
+        none): every value column of a non-finite type, NULL where it is NaN or infinite.
+        x - x is 0 for every finite number and NaN for NaN and both infinities, in numeric
+        and float alike. Computed once per row here, it costs the aggregates of every
+        grouping set nothing (a FILTER on each was 2x a poll's time)."""
+        return sql.SQL("").join(
+            sql.SQL(", CASE WHEN ({c} - {c}) = 0 THEN {c} END AS {alias}").format(
+                c=sql.Identifier(column), alias=sql.Identifier(alias)
+            )
+            for column, alias in self.finite_values.items()
+        )
 
     def _sum(self, column: str) -> sql.Composable:
         cast = sql.SQL("::numeric") if column in self.float_columns else sql.SQL("")
-        if column not in self.non_finite_columns:
-            return sql.SQL("sum({}{})").format(sql.Identifier(column), cast)
-        return sql.SQL("sum({}{}) FILTER (WHERE {})").format(
-            sql.Identifier(column), cast, self._finite(column)
-        )
+        return sql.SQL("sum({}{})").format(self._value(column), cast)
 
     @property
     def source(self) -> sql.Composable:
@@ -287,11 +302,12 @@ class StreamPlan:
         )
         branch = sql.SQL(
             "SELECT events.*, ({settled}) AS __settled, {chunk} AS __chunk,"
-            " {fingerprint} AS __fp_row FROM (\n{source}\n) AS events"
+            " {fingerprint} AS __fp_row{values} FROM (\n{source}\n) AS events"
         ).format(
             settled=settled,
             chunk=self._chunk(ordering),
             fingerprint=self.row_fingerprint,
+            values=self.row_values,
             source=self.source,
         )
         rows = sql.SQL(" UNION ALL ").join(
@@ -340,11 +356,13 @@ class StreamPlan:
     ) -> sql.Composed:
         """Per chunk in [lo, hi): the checksum of the rows settled at ``at``."""
         return sql.SQL(
-            "SELECT {chunk} AS __chunk, {aggregates} FROM (\n{source}\n) AS events"
-            " WHERE ({settled}) AND {within} GROUP BY 1"
+            "SELECT {chunk} AS __chunk, {aggregates} FROM ("
+            "SELECT events.*{values} FROM (\n{source}\n) AS events"
+            " WHERE ({settled}) AND {within}) AS events GROUP BY 1"
         ).format(
             chunk=self._chunk(ordering),
             aggregates=sql.SQL(", ").join(self._aggregate_list(self.row_fingerprint)),
+            values=self.row_values,
             source=self.source,
             settled=ordering.settled(at, "at"),
             within=self._in_chunks(ordering, null_time),
