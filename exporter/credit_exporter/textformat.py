@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 
 from credit_exporter import catalog
 
@@ -72,17 +73,35 @@ class LabelText:
             self._cache = {labels: self(labels) for labels in in_use}
 
 
+# Lines are encoded in batches of this many: the body is built from bytes chunks
+# without ever holding a whole family as a list of lines or as one str.
+BATCH_LINES = 2048
+
+
 def simple_family(
     metric: catalog.Metric,
-    series: Mapping[LabelValues, float],
+    series: Mapping[LabelValues, float | Decimal],
     labels: LabelText,
-) -> str:
-    """One gauge or counter family, series sorted by label values."""
+) -> list[bytes]:
+    """One gauge or counter family, series sorted by label values, as encoded chunks.
+
+    Values may be exact ``Decimal`` sums: they become floats only here, one at a
+    time, so no float copy of the series is made.
+    """
     name = metric.name
-    lines = [header(metric)]
-    lines += [f"{name}{labels(key)} {format_value(series[key])}\n" for key in sorted(series)]
-    labels.prune(series, len(series))
-    return "".join(lines)
+    chunks = [header(metric).encode()]
+    keys = sorted(series)
+    for start in range(0, len(keys), BATCH_LINES):
+        chunks.append(
+            "".join(
+                [
+                    f"{name}{labels(key)} {format_value(float(series[key]))}\n"
+                    for key in keys[start : start + BATCH_LINES]
+                ]
+            ).encode()
+        )
+    labels.prune(keys, len(keys))
+    return chunks
 
 
 def histogram_lines(
