@@ -81,15 +81,12 @@ def test_a_new_snapshot_replaces_the_cached_text() -> None:
     )
 
 
-def test_label_cache_forgets_label_sets_that_are_gone() -> None:
-    cache = LabelText(("organization",))
-    for round_ in range(10):
-        current = [(f"org-{round_}-{i}",) for i in range(100)]
-        for labels in current:
-            cache(labels)
-        cache.prune(current, len(current))
-    assert len(cache._cache) <= 2 * 100 + 64
-    assert cache(("org-9-5",)) == '{organization="org-9-5"}'
+def test_label_values_that_need_escaping_are_escaped() -> None:
+    text = LabelText(("organization", "user"))
+    assert text(("acme", "u1")) == '{organization="acme",user="u1"}'
+    assert text(('a"c\\me', "line\nbreak")) == '{organization="a\\"c\\\\me",user="line\\nbreak"}'
+    assert text(("100%", "%s")) == '{organization="100%",user="%s"}'
+    assert LabelText(())(()) == ""
 
 
 def test_streams_render_exact_counters_and_cumulative_histograms() -> None:

@@ -868,5 +868,4 @@ class StreamRenderer:
                     float(value.total),
                 )  # fmt: skip
             chunks.append("".join(lines).encode())
-        labels.prune(keys, len(keys))
         return chunks
