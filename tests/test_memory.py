@@ -16,7 +16,7 @@ from decimal import Decimal
 import pytest
 from prometheus_client import CollectorRegistry
 
-from credit_exporter import allocator, catalog
+from credit_exporter import catalog
 from credit_exporter.exposition import Exposition
 from credit_exporter.health import Health
 from credit_exporter.limits import LabelPolicy
@@ -82,11 +82,3 @@ def test_a_repeated_label_value_is_kept_once() -> None:
     policy = LabelPolicy()
     cells = ["".join(["ac", "me"]) for _ in range(3)]  # distinct str objects, as a driver's
     assert len({id(policy.label("organization", cell)) for cell in cells}) == 1
-
-
-def test_the_mmap_threshold_is_fixed_unless_the_environment_chose_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert allocator.fix_mmap_threshold()  # glibc, as in the image and CI
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert not allocator.fix_mmap_threshold()

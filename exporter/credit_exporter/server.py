@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from credit_exporter import __version__, allocator
+from credit_exporter import __version__
 from credit_exporter.config import Config, ConfigError, load_config
 from credit_exporter.db import Database
 from credit_exporter.exposition import CONTENT_TYPE, Exposition
@@ -271,7 +271,6 @@ async def serve(
     # slices by default; a scrape waiting on the event loop pays one slice per
     # wake-up. 1 ms keeps scrape latency low while a 100k-series poll lands.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    allocator.fix_mmap_threshold()  # big buffers go back to the system when freed
     await exporter.start()
     app = exporter.app()
     if web_config is not None:
