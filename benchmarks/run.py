@@ -6,6 +6,7 @@
     python benchmarks/run.py --scrape-only   # only /metrics under load (~2 min)
     python benchmarks/run.py --intake-only   # only the loads, 1M and 10M (~6 min)
     python benchmarks/run.py --window-only   # only the one-hour-window stream and reconcile
+    python benchmarks/run.py --memory-only   # only resident memory per series (~5 min)
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
 (``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cebench import machine, report, suite
+from cebench import machine, memory, report, suite
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -44,6 +45,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the time-ordered stream with a one-hour window and its reconcile (section 5)",
     )
+    only.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only resident memory per series, spread over metrics in several ways (section 6)",
+    )
+    parser.add_argument(
+        "--reps", type=int, default=3, help="exporter processes per memory case (%(default)s)"
+    )
     return parser.parse_args(argv)
 
 
@@ -64,6 +73,8 @@ def output_path(args: argparse.Namespace) -> Path:
         return suite.OUT / "RESULTS-intake.md"
     if args.window_only:
         return suite.OUT / "RESULTS-window.md"
+    if args.memory_only:
+        return suite.OUT / "RESULTS-memory.md"
     return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
 
 
@@ -92,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.window_only:
         windowed = [suite.measure_window(args.admin_dsn, n, plan, log) for n in plan.sizes]
         text = report.window_document(described, command.strip(), windowed)
+        print(text)
+        output_path(args).write_text(text, encoding="utf-8")
+        return 0
+    if args.memory_only:
+        scale = 0.1 if args.quick else 1.0
+        measured = memory.measure(args.admin_dsn, args.reps, scale, suite.OUT, log)
+        text = memory.document(described, command.strip(), measured)
         print(text)
         output_path(args).write_text(text, encoding="utf-8")
         return 0

@@ -26,8 +26,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class TextSource(Protocol):
-    def render(self) -> tuple[str, dict[str, int]]:
-        """Text of the source's metric families, and sample lines per family."""
+    def render(self) -> tuple[list[bytes], dict[str, int]]:
+        """Encoded text of the source's metric families (in chunks, joined once into the
+        body), and sample lines per family."""
         ...
 
 
@@ -66,12 +67,15 @@ class Exposition:
         complete = self._health.ready  # read first: sources publish before they report
         own = generate_latest(self._registry)
         counts = _series_per_metric(own)
-        texts: list[str] = []
+        chunks = [own]
         for source in self._sources:
-            text, source_counts = source.render()
-            texts.append(text)
+            source_chunks, source_counts = source.render()
+            chunks += source_chunks
             counts.update(source_counts)
-        body = own + "".join(texts).encode()
+        # one copy of the text besides its chunks: no str of the whole body, no
+        # concatenation of its parts
+        body = b"".join(chunks)
+        del chunks
         rendered = Rendered(body, gzip.compress(body, compresslevel=5), complete)
         # sizes describe the body just rendered; they appear in the next one
         self._health.exposition_bytes.set(len(body))

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -90,15 +91,19 @@ class LabelPolicy:
 
         A NULL with an ``if_null`` replacement goes on as that text, so it is
         capped and hashed exactly like a cell holding it.
+
+        The text is interned: the driver makes a new string for every cell, and
+        a value repeated over rows and metrics (an organization, a model, a user
+        in two metrics) is then kept once, however many series hold it.
         """
         if value is None:
             value = self.if_null.get(name)  # still None without a replacement: refused
         text = to_label_text(value)
         if name in self.hashed:
-            return hmac_label(self.key, text)
+            return sys.intern(hmac_label(self.key, text))
         if len(text) > self.max_label_value_length:
             raise Refused("label_value_too_long")
-        return text
+        return sys.intern(text)
 
 
 DEFAULT_POLICY = LabelPolicy()

@@ -58,18 +58,18 @@ class StateRenderer:
     def __init__(self, state: MetricState) -> None:
         self._state = state
         self._labels = {m.name: LabelText(m.labels) for m in catalog.METRICS}
-        # (source, metric) -> (the snapshot's series, their text)
-        self._chunks: dict[tuple[str, str], tuple[Series, str]] = {}
+        # (source, metric) -> (the snapshot's series, their encoded text)
+        self._chunks: dict[tuple[str, str], tuple[Series, list[bytes]]] = {}
 
-    def render(self) -> tuple[str, dict[str, int]]:
-        """The text of every published gauge family, and its series count."""
+    def render(self) -> tuple[list[bytes], dict[str, int]]:
+        """The encoded text of every published gauge family, and its series count."""
         feeds: dict[str, list[tuple[str, Series]]] = {}
         for source, snapshot in self._state.snapshots().items():
             for metric, series in snapshot.items():
                 feeds.setdefault(metric, []).append((source, series))
-        parts: list[str] = []
+        parts: list[bytes] = []
         counts: dict[str, int] = {}
-        chunks: dict[tuple[str, str], tuple[Series, str]] = {}
+        chunks: dict[tuple[str, str], tuple[Series, list[bytes]]] = {}
         for metric in catalog.METRICS:
             fed = feeds.get(metric.name)
             if not fed:
@@ -78,13 +78,14 @@ class StateRenderer:
                 key, series = (fed[0][0], metric.name), fed[0][1]
                 cached = self._chunks.get(key)
                 if cached is None or cached[0] is not series:
+                    self._chunks.pop(key, None)  # the old text goes before the new is built
                     cached = (series, simple_family(metric, series, self._labels[metric.name]))
                 chunks[key] = cached
                 text = cached[1]
             else:
                 series = self._state.series(metric.name)
                 text = simple_family(metric, series, self._labels[metric.name])
-            parts.append(text)
+            parts += text
             counts[metric.name] = len(series)
         self._chunks = chunks
-        return "".join(parts), counts
+        return parts, counts

@@ -4,14 +4,14 @@ prometheus_client's ``generate_latest`` builds a namedtuple per sample and
 escapes every label on every call: about 1.1 s for 100k series on this
 project's benchmark machine, all of it holding the GIL while scrapes wait.
 The business metrics are plain label tuples and numbers, so they are written
-here instead, with each series' ``{label="value"}`` text cached between
-renders (label sets are stable; values change).
+here instead, each series' ``{label="value"}`` text from a per-metric template.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 
 from credit_exporter import catalog
 
@@ -42,21 +42,27 @@ def header(metric: catalog.Metric) -> str:
 
 
 class LabelText:
-    """``{a="x",b="y"}`` per label set of one metric, cached across renders.
+    """``{a="x",b="y"}`` for the label sets of one metric.
 
-    Label sets come and go slowly, so the cache is pruned only when it holds
-    twice as many entries as the last render used: memory stays bounded by
-    the series that exist, without copying the cache on every render.
+    Nothing is kept per label set: a cache of every series' text cost about
+    190 bytes per series (200k series: 37 MB) to save about 0.1 µs per line.
+    Values that need no escaping (nearly all) go through one ``%`` format of a
+    template made once per metric; the others are escaped.
     """
+
+    __slots__ = ("_names", "_quotes", "_template")
 
     def __init__(self, names: Sequence[str]) -> None:
         self._names = tuple(names)
-        self._cache: dict[LabelValues, str] = {}
+        self._template = "{" + ",".join(f'{name}="%s"' for name in self._names) + "}"
+        if not self._names:
+            self._template = ""
+        self._quotes = 2 * len(self._names)
 
     def __call__(self, labels: LabelValues) -> str:
-        text = self._cache.get(labels)
-        if text is None:
-            text = self._cache[labels] = self.render(labels)
+        text = self._template % labels
+        if text.count('"') != self._quotes or "\\" in text or "\n" in text:
+            return self.render(labels)  # a value holds a quote, backslash or newline
         return text
 
     def render(self, labels: LabelValues) -> str:
@@ -66,23 +72,35 @@ class LabelText:
         ]
         return "{" + ",".join(pairs) + "}" if pairs else ""
 
-    def prune(self, in_use: Iterable[LabelValues], count: int) -> None:
-        """Forget label sets no longer exported, once the cache has grown past 2x."""
-        if len(self._cache) > 2 * count + 64:
-            self._cache = {labels: self(labels) for labels in in_use}
+
+# Lines are encoded in batches of this many: the body is built from bytes chunks
+# without ever holding a whole family as a list of lines or as one str.
+BATCH_LINES = 2048
 
 
 def simple_family(
     metric: catalog.Metric,
-    series: Mapping[LabelValues, float],
+    series: Mapping[LabelValues, float | Decimal],
     labels: LabelText,
-) -> str:
-    """One gauge or counter family, series sorted by label values."""
+) -> list[bytes]:
+    """One gauge or counter family, series sorted by label values, as encoded chunks.
+
+    Values may be exact ``Decimal`` sums: they become floats only here, one at a
+    time, so no float copy of the series is made.
+    """
     name = metric.name
-    lines = [header(metric)]
-    lines += [f"{name}{labels(key)} {format_value(series[key])}\n" for key in sorted(series)]
-    labels.prune(series, len(series))
-    return "".join(lines)
+    chunks = [header(metric).encode()]
+    keys = sorted(series)
+    for start in range(0, len(keys), BATCH_LINES):
+        chunks.append(
+            "".join(
+                [
+                    f"{name}{labels(key)} {format_value(float(series[key]))}\n"
+                    for key in keys[start : start + BATCH_LINES]
+                ]
+            ).encode()
+        )
+    return chunks
 
 
 def histogram_lines(

@@ -47,7 +47,13 @@ from credit_exporter.sources.totals import (
     add_value,
     magnitude,
 )
-from credit_exporter.textformat import LabelText, header, histogram_lines, simple_family
+from credit_exporter.textformat import (
+    BATCH_LINES,
+    LabelText,
+    header,
+    histogram_lines,
+    simple_family,
+)
 
 log = logging.getLogger(__name__)
 
@@ -943,38 +949,48 @@ class StreamRenderer:
         self.streams = streams
         self._labels = {m.name: LabelText(m.labels) for m in catalog.METRICS}
 
-    def render(self) -> tuple[str, dict[str, int]]:
-        """The text of every stream-fed family, and its sample-line count."""
-        totals: Aggregates = {}
+    def render(self) -> tuple[list[bytes], dict[str, int]]:
+        """The encoded text of every stream-fed family, and its sample-line count."""
+        feeds: dict[str, list[dict[LabelValues, Value]]] = {}
         for stream in list(self.streams.values()):
-            add_aggregates(totals, stream.exported)
-        parts: list[str] = []
+            for metric_name, exported in stream.exported.items():
+                feeds.setdefault(metric_name, []).append(exported)
+        parts: list[bytes] = []
         counts: dict[str, int] = {}
         for metric in catalog.METRICS:
-            series = totals.get(metric.name)
-            if series is None:
+            fed = feeds.get(metric.name)
+            if fed is None:
                 continue
+            series = fed[0]
+            if len(fed) > 1:  # a metric fed by several streams: their sum (no copy otherwise)
+                series = {}
+                for exported in fed:
+                    for key, value in exported.items():
+                        add_value(series, key, value)
             labels = self._labels[metric.name]
             if metric.type is catalog.MetricType.HISTOGRAM:
-                parts.append(self._histogram(metric, series, labels))
+                parts += self._histogram(metric, series, labels)
                 counts[metric.name] = len(series) * (len(metric.buckets) + 3)
             else:
-                as_float = {key: float(value) for key, value in series.items()}  # Decimals
-                parts.append(simple_family(metric, as_float, labels))
+                parts += simple_family(metric, series, labels)  # type: ignore[arg-type]
                 counts[metric.name] = len(series)
-        return "".join(parts), counts
+        return parts, counts
 
     @staticmethod
     def _histogram(
         metric: catalog.Metric, series: dict[LabelValues, Value], labels: LabelText
-    ) -> str:
+    ) -> list[bytes]:
         bounds = [le_text(bound) for bound in metric.buckets]
-        lines = [header(metric)]
-        for key in sorted(series):
-            value = series[key]
-            assert isinstance(value, HistogramValue)
-            lines += histogram_lines(
-                metric.name, labels(key), bounds, value.buckets, value.count, float(value.total)
-            )
-        labels.prune(series, len(series))
-        return "".join(lines)
+        chunks = [header(metric).encode()]
+        keys = sorted(series)
+        for start in range(0, len(keys), BATCH_LINES // 16):
+            lines: list[str] = []
+            for key in keys[start : start + BATCH_LINES // 16]:
+                value = series[key]
+                assert isinstance(value, HistogramValue)
+                lines += histogram_lines(
+                    metric.name, labels(key), bounds, value.buckets, value.count,
+                    float(value.total),
+                )  # fmt: skip
+            chunks.append("".join(lines).encode())
+        return chunks
