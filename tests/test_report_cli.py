@@ -3,10 +3,12 @@ JSON document reaches a webhook (a real HTTP server on loopback)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,14 +70,16 @@ def test_to_before_from_exits_2(schema_db: str, tmp_path: Path) -> None:
     assert "--to" in result.stderr and "must be after --from" in result.stderr
 
 
-def test_webhook_receives_the_json_document(demo_db: str, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def webhook(status: int) -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """A loopback webhook answering ``status``: its URL, and what it received."""
     received: list[tuple[str, dict[str, Any]]] = []
 
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append((self.headers["Content-Type"], json.loads(body)))
-            self.send_response(204)
+            self.send_response(status)
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
@@ -85,15 +89,19 @@ def test_webhook_receives_the_json_document(demo_db: str, tmp_path: Path) -> Non
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        output = tmp_path / "report.json"
-        code = cli.main(
-            ["report", "--config", str(config_for(demo_db, tmp_path)), "--format", "json",
-             "--from", "now-2d", "--to", "now", "--output", str(output),
-             "--webhook", f"http://127.0.0.1:{server.server_port}/hook"]
-        )  # fmt: skip
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_webhook_receives_the_json_document(demo_db: str, tmp_path: Path) -> None:
+    output = tmp_path / "report.json"
+    with webhook(204) as (url, received):
+        code = cli.main(
+            ["report", "--config", str(config_for(demo_db, tmp_path)), "--format", "json",
+             "--from", "now-2d", "--to", "now", "--output", str(output), "--webhook", url]
+        )  # fmt: skip
     assert code == 0
     ((content_type, document),) = received
     assert content_type == "application/json"
@@ -150,28 +158,14 @@ def test_webhook_that_is_not_an_http_url_exits_2_before_reading(
 
 
 def test_webhook_answering_an_error_status_names_it(demo_db: str, tmp_path: Path) -> None:
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(503)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with webhook(503) as (url, _):
         result = _run("--config", str(config_for(demo_db, tmp_path)), "--format", "json",
                       "--from", "now-1d", "--output", str(tmp_path / "r.json"),
-                      "--webhook", f"http://127.0.0.1:{server.server_port}/hook")  # fmt: skip
-    finally:
-        server.shutdown()
-        server.server_close()
+                      "--webhook", url)  # fmt: skip
+    port = url.split(":")[2].split("/")[0]
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"credit-exporter report: --webhook: 127.0.0.1:{server.server_port} answered HTTP 503"
+        f"credit-exporter report: --webhook: 127.0.0.1:{port} answered HTTP 503"
     )
 
 
