@@ -29,10 +29,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 DEPLOY = Path(__file__).resolve().parent
 sys.path.insert(0, str(DEPLOY))
@@ -43,14 +44,19 @@ REPO = stack_config.REPO
 EXAMPLE_CONFIG = REPO / "config.example.yaml"
 DATABASE = "billing"
 OWN_MARKER = ".credit-exporter-native-stack"  # what may be emptied at the next start
-# --fast-alerts: every alert's `for` shortened, so a demo shows notifications in seconds
-LEVELS = ("UsageHigh", "AlmostExhausted", "Exhausted")  # alert_rules/settings.yml
-FAST_ALERT_OVERRIDES = {
-    "budget_levels": {level: {"for": "1s"} for level in LEVELS},
-    "pool_levels": {level: {"for": "1s"} for level in LEVELS},
-    "low_balance": {"for": "1s"},
-    "plan_quota": {"for": "1s"},
-}
+FAST_FOR = "1s"  # --fast-alerts: every alert's `for`, so a demo shows notifications now
+
+
+def fast_alert_overrides(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides for alert_rules/settings.yml that set every ``for`` it has to FAST_FOR,
+    wherever it is nested (levels, exporter alerts, projections: all of them)."""
+    overrides: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key == "for":
+            overrides[key] = FAST_FOR
+        elif isinstance(value, Mapping) and (nested := fast_alert_overrides(value)):
+            overrides[key] = nested
+    return overrides
 
 
 class StackError(RuntimeError):
@@ -137,7 +143,8 @@ def rule_files(workdir: Path, fast_alerts: bool) -> tuple[str, ...]:
     alerts, recording = stack_config.RULE_FILES
     if fast_alerts:
         generate = _alert_generator()
-        settings = generate.with_overrides(generate.load_settings(), FAST_ALERT_OVERRIDES)
+        defaults = generate.load_settings()
+        settings = generate.with_overrides(defaults, fast_alert_overrides(defaults))
         alerts = workdir / "credit-exporter.rules.yml"
         alerts.write_text(generate.render(settings))
     return (str(alerts), str(recording))
@@ -174,7 +181,9 @@ def backfill_rules(prometheus_url: str, data: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),  # the first paragraph, whole
+    )
     default_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     parser.add_argument("--days", type=int, default=90, help="days of demo history (default 90)")
     parser.add_argument("--seed", type=int, default=42, help="demo generator seed (default 42)")

@@ -250,3 +250,32 @@ def test_a_non_empty_workdir_it_did_not_create_is_refused_with_exit_2(tmp_path: 
     assert done.returncode == 2
     assert f"--workdir {tmp_path}: not empty and not a native stack's" in done.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def _native_stack_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("native_stack", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fast_alerts_set_every_alert_for_to_one_second(tmp_path: Path) -> None:
+    import yaml
+
+    alerts, _ = _native_stack_module().rule_files(tmp_path, fast_alerts=True)
+    rules = [r for g in yaml.safe_load(Path(alerts).read_text())["groups"] for r in g["rules"]]
+    waits = {rule["alert"]: rule.get("for") for rule in rules if "alert" in rule}
+    assert len(waits) >= 15
+    assert {name: wait for name, wait in waits.items() if wait != "1s"} == {}
+
+
+def test_native_stack_help_says_its_first_paragraph_whole() -> None:
+    run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0
+    text = " ".join(run.stdout.split())
+    assert "from Debian packages and the embedded PostgreSQL:" in text, text
