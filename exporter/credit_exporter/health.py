@@ -236,6 +236,12 @@ class Health:
         status.timeout, status.first_timeout = timeout, first_timeout
         status.last_poll, status.polled = time.monotonic(), False
 
+    def expect_long_poll(self, name: str) -> None:
+        """The source's next poll may take as long as its first (a stream reading a
+        backlog with its start-up timeout): not stalled before that."""
+        if (status := self.queries.get(name)) is not None:
+            status.polled = False
+
     def _polled(self, status: QueryStatus) -> None:
         status.last_poll, status.polled = time.monotonic(), True
         if status.stalled:

@@ -658,6 +658,8 @@ class EventStream:
         # the first poll may not go below for the series it still has (set by the server)
         self.floor: Aggregates | None = None
         self.generation = 0  # moves when the stream starts over: older reconcile work is void
+        # the last poll timed out: the next one reads a backlog, with the start-up's timeout
+        self.backlog = False
         self._clear()
         # polls and reconcile steps take turns: each sees a horizon nobody else moves
         self.lock = asyncio.Lock()
@@ -802,7 +804,11 @@ class EventStream:
             self.ordering = await self.describe(self.config.timeout)
         ordering = self.ordering
         first = not ordering.complete(self.horizon)
-        timeout = self.config.startup_timeout if first else self.config.timeout
+        # A poll that timed out is tried again as a start-up is: a burst of rows (a
+        # batch import, hours of writes while the database was unreachable to us) that
+        # one poll cannot aggregate within `timeout` would otherwise time out for ever.
+        big = first or self.backlog
+        timeout = self.config.startup_timeout if big else self.config.timeout
         try:
             horizon = await self._advance_horizon(ordering, timeout)
         except StartOver as replaced:
@@ -813,13 +819,13 @@ class EventStream:
         # functions for ~9 s of a 31 s start-up on 1M rows; work_mem 256MB
         # took it from 31 s to 18.5 s). Incremental polls read few rows.
         settings = {"jit": "off", "cursor_tuple_fraction": "1"}
-        if first:
+        if big:
             settings["work_mem"] = self.config.startup_work_mem
         # a server-side cursor: the start-up result can hold millions of groups,
         # and only the capped series may stay in memory
         async with (
             self.database.read_only(
-                timeout, repeatable_read=True, settings=settings, beyond_statement_timeout=first
+                timeout, repeatable_read=True, settings=settings, beyond_statement_timeout=big
             ) as conn,
             conn.cursor(name="credit_exporter_stream") as cur,
         ):
@@ -846,10 +852,15 @@ class EventStream:
             try:
                 horizon, split = await self.poll()
             except Exception as exc:
-                if classify(exc).reason not in ("connection", "timeout"):
+                reason = classify(exc).reason
+                if reason not in ("connection", "timeout"):
                     self.ordering = None  # a changed table: read its column types again
+                self.backlog = reason == "timeout"
                 report_failure(self.health, "stream", self.name, started, exc)
+                if self.backlog:
+                    self.health.expect_long_poll(self.name)
                 return False
+            self.backlog = False
             if split.whole_table and self.reconciler is not None:
                 # the base was just computed from the whole table: as good as a reconcile
                 self.health.reconcile_last_success.labels(self.name).set(time.time())

@@ -1,8 +1,11 @@
-"""A different database under the same DSN: the stream starts over, says so, and equals SQL.
+"""A stream recovers on its own, says so, and equals SQL again.
 
-Dropped and restored with less history plus new rows, the exporter used to keep the old
-totals, never count the new rows, and look healthy. Here it recomputes from the whole
-table, counts the event in credit_exporter_stream_recomputes_total and logs it.
+- A different database under the same DSN: dropped and restored with less history plus new
+  rows, the exporter used to keep the old totals, never count the new rows, and look
+  healthy. Now it recomputes from the whole table, counts the event in
+  credit_exporter_stream_recomputes_total and logs it.
+- A burst of rows one poll cannot aggregate within its timeout: every poll used to time
+  out for ever. The poll after a timeout reads it with the start-up timeout.
 """
 
 from __future__ import annotations
@@ -153,3 +156,35 @@ def test_new_rows_in_the_same_database_never_start_a_stream_over(
         with psycopg.connect(empty_db, autocommit=True) as conn:
             conn.execute("INSERT INTO ev (occurred_at, org, credits) VALUES (now(), 'acme', 1)")
     assert _recomputes(stream) == {}
+
+
+def test_a_burst_too_big_for_one_poll_is_read_with_the_start_up_timeout(
+    empty_db: str, streams: list[InProcessStream]
+) -> None:
+    """Rows that take longer than `timeout` to aggregate (here: three that sleep 0.6 s
+    each in the stream's SQL) used to time every poll out, for ever."""
+    _fill(empty_db, days=1, per_day=10)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ev ADD COLUMN slow boolean NOT NULL DEFAULT false")
+    slow_sql = SQL.replace(
+        " FROM ev", " FROM ev WHERE (SELECT true FROM pg_sleep(CASE WHEN slow THEN 0.6 ELSE 0 END))"
+    )
+    config = {
+        "database": "db", "sql": slow_sql, "time": "occurred_at", "key": "id",
+        "interval": "1s", "timeout": "1s", "startup_timeout": "30s", "settle": "1s",
+        "reconcile": False,
+        "metrics": [{"metric": SPENT, "value": "credits", "labels": LABELS}],
+    }  # fmt: skip
+    stream = InProcessStream(one_stream_config(empty_db, config))
+    streams.append(stream)
+    stream.poll()
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ev (occurred_at, org, credits, slow) SELECT now(), 'acme', 2, i < 4"
+            " FROM generate_series(1, 4) i"
+        )  # the newest row is not slow: reading the top key stays quick
+    assert "timeout" in stream.poll_error()
+    stream.poll()  # the backlog, read with the start-up timeout
+    assert _by_org(stream) == _sql_by_org(empty_db)
+    stream.poll()
+    assert stream.stream.backlog is False
