@@ -262,12 +262,25 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
     sel = selector(BUDGET_KEY)
     used = q(f"max(credit_budget_used_credits{sel})", BUDGET_KEY)
     limit = q(f"max(credit_budget_limit_credits{sel})", BUDGET_KEY)
+    period_start = "max(credit_billing_period_start_timestamp_seconds{organization=%q})"
+    # a period younger than the window: the burn since it began, and said so
+    burn_since_start = q(
+        f"3600 * max(credit_budget_used_credits{sel}) / (time() - {period_start})",
+        [*BUDGET_KEY, "organization"],
+        unit=(
+            " credits/hour since the billing period began "
+            + q(f"time() - {period_start}", ["organization"], fmt="humanizeDuration")
+            + f" ago (less than {window} of data)"
+        ),
+        missing="unknown (no usage or billing period data)",
+    )
     burn_h = q(
         f"3600 * {burn}{sel}",
         BUDGET_KEY,
-        unit=" credits/hour",
-        missing=f"unknown (the billing period is younger than {window}, or data is missing)",
+        unit=f" credits/hour over the last {window}",
+        missing=burn_since_start,
     )
+    burn_per_hour = q(f"3600 * {burn}{sel}", BUDGET_KEY, unit=" credits/hour")
     period_left = q(
         "max(credit_billing_period_end_timestamp_seconds{organization=%q}) - time()",
         ["organization"], fmt="humanizeDuration",
@@ -321,7 +334,7 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         lambda threshold: (
             f"{who_capital} has used {used} of {limit} credits this billing "
             f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
-            f"{percent(threshold)}%). Burn over the last {window}: {burn_h}. "
+            f"{percent(threshold)}%). Burn: {burn_h}. "
             f"Time left in the billing period: {period_left}."
         ),
         dashboard, links,
@@ -351,7 +364,7 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
                     'in {{ $value | printf "%.1f" }} hours'
                 ),
                 "description": (
-                    f"At the burn of the last {window} ({burn_h}), "
+                    f"At the burn of the last {window} ({burn_per_hour}), "
                     f'{who} runs out in {{{{ $value | printf "%.1f" }}}} hours, before its '
                     f"billing period ends in {period_left}: {used} of {limit} credits used "
                     f"so far ({q(f'{BUDGET_RATIO}{sel}', BUDGET_KEY, 'humanizePercentage')})."
