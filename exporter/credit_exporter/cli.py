@@ -470,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     from credit_exporter.demo import data_command
 
     data_command.add_parser(sub)
+    from credit_exporter import notify_test
+
+    notify_test.add_parser(sub)
 
     cat = sub.add_parser("catalog", help="print the metric catalogue")
     cat.add_argument("--format", choices=["json", "markdown"], default="json")
