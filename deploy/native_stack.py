@@ -168,16 +168,20 @@ def backfill_series(env: dict[str, str], args: argparse.Namespace, data: Path,
     )  # fmt: skip
 
 
-def backfill_rules(prometheus_url: str, data: Path) -> None:
+def backfill_rules(prometheus_url: str, data: Path, log_path: Path) -> None:
     """deploy/compose/backfill-rules.sh: the recording rules over the last backfilled day,
-    evaluated by the running Prometheus; it loads the blocks within a minute."""
+    evaluated by the running Prometheus; it loads the blocks within a minute. promtool
+    logs a line per rule and group: that goes to ``log_path``, not the console."""
     rules = " ".join(str(path) for path in stack_config.RULE_FILES)
-    subprocess.run(
-        ["sh", str(COMPOSE_SCRIPTS / "backfill-rules.sh")],
-        env={**os.environ, "PROMETHEUS_DATA": str(data), "PROMETHEUS_URL": prometheus_url,
-             "RULE_FILES": rules},
-        check=True,
-    )  # fmt: skip
+    with log_path.open("wb") as log:
+        done = subprocess.run(
+            ["sh", str(COMPOSE_SCRIPTS / "backfill-rules.sh")],
+            env={**os.environ, "PROMETHEUS_DATA": str(data), "PROMETHEUS_URL": prometheus_url,
+                 "RULE_FILES": rules},
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise StackError(f"backfill-rules.sh exited {done.returncode}; see {log_path}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -282,7 +286,9 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
         stack.wait_ready("exporter", f"http://{at['exporter']}/-/ready", timeout=300)
         stack.wait_ready("prometheus", f"http://{at['prometheus']}/-/ready")
         print("Backfilling the recording rules over the last day ...", flush=True)
-        backfill_rules(f"http://{at['prometheus']}", work / "prometheus")
+        backfill_rules(
+            f"http://{at['prometheus']}", work / "prometheus", work / "logs" / "backfill-rules.log"
+        )
         print(
             f"Stack ready in {time.monotonic() - started:.0f}s:\n"
             f"  Prometheus    http://{at['prometheus']}\n"

@@ -233,6 +233,14 @@ def test_recording_rules_are_backfilled_over_the_last_day(stack: NativeStack) ->
 
 
 @pytest.mark.slow
+def test_promtool_logs_go_to_a_file_not_the_console(stack: NativeStack) -> None:
+    log = (stack.workdir / "logs" / "backfill-rules.log").read_text()
+    assert "level=" in log  # promtool's own lines, one per rule group and block
+    assert not [line for line in stack.output if "level=" in line and "promtool" in line.lower()]
+    assert not [line for line in stack.output if line.startswith("ts=") or " level=info " in line]
+
+
+@pytest.mark.slow
 def test_sigint_stops_every_process_and_the_database(stack: NativeStack) -> None:
     stack.process.send_signal(signal.SIGINT)
     rest, _ = stack.process.communicate(timeout=60)
