@@ -41,6 +41,7 @@ LEVELS = ("UsageHigh", "AlmostExhausted", "Exhausted")  # lowest first
 DASH_BUDGETS = "credit-budgets"
 DASH_AGENTS = "credit-agent-analytics"
 DASH_HEALTH = "credit-exporter-health"
+DASH_ORG = "credit-org-analytics"
 
 # Recording rules: level:metric:operations.
 BUDGET_RATIO = "organization_scope_scope_id:credit_budget_usage:ratio"
@@ -62,6 +63,10 @@ SCHEMA: dict[str, Any] = {
     "pool_levels": "levels",
     "projection": {"window": "duration", "for": "duration", "severity": "severity"},
     "runaway_agent": {
+        "window": "duration", "baseline": "duration", "factor": "number",
+        "min_credits_per_hour": "number", "for": "duration", "severity": "severity",
+    },
+    "organization_spend_anomaly": {
         "window": "duration", "baseline": "duration", "factor": "number",
         "min_credits_per_hour": "number", "for": "duration", "severity": "severity",
     },
@@ -429,6 +434,61 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
     return rules
 
 
+def organization_anomaly_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
+    """An organization spending far above its own recent baseline, whatever spends it
+    (agents, workspace prompts, voice): the sum of its series' rates, so a series that
+    appears or ends never reads as a jump."""
+    anomaly = settings["organization_spend_anomaly"]
+    window, baseline = anomaly["window"], anomaly["baseline"]
+    rate = f"organization:credit_spent_credits:rate{window}"
+    usual = f"avg_over_time({rate}[{baseline}:{window}])"
+    sel = "{organization=%q}"
+    return [
+        {
+            # replicas exporting the same counter count once (max by its labels first)
+            "record": rate,
+            "expr": (
+                "sum by (organization) (\n"
+                "  max by (organization, project, agent, service_type) (\n"
+                f"    rate(credit_spent_credits_total[{window}])\n"
+                "  )\n"
+                ")\n"
+            ),
+        },
+        {
+            "alert": "CreditOrganizationSpendAnomaly",
+            # Value: how many times its usual rate the organization spends now.
+            "expr": (
+                f"{rate}\n"
+                "  /\n"
+                f"{usual}\n"
+                f"  > {anomaly['factor']:g}\n"
+                "and\n"
+                f"{rate} > ({anomaly['min_credits_per_hour']:g} / 3600)\n"
+            ),
+            "for": anomaly["for"],
+            "labels": {"severity": anomaly["severity"]},
+            "annotations": {
+                "summary": (
+                    "Spend anomaly: {{ $labels.organization }} spends "
+                    '{{ $value | printf "%.1f" }}x its usual rate'
+                ),
+                "description": (
+                    "{{ $labels.organization }} has spent "
+                    f"{q(f'3600 * {rate}{sel}', ['organization'])} credits/hour over the last "
+                    f'{window}, {{{{ $value | printf "%.1f" }}}} times its {baseline} average of '
+                    f"{q(f'3600 * {usual.replace(rate, rate + sel)}', ['organization'])} "
+                    f"credits/hour (alert at {anomaly['factor']:g}x and "
+                    f"{anomaly['min_credits_per_hour']:g} credits/hour). Its top agents and "
+                    "users are on the Organization Analytics dashboard."
+                ),
+                "runbook_url": links.runbook("CreditOrganizationSpendAnomaly"),
+                "dashboard_url": links.dashboard(DASH_ORG, "organization"),
+            },
+        },
+    ]
+
+
 def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
     runaway = settings["runaway_agent"]
     window, baseline = runaway["window"], runaway["baseline"]
@@ -481,6 +541,7 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
             },
         },
     ]
+    rules += organization_anomaly_rules(settings, links)
     low = settings["low_balance"]
     balance = "sum by (organization) (max by (organization, pool) (credit_balance_credits))"
     allocation = "sum by (organization) (max by (organization, pool) (credit_allocation_credits))"
