@@ -20,10 +20,12 @@ import time
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from dashboards.grafana import (
+    ALL,
     Panel,
     builtins,
     for_panel,
@@ -33,6 +35,7 @@ from dashboards.grafana import (
     resolve_defaults,
     seconds,
     sql_macros,
+    variables,
 )
 
 GENERATED = Path(__file__).resolve().parent / "generated"
@@ -328,6 +331,43 @@ def prometheus_table(panel: dict[str, Any], frames: list) -> tuple[list[str], li
     return [renames.get(c, c) for c in columns], body
 
 
+def variable_text(variable: dict[str, Any], value: Any) -> str:
+    """A variable's value as Grafana's variable picker shows it: an option's text, not
+    its value, "All" for the All option, several values joined with " + "."""
+    if value is ALL or value in ("$__all", ["$__all"]):
+        return "All"
+    texts = {o["value"]: o["text"] for o in variable.get("options", [])}
+    picked = value if isinstance(value, list) else [value]
+    return " + ".join(str(texts.get(v, v)) for v in picked) or "(none)"
+
+
+def title_text(dashboard: dict[str, Any], values: dict[str, Any]) -> str:
+    """The figure title: the dashboard, its uid and each variable shown as ``name = value``
+    (data source variables left out: they only pick the connection)."""
+    shown = [f"{name} = {variable_text(var, values[name])}"
+             for name, var in variables(dashboard).items()
+             if var["type"] != "datasource" and name in values]  # fmt: skip
+    return "   ".join([f"{dashboard['title']}  ({dashboard['uid']})", *shown])
+
+
+def sql_cell(value: Any) -> str:
+    """One cell of a PostgreSQL table panel the way Grafana shows it: a time to the
+    second in UTC, a number without float noise, NULL empty, text cut at 40."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float | Decimal):
+        return f"{float(value):.6g}"
+    return str(value)[:40]
+
+
 def render(dashboard: dict[str, Any], source: Source, output: Path,
            errors: list[str] | None = None) -> Path:  # fmt: skip
     """Draw one dashboard into ``output/<uid>.png``; panel failures go to ``errors``."""
@@ -340,11 +380,7 @@ def render(dashboard: dict[str, Any], source: Source, output: Path,
     grid_rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dashboard["panels"])
     fig = plt.figure(figsize=(WIDTH_INCH, grid_rows * ROW_INCH + 0.6))
     top = grid_rows * ROW_INCH / (grid_rows * ROW_INCH + 0.6)
-    shown = {k: "All" if v is not None and not isinstance(v, str | list) else
-             ", ".join(x.split(":")[-2] if ":" in x else x for x in v) if isinstance(v, list)
-             else v for k, v in values.items() if k not in ("datasource", "billing")}  # fmt: skip
-    fig.suptitle(f"{dashboard['title']}  ({dashboard['uid']})   {shown}", fontsize=11,
-                 x=0.01, ha="left", y=0.995)  # fmt: skip
+    fig.suptitle(title_text(dashboard, values), fontsize=11, x=0.01, ha="left", y=0.995)
     by_id = {p.panel["id"]: p for p in panels(dashboard)}
     for raw in dashboard["panels"]:
         pos = raw["gridPos"]
@@ -392,7 +428,7 @@ def _draw(ax: Any, panel: Panel, source: Source, values: dict[str, Any],
             return
         columns, rows = result
         if kind == "table":
-            draw_table(ax, columns, [[str(c)[:24] for c in row] for row in rows])
+            draw_table(ax, columns, [[sql_cell(c) for c in row] for row in rows])
         else:
             frames = [("A", str(row[0]), {}, float(row[1] or 0)) for row in rows]
             draw_bars(ax, raw, frames)

@@ -885,3 +885,27 @@ def test_preview_renders_a_dashboard_png_without_panel_errors(stack: Stack, tmp_
     png = tmp_path / "credit-usage.png"
     assert code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+
+
+def test_preview_title_shows_each_variable_as_its_picker_text_not_a_dict() -> None:
+    from dashboards import preview
+    from dashboards.grafana import ALL
+
+    dashboard = DASHBOARDS["credit-usage"]
+    values = {"datasource": "prometheus", "billing": "billing-postgres",
+              "organization": "acme", "agent": ALL,
+              "lens": ["organization_agent:credit_spent_credits_total:sum",
+                       "organization_agent:credit_messages_total:sum"]}  # fmt: skip
+    title = preview.title_text(dashboard, values)
+    assert title == ("Credit usage  (credit-usage)   organization = acme   agent = All"
+                     "   lens = credits + messages")  # fmt: skip
+
+
+def test_preview_sql_table_cells_show_times_to_the_second_and_numbers_plainly() -> None:
+    from decimal import Decimal
+
+    from dashboards import preview
+
+    started = datetime(2026, 11, 23, 5, 30, 7, 313123, tzinfo=UTC)
+    row = (started, "Chat", 14, Decimal("2.50"), None)
+    assert [preview.sql_cell(c) for c in row] == ["2026-11-23 05:30:07", "Chat", "14", "2.5", ""]
