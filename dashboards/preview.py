@@ -20,10 +20,12 @@ import time
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from dashboards.grafana import (
+    ALL,
     Panel,
     builtins,
     for_panel,
@@ -33,6 +35,7 @@ from dashboards.grafana import (
     resolve_defaults,
     seconds,
     sql_macros,
+    variables,
 )
 
 GENERATED = Path(__file__).resolve().parent / "generated"
@@ -45,6 +48,8 @@ PALETTE = ["#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#1f78c1", "#b
            "#705da0", "#508642", "#cca300", "#447ebc", "#c15c17", "#890f02", "#0a437c"]  # fmt: skip
 ROW_INCH = 0.3
 WIDTH_INCH = 20.0
+SCRAPE_SECONDS = 15  # the scrape interval Grafana's data source assumes
+TITLE_INCH = 0.12  # a panel's title, above its axes
 
 
 # --------------------------------------------------------------------------
@@ -74,16 +79,20 @@ class Source:
 
     def prometheus(self, panel: Panel, target: dict[str, Any], values: dict[str, Any],
                    dashboard: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
-        expr = interpolate(target["expr"], dashboard, values,
-                           builtins(panel, values, self.range_seconds))  # fmt: skip
-        if target.get("instant"):
-            data = self.api("/api/v1/query", {"query": expr, "time": f"{self.now:.3f}"})
-            return data["result"]
         step = max(self.range_seconds // 120, 15)
         interval = panel.panel.get("interval")
         if interval:  # the bucket, unless the range is too short to show one
             bucket = seconds(values[interval[1:]] if interval[0] == "$" else interval)
             step = bucket if bucket * 4 <= self.range_seconds else step
+        # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape
+        # interval), the scrape interval taken as 15 s; a fixed 1m left a 24 h range
+        # with a point every 12 min rating one-minute windows: gaps, not a line
+        rate_interval = f"{max(step + SCRAPE_SECONDS, 4 * SCRAPE_SECONDS)}s"
+        expr = interpolate(target["expr"], dashboard, values,
+                           builtins(panel, values, self.range_seconds, rate_interval))  # fmt: skip
+        if target.get("instant"):
+            data = self.api("/api/v1/query", {"query": expr, "time": f"{self.now:.3f}"})
+            return data["result"]
         params = {"query": expr, "start": f"{self.now - self.range_seconds:.3f}",
                   "end": f"{self.now:.3f}", "step": str(step)}  # fmt: skip
         return self.api("/api/v1/query_range", params)["result"]
@@ -211,6 +220,9 @@ def draw_stat(ax: Any, panel: dict[str, Any], frames: list) -> None:
         _message(ax, panel["fieldConfig"]["defaults"].get("noValue") or "No data")
         return
     count = len(frames)
+    if count > 4:  # many values (one per query, say): Grafana tiles them; so does this
+        draw_stat_tiles(ax, panel, frames)
+        return
     for i, (ref, name, _, value) in enumerate(frames):
         if isinstance(value, list):
             value = value[-1][1] if value else float("nan")
@@ -224,8 +236,34 @@ def draw_stat(ax: Any, panel: dict[str, Any], frames: list) -> None:
         ax.text(0.5, y, text, ha="center", va="center", fontsize=size, color=color,
                 fontweight="bold")  # fmt: skip
         if count > 1 or panel["options"].get("textMode") == "value_and_name":
-            ax.text(0.5, y - 0.12 if count == 1 else y - 0.1, name, ha="center",
+            ax.text(0.5, y - 0.25 if count == 1 else y - 0.13, name, ha="center",
                     va="center", fontsize=7, color="#666666")  # fmt: skip
+
+
+def draw_stat_tiles(ax: Any, panel: dict[str, Any], frames: list) -> None:
+    """One small tile (value over name) per frame, in rows of up to ten."""
+    columns = min(len(frames), 10)
+    rows = math.ceil(len(frames) / columns)
+    for i, (ref, name, _, value) in enumerate(frames):
+        if isinstance(value, list):
+            value = value[-1][1] if value else float("nan")
+        config = field_config(panel, ref, name)
+        text = mapped(value, config.get("mappings", [])) or fmt(value, config.get("unit", ""))
+        x = (i % columns + 0.5) / columns
+        y = 1 - (i // columns + 0.5) / rows
+        ax.text(
+            x,
+            y + 0.12 / rows,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color=threshold_color(value, config.get("thresholds")),
+            fontweight="bold",
+        )
+        ax.text(
+            x, y - 0.15 / rows, name[:22], ha="center", va="center", fontsize=5, color="#666666"
+        )
 
 
 def draw_bars(ax: Any, panel: dict[str, Any], frames: list) -> None:
@@ -238,16 +276,20 @@ def draw_bars(ax: Any, panel: dict[str, Any], frames: list) -> None:
     names = [n for n, _, _ in items][::-1]
     numbers = [0 if math.isnan(v) or math.isinf(v) else v for _, v, _ in items][::-1]
     colors = [threshold_color(v, defaults.get("thresholds")) for v in numbers]
-    ax.barh(range(len(numbers)), numbers, color=colors, alpha=0.8)
+    low = defaults.get("min") or 0
+    ax.barh(range(len(numbers)), [v - low for v in numbers], left=low, color=colors, alpha=0.8)
     ax.set_yticks([])
-    ax.tick_params(axis="x", labelsize=6)
+    ax.set_xticks([])
+    ax.set_ylim(-0.6, len(numbers) - 0.4)
     unit = defaults.get("unit", "")
+    # name at the left edge, value at the right edge (as Grafana's bar gauge puts them),
+    # in axes coordinates: they never run into each other whatever a bar's length
+    at = ax.get_yaxis_transform()
     for i, (name, v) in enumerate(zip(names, numbers, strict=True)):
-        ax.text(0, i, " " + name[:40], va="center", fontsize=6, color="#111111")
-        ax.text(v, i, " " + fmt(v, unit), va="center", fontsize=6)
-    if defaults.get("max") is not None:
-        ax.set_xlim(defaults.get("min") or 0, defaults["max"])
-    ax.margins(x=0.25)
+        ax.text(0.005, i, name[:40], va="center", fontsize=6, color="#111111", transform=at)
+        ax.text(0.995, i, fmt(v, unit), va="center", ha="right", fontsize=6, transform=at)
+    top = defaults.get("max")
+    ax.set_xlim(low, top if top is not None else max(max(numbers), low) * 1.3 or 1)
 
 
 def draw_pie(ax: Any, panel: dict[str, Any], frames: list) -> None:
@@ -282,12 +324,20 @@ def draw_timeseries(ax: Any, panel: dict[str, Any], frames: list) -> None:
         else:
             ax.plot(xs, ys, color=color, label=name[:28], linewidth=1)
     unit = panel["fieldConfig"]["defaults"].get("unit", "")
-    ax.yaxis.set_major_formatter(lambda v, _: fmt(v, unit))
-    ax.tick_params(labelsize=6)
-    ax.legend(fontsize=5, loc="upper left", ncol=3, frameon=False)
     import matplotlib.dates as mdates
+    from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    ax.yaxis.set_major_locator(MaxNLocator(4))
+    ax.yaxis.set_major_formatter(lambda v, _: fmt(v, unit))
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=8))
+    span = series[0][1][-1][0] - series[0][1][0][0]
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M" if span > 86400 else "%H:%M"))
+    ax.tick_params(labelsize=6, pad=1)
+    # the y labels inside the axes: outside they would run into the panel on the left
+    ax.tick_params(axis="y", direction="in", pad=-4)
+    for label in ax.get_yticklabels():
+        label.set_horizontalalignment("left")
+    ax.legend(fontsize=5, loc="upper right", ncol=4, frameon=False)
 
 
 def draw_table(ax: Any, columns: list[str], rows: list[list[str]]) -> None:
@@ -328,6 +378,43 @@ def prometheus_table(panel: dict[str, Any], frames: list) -> tuple[list[str], li
     return [renames.get(c, c) for c in columns], body
 
 
+def variable_text(variable: dict[str, Any], value: Any) -> str:
+    """A variable's value as Grafana's variable picker shows it: an option's text, not
+    its value, "All" for the All option, several values joined with " + "."""
+    if value is ALL or value in ("$__all", ["$__all"]):
+        return "All"
+    texts = {o["value"]: o["text"] for o in variable.get("options", [])}
+    picked = value if isinstance(value, list) else [value]
+    return " + ".join(str(texts.get(v, v)) for v in picked) or "(none)"
+
+
+def title_text(dashboard: dict[str, Any], values: dict[str, Any]) -> str:
+    """The figure title: the dashboard, its uid and each variable shown as ``name = value``
+    (data source variables left out: they only pick the connection)."""
+    shown = [f"{name} = {variable_text(var, values[name])}"
+             for name, var in variables(dashboard).items()
+             if var["type"] != "datasource" and name in values]  # fmt: skip
+    return "   ".join([f"{dashboard['title']}  ({dashboard['uid']})", *shown])
+
+
+def sql_cell(value: Any) -> str:
+    """One cell of a PostgreSQL table panel the way Grafana shows it: a time to the
+    second in UTC, a number without float noise, NULL empty, text cut at 40."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float | Decimal):
+        return f"{float(value):.6g}"
+    return str(value)[:40]
+
+
 def render(dashboard: dict[str, Any], source: Source, output: Path,
            errors: list[str] | None = None) -> Path:  # fmt: skip
     """Draw one dashboard into ``output/<uid>.png``; panel failures go to ``errors``."""
@@ -340,18 +427,15 @@ def render(dashboard: dict[str, Any], source: Source, output: Path,
     grid_rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dashboard["panels"])
     fig = plt.figure(figsize=(WIDTH_INCH, grid_rows * ROW_INCH + 0.6))
     top = grid_rows * ROW_INCH / (grid_rows * ROW_INCH + 0.6)
-    shown = {k: "All" if v is not None and not isinstance(v, str | list) else
-             ", ".join(x.split(":")[-2] if ":" in x else x for x in v) if isinstance(v, list)
-             else v for k, v in values.items() if k not in ("datasource", "billing")}  # fmt: skip
-    fig.suptitle(f"{dashboard['title']}  ({dashboard['uid']})   {shown}", fontsize=11,
-                 x=0.01, ha="left", y=0.995)  # fmt: skip
+    fig.suptitle(title_text(dashboard, values), fontsize=11, x=0.01, ha="left", y=0.995)
     by_id = {p.panel["id"]: p for p in panels(dashboard)}
     for raw in dashboard["panels"]:
         pos = raw["gridPos"]
         height = top * pos["h"] / grid_rows
         pad = min(0.004, height / 6)
+        title_room = 0 if raw["type"] == "row" else TITLE_INCH / fig.get_figheight()
         rect = [pos["x"] / 24 + 0.004, top * (1 - (pos["y"] + pos["h"]) / grid_rows) + pad,
-                pos["w"] / 24 - 0.008, height - 3 * pad]  # fmt: skip
+                pos["w"] / 24 - 0.008, height - 3 * pad - title_room]  # fmt: skip
         ax = fig.add_axes(rect)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -392,7 +476,7 @@ def _draw(ax: Any, panel: Panel, source: Source, values: dict[str, Any],
             return
         columns, rows = result
         if kind == "table":
-            draw_table(ax, columns, [[str(c)[:24] for c in row] for row in rows])
+            draw_table(ax, columns, [[sql_cell(c) for c in row] for row in rows])
         else:
             frames = [("A", str(row[0]), {}, float(row[1] or 0)) for row in rows]
             draw_bars(ax, raw, frames)
@@ -405,8 +489,10 @@ def _draw(ax: Any, panel: Panel, source: Source, values: dict[str, Any],
     elif kind == "piechart":
         draw_pie(ax, raw, frames)
     elif kind == "timeseries":
-        ax.set_xticks([])
         draw_timeseries(ax, raw, frames)
+        if any(isinstance(v, list) and v for *_, v in frames):  # the whole range, as Grafana
+            ax.set_xlim(datetime.fromtimestamp(source.now - source.range_seconds, UTC),
+                        datetime.fromtimestamp(source.now, UTC))  # fmt: skip
     elif kind == "table":
         draw_table(ax, *prometheus_table(raw, frames))
 

@@ -871,8 +871,8 @@ def test_cost_by_project_top_six_and_others_add_up_to_the_total(stack: Stack) ->
     assert shown == pytest.approx(float(total[0]["value"][1]), rel=1e-9)
 
 
-def test_preview_renders_a_dashboard_png_without_panel_errors(stack: Stack, tmp_path: Path
-                                                              ) -> None:  # fmt: skip
+def test_preview_renders_every_dashboard_png_without_panel_errors(stack: Stack, tmp_path: Path
+                                                                  ) -> None:  # fmt: skip
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -880,8 +880,42 @@ def test_preview_renders_a_dashboard_png_without_panel_errors(stack: Stack, tmp_
     from dashboards import preview
 
     code = preview.main(["--prometheus", stack.prometheus.url, "--postgres", stack.dsn,
-                         "--output", str(tmp_path), "--range", "10m",
-                         "--dashboard", "credit-usage"])  # fmt: skip
-    png = tmp_path / "credit-usage.png"
+                         "--output", str(tmp_path), "--range", "10m"])  # fmt: skip
     assert code == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+    for uid in DASHBOARDS:
+        png = tmp_path / f"{uid}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000, uid
+
+
+def test_every_dashboard_has_a_committed_preview_linked_from_the_docs_and_readme() -> None:
+    docs = (REPO / "docs" / "dashboards.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    for uid in DASHBOARDS:
+        png = REPO / "dashboards" / "preview" / f"{uid}.png"
+        assert png.is_file() and png.stat().st_size < 600_000, uid
+        assert f"../dashboards/preview/{uid}.png" in docs, uid
+        assert f"dashboards/preview/{uid}.png" in readme, uid
+
+
+def test_preview_title_shows_each_variable_as_its_picker_text_not_a_dict() -> None:
+    from dashboards import preview
+    from dashboards.grafana import ALL
+
+    dashboard = DASHBOARDS["credit-usage"]
+    values = {"datasource": "prometheus", "billing": "billing-postgres",
+              "organization": "acme", "agent": ALL,
+              "lens": ["organization_agent:credit_spent_credits_total:sum",
+                       "organization_agent:credit_messages_total:sum"]}  # fmt: skip
+    title = preview.title_text(dashboard, values)
+    assert title == ("Credit usage  (credit-usage)   organization = acme   agent = All"
+                     "   lens = credits + messages")  # fmt: skip
+
+
+def test_preview_sql_table_cells_show_times_to_the_second_and_numbers_plainly() -> None:
+    from decimal import Decimal
+
+    from dashboards import preview
+
+    started = datetime(2026, 11, 23, 5, 30, 7, 313123, tzinfo=UTC)
+    row = (started, "Chat", 14, Decimal("2.50"), None)
+    assert [preview.sql_cell(c) for c in row] == ["2026-11-23 05:30:07", "Chat", "14", "2.5", ""]
