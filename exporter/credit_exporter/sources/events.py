@@ -211,8 +211,8 @@ class StreamPlan:
         """The per-row columns the aggregates read, each preceded by a comma (empty when
         none): every value column of a non-finite type, NULL where it is NaN or infinite.
         x - x is 0 for every finite number and NaN for NaN and both infinities, in numeric
-        and float alike. Computed once per row here, it costs the aggregates of every
-        grouping set nothing (a FILTER on each was 2x a poll's time)."""
+        and float alike. Computed once per row here, not once per aggregate of every
+        grouping set (as a FILTER on each sum would be)."""
         return sql.SQL("").join(
             sql.SQL(", CASE WHEN ({c} - {c}) = 0 THEN {c} END AS {alias}").format(
                 c=sql.Identifier(column), alias=sql.Identifier(alias)
