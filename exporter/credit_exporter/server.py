@@ -310,10 +310,15 @@ class Exporter:
     async def handle_healthy(self, _: web.Request) -> web.Response:
         return web.Response(text="Healthy.\n")
 
+    @property
+    def ready(self) -> bool:
+        """Every source has succeeded (and none is stalled), and the body a scrape gets
+        holds them all: not merely the last source's success (the body is re-rendered
+        just after)."""
+        return self.health.ready and self.exposition.current.complete
+
     async def handle_ready(self, _: web.Request) -> web.Response:
-        # ready when the body a scrape gets holds every source, not merely when
-        # the last source succeeded (the body is re-rendered just after)
-        if self.health.ready and self.exposition.current.complete:
+        if self.ready:
             return web.Response(text="Ready.\n")
         statuses = self.health.queries.values()
         stalled = sorted(s.name for s in statuses if s.stalled)

@@ -98,8 +98,7 @@ def choose_port(data_dir: Path, pinned: int | None) -> int:
 
 async def announce_when_ready(exporter: Exporter, started: float) -> None:
     """Say "Ready" when /-/ready would answer 200, not when the socket opens."""
-    # what /-/ready checks: every source succeeded once and the body a scrape gets holds it
-    while not (exporter.health.ready and exporter.exposition.current.complete):
+    while not exporter.ready:
         await asyncio.sleep(0.1)
     print(
         f"Ready in {time.monotonic() - started:.1f}s after start. Ctrl-C stops the demo.",
