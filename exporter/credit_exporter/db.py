@@ -38,6 +38,9 @@ SELECT set_config('statement_timeout', %(st)s, true), set_config('lock_timeout',
      AND current_setting('lock_timeout')::interval <= %(lt)s * interval '1 millisecond'
     THEN current_setting('lock_timeout') ELSE %(lt)s::text END, true)
 """
+# The database this connection reached: another database under the same DSN (dropped
+# and restored, re-created) has another OID.
+DATABASE_OID_SQL = "SELECT oid FROM pg_database WHERE datname = current_database()"
 # What DECLARE ... CURSOR FOR accepts, after leading comments and parentheses.
 _SELECT_LIKE = re.compile(
     r"^(\s|--[^\n]*\n|/\*.*?\*/|\()*(SELECT|WITH|VALUES|TABLE)\b", re.IGNORECASE | re.DOTALL

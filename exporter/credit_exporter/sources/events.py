@@ -30,7 +30,7 @@ from psycopg import sql
 
 from credit_exporter import catalog
 from credit_exporter.config import MetricMapping, ReconcileConfig, StreamConfig
-from credit_exporter.db import CHUNK_ROWS, Database, classify
+from credit_exporter.db import CHUNK_ROWS, DATABASE_OID_SQL, Database, classify
 from credit_exporter.health import Health
 from credit_exporter.limits import Refused, overflow_labels
 from credit_exporter.metric_state import LabelValues
@@ -604,7 +604,7 @@ SELECT now(),
              AND application_name IS DISTINCT FROM current_setting('application_name')),
          '{{}}'),
        {cutoff},
-       (SELECT oid FROM pg_database WHERE datname = current_database())
+       ({database_oid})
 """
 
 
@@ -613,7 +613,9 @@ def activity_statement(ordering: Ordering) -> sql.Composed:
     minus the stream's window in its time column's type (parameter ``window``), and the
     database's OID (another database under the same DSN has another)."""
     cutoff = ordering.time.cutoff("window") if ordering.by_time else sql.SQL("NULL")
-    return sql.SQL(ACTIVITY_SQL).format(cutoff=cutoff)  # type: ignore[arg-type]
+    return sql.SQL(ACTIVITY_SQL).format(  # type: ignore[arg-type]
+        cutoff=cutoff, database_oid=sql.SQL(DATABASE_OID_SQL)
+    )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from credit_exporter.config import ReconcileConfig
+from credit_exporter.db import DATABASE_OID_SQL
 from credit_exporter.sources.state import stop_if_cancelled
 from credit_exporter.sources.totals import (
     Aggregates,
@@ -91,9 +92,6 @@ class Difference:
     def rows(self) -> int:
         """Rows found minus rows counted (``__rows`` is the first checksum column)."""
         return int((self.found or (0,))[0] or 0) - int((self.counted or (0,))[0] or 0)
-
-
-IDENTITY_SQL = "SELECT oid FROM pg_database WHERE datname = current_database()"
 
 
 class Reconciler:
@@ -285,7 +283,7 @@ class Reconciler:
     async def _same_database(self, generation: int) -> bool:
         """Whether the stream still reads the database (and the totals) of ``generation``."""
         stream = self.stream
-        rows = await self._fetch(IDENTITY_SQL, {})
+        rows = await self._fetch(DATABASE_OID_SQL, {})
         return stream.generation == generation and rows[0][0] == stream.identity
 
     async def _recompute(self, generation: int) -> bool:
