@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alerting_support import WebhookReceiver
 from support import ExporterProcess
 
 from credit_exporter import redact
@@ -156,3 +157,14 @@ def stoppable_postgres() -> Iterator[EmbeddedPostgres]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A webhook recording every Alertmanager notification (alerting_support.for_test
+    points the example's receivers at it)."""
+    hook = WebhookReceiver()
+    try:
+        yield hook
+    finally:
+        hook.stop()

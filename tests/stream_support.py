@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from psycopg import sql
 
 from credit_exporter import catalog
@@ -15,6 +15,17 @@ from credit_exporter.config import Config, StreamConfig, parse_config
 from credit_exporter.db import Database
 from credit_exporter.health import Health
 from credit_exporter.sources.events import EventStream
+
+# The smallest usage table: sequence ids, timestamptz times, one label, numeric credits.
+SPEND_TABLE = """
+CREATE TABLE ev (
+    id bigserial PRIMARY KEY,
+    occurred_at timestamptz NOT NULL,
+    org text NOT NULL,
+    credits numeric(18, 6) NOT NULL
+);
+CREATE INDEX ev_occurred_at ON ev (occurred_at);
+"""
 
 
 def one_stream_config(dsn: str, stream: dict[str, Any], name: str = "s") -> Config:
@@ -56,14 +67,19 @@ class InProcessStream:
     def exported(self, metric: str) -> dict[tuple[str, ...], Any]:
         return dict(self.stream.exported.get(metric, {}))
 
-    def dropped_rows(self) -> dict[str, float]:
-        """credit_exporter_dropped_rows_total of this stream, by reason (zeros left out)."""
+    def by_reason(self, counter: Counter) -> dict[str, float]:
+        """A self-metric labelled by query and reason, for this stream, by reason (zeros
+        left out)."""
         return {
             sample.labels["reason"]: sample.value
-            for family in self.health.dropped_rows.collect()
+            for family in counter.collect()
             for sample in family.samples
             if sample.labels["query"] == self.name and sample.value
         }
+
+    def dropped_rows(self) -> dict[str, float]:
+        """credit_exporter_dropped_rows_total of this stream, by reason."""
+        return self.by_reason(self.health.dropped_rows)
 
     def total(self, metric: str) -> Decimal:
         return sum(self.exported(metric).values(), Decimal(0))

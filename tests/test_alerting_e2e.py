@@ -8,7 +8,7 @@ correction fires CreditExporterLateData."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from alerting_support import (
     wait_for_notifications,
 )
 from conftest import require_binary
+from stream_support import SPEND_TABLE
 from support import http_get, start_exporter, start_prometheus, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,15 +48,6 @@ generate = load_generator()
 def _alertmanager_binary() -> str:
     binary = alertmanager_binary()
     return binary or require_binary("prometheus-alertmanager")
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver()
-    try:
-        yield hook
-    finally:
-        hook.stop()
 
 
 # --------------------------------------------------------------------------
@@ -335,18 +327,14 @@ def test_demo_alerts_reach_on_call_once_per_scope_and_resolve(
 # Late data: the reconcile corrects settled history, Prometheus alerts
 # --------------------------------------------------------------------------
 
-USAGE_TABLE = """
-CREATE TABLE ev (
-    id bigserial PRIMARY KEY,
-    occurred_at timestamptz NOT NULL,
-    org text NOT NULL,
-    credits numeric(18, 6) NOT NULL
-);
-CREATE INDEX ev_occurred_at ON ev (occurred_at);
+USAGE_TABLE = (
+    SPEND_TABLE
+    + """
 INSERT INTO ev (occurred_at, org, credits) VALUES
     (now() - interval '2 hours', 'acme', 4),
     (now() - interval '1 hour', 'globex', 1);
 """
+)
 STREAM_LABELS = {"organization": "org", "project": "p", "agent": "a", "service_type": "st"}
 
 

@@ -33,15 +33,6 @@ credit_budget_limit_credits{organization="globex",scope="organization",scope_id=
 
 
 @pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver()
-    try:
-        yield hook
-    finally:
-        hook.stop()
-
-
-@pytest.fixture
 def alertmanager_url(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[str]:
     binary = alertmanager_binary() or require_binary("prometheus-alertmanager")
     example = for_test(yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text()), receiver.url)

@@ -16,17 +16,8 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from stream_support import InProcessStream, one_stream_config
+from stream_support import SPEND_TABLE, InProcessStream, one_stream_config
 
-SCHEMA = """
-CREATE TABLE ev (
-    id bigserial PRIMARY KEY,
-    occurred_at timestamptz NOT NULL,
-    org text NOT NULL,
-    credits numeric(18, 6) NOT NULL
-);
-CREATE INDEX ev_occurred_at ON ev (occurred_at);
-"""
 SQL = "SELECT id, occurred_at, org, 'p' AS project, 'a' AS agent, 'chat' AS st, credits FROM ev"
 LABELS = {"organization": "org", "project": "project", "agent": "agent", "service_type": "st"}
 SPENT = "credit_spent_credits_total"
@@ -36,7 +27,7 @@ def _fill(dsn: str, days: int, per_day: int, fresh: int = 0) -> None:
     """``days`` of history (``per_day`` rows a day, 1.5 credits each), then ``fresh`` rows
     of 0.25 credits stamped now."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
+        conn.execute(SPEND_TABLE)
         conn.execute(
             "INSERT INTO ev (occurred_at, org, credits) SELECT now() - (i || ' minutes')::interval"
             " - interval '1 hour', CASE WHEN i %% 3 = 0 THEN 'acme' ELSE 'globex' END, 1.5"
@@ -70,15 +61,6 @@ def _stream(dsn: str, key: bool) -> InProcessStream:
     else:
         config["arrives_within"] = "1m"
     return InProcessStream(one_stream_config(dsn, config))
-
-
-def _recomputes(stream: InProcessStream) -> dict[str, float]:
-    return {
-        sample.labels["reason"]: sample.value
-        for family in stream.health.recomputes.collect()
-        for sample in family.samples
-        if sample.name.endswith("_total") and sample.value
-    }
 
 
 def _drop_and_restore(admin_dsn: str, dsn: str, days: int, fresh: int) -> None:
@@ -122,7 +104,7 @@ def test_a_dropped_and_restored_database_is_recomputed_and_equals_sql(
         _poll_until_up(stream)
     assert _by_org(stream) == _sql_by_org(empty_db)  # new rows in, old history out
     assert _by_org(stream)["acme"] < before["acme"] + 250
-    assert _recomputes(stream) == {"database_replaced": 1}
+    assert stream.by_reason(stream.health.recomputes) == {"database_replaced": 1}
     assert "the database under this DSN is another one" in caplog.text
 
 
@@ -142,7 +124,7 @@ def test_a_keyed_table_whose_highest_key_went_back_is_recomputed(
         )
     stream.poll()
     assert _by_org(stream) == {"acme": Decimal(80)} == _sql_by_org(empty_db)
-    assert _recomputes(stream) == {"key_went_back": 1}
+    assert stream.by_reason(stream.health.recomputes) == {"key_went_back": 1}
 
 
 def test_new_rows_in_the_same_database_never_start_a_stream_over(
@@ -155,7 +137,7 @@ def test_new_rows_in_the_same_database_never_start_a_stream_over(
         stream.poll()
         with psycopg.connect(empty_db, autocommit=True) as conn:
             conn.execute("INSERT INTO ev (occurred_at, org, credits) VALUES (now(), 'acme', 1)")
-    assert _recomputes(stream) == {}
+    assert stream.by_reason(stream.health.recomputes) == {}
 
 
 def test_a_burst_too_big_for_one_poll_is_read_with_the_start_up_timeout(
