@@ -155,7 +155,7 @@ class StreamPlan:
                 names += [f"__h{index}_count", f"__h{index}_sum"]
                 self.metrics.append(
                     _MetricPlan(mapping, metric, label_columns, mask, tuple(names),
-                                non_finite=self._non_finite(mapping.value, summed))
+                                non_finite=self._non_finite(mapping.value))
                 )  # fmt: skip
                 continue
             elif mapping.values is not None:
@@ -167,7 +167,7 @@ class StreamPlan:
                     self.metrics.append(
                         _MetricPlan(mapping, metric, label_columns, mask,
                                     (self._summed(column, summed),), constant, n == 0,
-                                    self._non_finite(column, summed))
+                                    self._non_finite(column))
                     )  # fmt: skip
                 continue
             elif mapping.value is None:
@@ -176,7 +176,7 @@ class StreamPlan:
                 self.metrics.append(
                     _MetricPlan(mapping, metric, label_columns, mask,
                                 (self._summed(mapping.value, summed),),
-                                non_finite=self._non_finite(mapping.value, summed))
+                                non_finite=self._non_finite(mapping.value))
                 )  # fmt: skip
 
     def _summed(self, column: str, summed: dict[str, str]) -> str:
@@ -186,20 +186,20 @@ class StreamPlan:
             self.aggregates.append((summed[column], self._sum(column)))
         return summed[column]
 
-    def _non_finite(self, column: str, summed: dict[str, str]) -> str | None:
+    def _non_finite(self, column: str) -> str | None:
         """The result column counting ``column``'s NaN and infinite values, added once;
         None for a type that cannot hold them."""
-        if column not in self.non_finite_columns:
+        alias = self.finite_values.get(column)
+        if alias is None:
             return None
-        key = f"non-finite {column}"  # not a column name: those are keys of ``summed`` too
-        if key not in summed:
-            summed[key] = f"__nf{len(summed)}"
+        name = alias.replace("__v", "__nf", 1)
+        if all(added != name for added, _ in self.aggregates):
             # the values that were there, less those left: the NaNs and infinities
             counted = sql.SQL("count({}) - count({})").format(
-                sql.Identifier(column), self._value(column)
+                sql.Identifier(column), sql.Identifier(alias)
             )
-            self.aggregates.append((summed[key], counted))
-        return summed[key]
+            self.aggregates.append((name, counted))
+        return name
 
     def _value(self, column: str) -> sql.Identifier:
         """What the aggregates read for a value column: the column, or for one that can
