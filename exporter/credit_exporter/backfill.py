@@ -54,9 +54,9 @@ from psycopg import sql
 from credit_exporter import catalog
 from credit_exporter.config import Config, ConfigError, StreamConfig, parse_duration
 from credit_exporter.db import QueryError
-from credit_exporter.demo.progress import ProgressBar
 from credit_exporter.limits import Refused
 from credit_exporter.metric_state import LabelValues
+from credit_exporter.progress import ProgressBar
 from credit_exporter.sources.events import HistogramValue, StreamPlan, le_text
 from credit_exporter.sources.ordering import TimeColumn, describe_stream_sync
 

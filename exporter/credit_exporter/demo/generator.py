@@ -69,8 +69,8 @@ import psycopg
 
 from credit_exporter.demo import pgbinary
 from credit_exporter.demo.pgbinary import PG_EPOCH_MS
-from credit_exporter.demo.progress import ProgressBar
 from credit_exporter.demo.schema import apply_migrations
+from credit_exporter.progress import ProgressBar
 
 T = TypeVar("T")
 
