@@ -20,7 +20,8 @@ from support import ExporterProcess, http_get, http_post, start_exporter, wait_u
 
 from credit_exporter.config import parse_config
 from credit_exporter.demo.embedded import EmbeddedPostgres
-from credit_exporter.server import SOURCE_STOP_TIMEOUT, Exporter
+from credit_exporter.lifecycle import SOURCE_STOP_TIMEOUT, Exporter
+from credit_exporter.server import Handlers
 from credit_exporter.sources.events import EventStream
 from credit_exporter.sources.state import StateQuery
 
@@ -191,7 +192,7 @@ def test_a_source_that_stops_polling_turns_readiness_and_self_metrics_bad(
         await exporter.start()
         try:
             await wait_for_condition(lambda: exporter.health.ready, 20, "ready")
-            assert (await exporter.handle_ready(None)).status == 200  # type: ignore[arg-type]
+            assert (await Handlers(exporter).handle_ready(None)).status == 200  # type: ignore[arg-type]
             hang.set()
             # 3 intervals + the timeout = 4 s without a completed poll
             took = await wait_for_condition(
@@ -204,7 +205,7 @@ def test_a_source_that_stops_polling_turns_readiness_and_self_metrics_bad(
             assert 'credit_exporter_query_up{query="stuck"} 0.0' in body
             assert 'credit_exporter_query_stalled{query="fine"} 0.0' in body
             assert 'credit_exporter_query_up{query="fine"} 1.0' in body
-            response = await exporter.handle_ready(None)  # type: ignore[arg-type]
+            response = await Handlers(exporter).handle_ready(None)  # type: ignore[arg-type]
             assert response.status == 503
             assert "stalled" in (response.text or "") and "stuck" in (response.text or "")
             assert "fine" not in (response.text or "")

@@ -211,7 +211,8 @@ async def _run(
     web_config: WebConfig | None = None,
     shard: Shard | None = None,
 ) -> None:
-    from credit_exporter.server import Exporter, serve
+    from credit_exporter.lifecycle import Exporter
+    from credit_exporter.server import serve
 
     stop = asyncio.Event()
     _stop_on_signals(stop)

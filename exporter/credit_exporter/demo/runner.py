@@ -23,7 +23,7 @@ from credit_exporter.config import load_config
 from credit_exporter.demo.embedded import EmbeddedPostgres, free_port
 
 if TYPE_CHECKING:
-    from credit_exporter.server import Exporter
+    from credit_exporter.lifecycle import Exporter
     from credit_exporter.webconfig import WebConfig
 
 DSN_ENV = "CREDIT_EXPORTER_DSN"
@@ -164,7 +164,8 @@ def prepare_database(dsn: str, options: DemoOptions, admin_dsn: str | None = Non
 
 async def run_demo(options: DemoOptions) -> int:
     from credit_exporter.demo.live import run_live_writer
-    from credit_exporter.server import Exporter, serve
+    from credit_exporter.lifecycle import Exporter
+    from credit_exporter.server import serve
 
     started = time.monotonic()
     server: EmbeddedPostgres | None = None
