@@ -191,7 +191,7 @@ def test_a_source_that_stops_polling_turns_readiness_and_self_metrics_bad(
         exporter = Exporter(parse_config(two_queries(seats_db)))
         await exporter.start()
         try:
-            await wait_for_condition(lambda: exporter.health.ready, 20, "ready")
+            await wait_for_condition(lambda: exporter.ready, 20, "ready")
             assert (await Handlers(exporter).handle_ready(None)).status == 200  # type: ignore[arg-type]
             hang.set()
             # 3 intervals + the timeout = 4 s without a completed poll
