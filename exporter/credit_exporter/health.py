@@ -42,8 +42,34 @@ RECONCILE_REASONS = ("late", "deleted")
 RECOMPUTE_REASONS = ("database_replaced", "key_went_back")
 
 
-def _help(name: str) -> str:
-    return catalog.get(name).help
+def _declared(name: str, kind: catalog.MetricType) -> catalog.Metric:
+    """The catalogue's entry for a self-metric, which must be of ``kind``."""
+    entry = catalog.get(name)
+    if entry.type is not kind:
+        raise TypeError(f"{name} is a {entry.type} in the catalogue, not a {kind}")
+    return entry
+
+
+# Each self-metric takes its name, help and labels (and buckets) from the catalogue.
+def _gauge(name: str, registry: CollectorRegistry) -> Gauge:
+    entry = _declared(name, catalog.MetricType.GAUGE)
+    return Gauge(entry.name, entry.help, entry.labels, registry=registry)
+
+
+def _counter(name: str, registry: CollectorRegistry) -> Counter:
+    entry = _declared(name, catalog.MetricType.COUNTER)
+    return Counter(entry.name, entry.help, entry.labels, registry=registry)
+
+
+def _histogram(name: str, registry: CollectorRegistry) -> Histogram:
+    entry = _declared(name, catalog.MetricType.HISTOGRAM)
+    return Histogram(entry.name, entry.help, entry.labels, buckets=entry.buckets, registry=registry)
+
+
+def _info(name: str, registry: CollectorRegistry) -> Info:
+    """An info metric; its catalogue labels are the keys given to ``info()``."""
+    entry = _declared(name, catalog.MetricType.INFO)
+    return Info(entry.name.removesuffix("_info"), entry.help, registry=registry)
 
 
 @dataclass
@@ -77,97 +103,36 @@ class Health:
 
     def __init__(self, registry: CollectorRegistry, revision: str = "unknown") -> None:
         self.queries: dict[str, QueryStatus] = {}
-        self.build = Info("credit_build", _help("credit_build_info"), registry=registry)
+        self.build = _info("credit_build_info", registry)
         self.build.info(
             {"version": __version__, "revision": revision,
              "python_version": platform.python_version()}
         )  # fmt: skip
-        self.up = Gauge(
-            "credit_exporter_query_up", _help("credit_exporter_query_up"), ["query"],
-            registry=registry,
-        )  # fmt: skip
-        self.last_success = Gauge(
-            "credit_exporter_query_last_success_timestamp_seconds",
-            _help("credit_exporter_query_last_success_timestamp_seconds"),
-            ["query"], registry=registry,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "credit_exporter_query_duration_seconds",
-            _help("credit_exporter_query_duration_seconds"),
-            ["query"], buckets=catalog.QUERY_DURATION_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.rows = Gauge(
-            "credit_exporter_query_rows", _help("credit_exporter_query_rows"), ["query"],
-            registry=registry,
-        )  # fmt: skip
-        self.errors = Counter(
-            "credit_exporter_query_errors_total", _help("credit_exporter_query_errors_total"),
-            ["query", "reason"], registry=registry,
-        )  # fmt: skip
-        self.dropped_rows = Counter(
-            "credit_exporter_dropped_rows_total", _help("credit_exporter_dropped_rows_total"),
-            ["query", "reason"], registry=registry,
-        )  # fmt: skip
-        self.dropped_series = Counter(
-            "credit_exporter_dropped_series_total",
-            _help("credit_exporter_dropped_series_total"),
-            ["metric", "reason"], registry=registry,
-        )  # fmt: skip
-        self.exposition_bytes = Gauge(
-            "credit_exporter_exposition_bytes", _help("credit_exporter_exposition_bytes"),
-            registry=registry,
-        )  # fmt: skip
-        self.exposition_series = Gauge(
-            "credit_exporter_exposition_series", _help("credit_exporter_exposition_series"),
-            ["metric"], registry=registry,
-        )  # fmt: skip
-        self.counter_excess = Gauge(
-            "credit_exporter_counter_excess", _help("credit_exporter_counter_excess"),
-            ["metric"], registry=registry,
-        )  # fmt: skip
-        self.reconcile_chunks = Counter(
-            "credit_exporter_reconcile_chunks_total",
-            _help("credit_exporter_reconcile_chunks_total"),
-            ["query", "result"], registry=registry,
-        )  # fmt: skip
-        self.reconcile_rows = Counter(
-            "credit_exporter_reconcile_rows_total", _help("credit_exporter_reconcile_rows_total"),
-            ["query", "reason"], registry=registry,
-        )  # fmt: skip
-        self.reconcile_difference = Counter(
-            "credit_exporter_reconcile_difference_total",
-            _help("credit_exporter_reconcile_difference_total"),
-            ["query", "metric", "direction"], registry=registry,
-        )  # fmt: skip
-        self.recomputes = Counter(
-            "credit_exporter_stream_recomputes_total",
-            _help("credit_exporter_stream_recomputes_total"),
-            ["query", "reason"], registry=registry,
-        )  # fmt: skip
-        self.reconcile_seconds = Counter(
-            "credit_exporter_reconcile_database_seconds_total",
-            _help("credit_exporter_reconcile_database_seconds_total"),
-            ["query"], registry=registry,
-        )  # fmt: skip
-        self.reconcile_last_success = Gauge(
-            "credit_exporter_reconcile_last_success_timestamp_seconds",
-            _help("credit_exporter_reconcile_last_success_timestamp_seconds"),
-            ["query"], registry=registry,
-        )  # fmt: skip
-        self.stalled = Gauge(
-            "credit_exporter_query_stalled", _help("credit_exporter_query_stalled"), ["query"],
-            registry=registry,
-        )  # fmt: skip
-        self.reload_ok = Gauge(
-            "credit_exporter_config_last_reload_successful",
-            _help("credit_exporter_config_last_reload_successful"),
-            registry=registry,
-        )  # fmt: skip
-        self.reload_time = Gauge(
-            "credit_exporter_config_last_reload_success_timestamp_seconds",
-            _help("credit_exporter_config_last_reload_success_timestamp_seconds"),
-            registry=registry,
-        )  # fmt: skip
+        self.up = _gauge("credit_exporter_query_up", registry)
+        self.last_success = _gauge("credit_exporter_query_last_success_timestamp_seconds", registry)
+        self.duration = _histogram("credit_exporter_query_duration_seconds", registry)
+        self.rows = _gauge("credit_exporter_query_rows", registry)
+        self.errors = _counter("credit_exporter_query_errors_total", registry)
+        self.dropped_rows = _counter("credit_exporter_dropped_rows_total", registry)
+        self.dropped_series = _counter("credit_exporter_dropped_series_total", registry)
+        self.exposition_bytes = _gauge("credit_exporter_exposition_bytes", registry)
+        self.exposition_series = _gauge("credit_exporter_exposition_series", registry)
+        self.counter_excess = _gauge("credit_exporter_counter_excess", registry)
+        self.reconcile_chunks = _counter("credit_exporter_reconcile_chunks_total", registry)
+        self.reconcile_rows = _counter("credit_exporter_reconcile_rows_total", registry)
+        self.reconcile_difference = _counter("credit_exporter_reconcile_difference_total", registry)
+        self.recomputes = _counter("credit_exporter_stream_recomputes_total", registry)
+        self.reconcile_seconds = _counter(
+            "credit_exporter_reconcile_database_seconds_total", registry
+        )
+        self.reconcile_last_success = _gauge(
+            "credit_exporter_reconcile_last_success_timestamp_seconds", registry
+        )
+        self.stalled = _gauge("credit_exporter_query_stalled", registry)
+        self.reload_ok = _gauge("credit_exporter_config_last_reload_successful", registry)
+        self.reload_time = _gauge(
+            "credit_exporter_config_last_reload_success_timestamp_seconds", registry
+        )
 
     def register_query(self, name: str, interval: float) -> None:
         """Create the query's series up front so a never-succeeding query shows up=0."""
