@@ -321,9 +321,32 @@ def comparisons(pair: Pair) -> list[Compared]:
     return compare(pair, dashboard_queries(pair) + rule_queries())
 
 
+def summary(comparisons: list[Compared]) -> str:
+    """The counts docs/scaling.md quotes (shown with pytest -s)."""
+    plain = [c for c in comparisons if not windowed(c.expr)]
+    counted = [c for c in comparisons if windowed(c.expr)]
+    ratios = sorted(
+        abs(v - c.victoria[k]) / max(abs(v), abs(c.victoria[k]))
+        for c in counted
+        for k, v in c.prometheus.items()
+        if k in c.victoria and (v or c.victoria[k])
+    )
+    return (
+        f"{len(comparisons)} queries ({len(PROM_TARGETS)} dashboard targets,"
+        f" {len(comparisons) - len(PROM_TARGETS)} rule expressions),"
+        f" {sum(1 for c in comparisons if c.prometheus)} with data in Prometheus;"
+        f" no counter window: {len(plain)}, equal {sum(1 for c in plain if c.agree())};"
+        f" counter windows: {len(counted)}, equal {sum(1 for c in counted if c.agree())},"
+        f" same series {sum(1 for c in counted if c.same_series)};"
+        f" relative difference of the {len(ratios)} non-zero pairs: median"
+        f" {ratios[len(ratios) // 2]:.3f}, max {ratios[-1]:.3f}"
+    )
+
+
 def test_every_dashboard_query_and_rule_is_compared(comparisons: list[Compared]) -> None:
     assert len(comparisons) == len(PROM_TARGETS) + len(rule_queries()) >= 170
     assert sum(1 for c in comparisons if c.prometheus) >= 0.85 * len(comparisons)
+    print(summary(comparisons))
 
 
 def test_queries_without_counter_windows_agree(comparisons: list[Compared]) -> None:
