@@ -53,10 +53,10 @@ PROM_TARGETS = [
     for target in panel.targets
     if is_prometheus(target)
 ]
-# Values equal when within this relative (or, near zero, absolute) difference: both
-# store float64 samples, so only the order of float additions in an aggregation differs.
+# Values equal when within this relative difference: both evaluate in float64, so only
+# the order of the additions in an aggregation may differ.
 TOLERANCE = 1e-9
-# A Unix time stored in VictoriaMetrics keeps 15 significant digits (10 µs).
+# A Unix time stored in VictoriaMetrics keeps about 15 significant digits (10 µs).
 TIMESTAMP_TOLERANCE = 1e-5
 SCRAPE_INTERVAL = "1s"
 # After the new usage is written these must have moved before the comparison.
