@@ -207,7 +207,8 @@ def _agreed(found: Agreement | None, result: PeersResult) -> str:
     if found is None:
         return "-"
     off = Decimal(repr(found.spent)) - result.sql_spent
-    return f"{found.equal:,} / {found.series:,}; spent total {found.spent!r} (off by {off:+})"
+    shown = "exactly the SQL sum" if off == 0 else f"off by {off:+}"
+    return f"{found.equal:,} / {found.series:,}; spent total {found.spent!r} ({shown})"
 
 
 def table(results: list[PeersResult]) -> str:
