@@ -69,7 +69,7 @@ MOVED = [
 
 
 def remote_write(url: str) -> dict[str, Any]:
-    """The remote_write section as docs/scaling.md shows it (valid on Prometheus 2 and 3):
+    """The remote_write section docs/scaling.md shows (valid on Prometheus 2 and 3):
     a short batch deadline only so that the test's samples arrive within a second."""
     return {
         "url": url,
@@ -497,14 +497,25 @@ def test_rate_divides_by_the_window_in_promql_and_by_the_samples_span_in_metrics
         assert math.isclose(victoria[key], metricsql_rate(samples), rel_tol=TOLERANCE), key
 
 
-def test_remote_write_section_passes_promtool(tmp_path: Path) -> None:
+def documented_remote_write() -> dict[str, Any]:
+    """The prometheus.yml block of docs/scaling.md's VictoriaMetrics section."""
+    text = (REPO / "docs" / "scaling.md").read_text()
+    blocks = re.findall(
+        r"```yaml\n(# prometheus\.yml \(Prometheus 2\.x and 3\.x.*?)```", text, re.S
+    )
+    assert len(blocks) == 1, "docs/scaling.md: the VictoriaMetrics prometheus.yml block"
+    return dict(yaml.safe_load(blocks[0]))
+
+
+def test_the_documented_remote_write_is_the_tested_one() -> None:
+    documented = documented_remote_write()["remote_write"]
+    assert documented == [remote_write("http://victoriametrics:8428/api/v1/write")]
+
+
+def test_the_documented_remote_write_passes_promtool(tmp_path: Path) -> None:
     promtool = _binary("promtool", "prometheus")
-    config = {
-        "global": {"scrape_interval": "15s"},
-        "remote_write": [remote_write("http://victoriametrics:8428/api/v1/write")],
-    }
     path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(documented_remote_write()))
     done = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
