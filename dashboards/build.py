@@ -1,6 +1,6 @@
 """Regenerate the dashboard JSON (and the panel reference in docs/dashboards.md).
 
-python -m dashboards.build          # write dashboards/generated/*.json and the docs section
+python -m dashboards.build          # write dashboards/generated/*.json, recording_rules.yml, docs
 python -m dashboards.build --check  # exit 1 when a committed file is stale
 """
 
@@ -19,6 +19,7 @@ from dashboards import (
     exporter_health,
     models_users,
     org_analytics,
+    recording,
     usage,
 )
 from dashboards.common import one_line, panel_notes
@@ -26,6 +27,7 @@ from dashboards.common import one_line, panel_notes
 ROOT = Path(__file__).resolve().parent
 GENERATED = ROOT / "generated"
 DOCS = ROOT.parent / "docs" / "dashboards.md"
+RECORDING_RULES = ROOT / "recording_rules.yml"
 BEGIN = "<!-- BEGIN GENERATED PANEL REFERENCE (python -m dashboards.build) -->"
 END = "<!-- END GENERATED PANEL REFERENCE -->"
 
@@ -44,8 +46,10 @@ def render_json(data: dict) -> str:
 
 
 def outputs() -> dict[Path, str]:
-    """Every generated dashboard file and its content."""
-    return {GENERATED / f"{m.UID}.json": render_json(m.build()) for m in MODULES}
+    """Every generated dashboard file (and the recording rules they read) with its content."""
+    files = {GENERATED / f"{m.UID}.json": render_json(m.build()) for m in MODULES}
+    files[RECORDING_RULES] = recording.render()
+    return files
 
 
 def panel_reference() -> str:

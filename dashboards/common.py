@@ -13,7 +13,9 @@ Conventions every dashboard follows (the tests enforce them):
   variable: ``${datasource}`` for Prometheus, ``${billing}`` for PostgreSQL) and
   a unit when it shows numbers;
 - counters are only read through ``increase()`` (totals over ``$__range`` or per
-  ``$__interval`` bucket) or ``rate()`` (over ``$__rate_interval``);
+  ``$__interval`` bucket), ``rate()`` (over ``$__rate_interval``) or, for daily
+  bars, ``growth_between_boundaries()``; recorded increases
+  (``dashboards/recording.py``) only through ``sum_over_time()``;
 - credits use the custom unit ``count:credits`` (Grafana scales it: 12.3K credits).
 """
 
@@ -27,6 +29,8 @@ from typing import Any
 import attr
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
+
+from dashboards import recording
 
 SCHEMA_VERSION = 39  # Grafana 11.0; newer Grafana migrates forward on load
 TAG = "credit-exporter"
@@ -720,17 +724,16 @@ def one_line(text_: str) -> str:
 # Recording rules (dashboards/recording_rules.yml) and common selectors
 # --------------------------------------------------------------------------
 
-# Pre-aggregated absolute counters: the exporter's counters never reset (their
-# values are totals since the first billing row, identical across restarts), so
-# summing them before increase() is safe, and a 30-day panel reads a handful of
-# series instead of thousands.
-SPENT_BY_AGENT = "organization_agent:credit_spent_credits_total:sum"
-SPENT_BY_PROJECT_SERVICE = "organization_project_service_type:credit_spent_credits_total:sum"
-REQUESTS_BY_AGENT = "organization_agent:credit_requests_total:sum"
-REQUESTS_BY_PROJECT_SERVICE = "organization_project_service_type:credit_requests_total:sum"
-MESSAGES_BY_AGENT = "organization_agent:credit_messages_total:sum"
-SPENT_BY_USER = "organization_department_user:credit_spent_by_user_credits_total:sum"
-REQUESTS_BY_USER = "organization_department_user:credit_user_requests_total:sum"
+# Recorded per-evaluation increases (dashboards/recording.py): a panel adds them
+# up with sum_over_time(), so a 30-day panel reads a handful of series instead
+# of thousands and a series leaving a sum never shows as a spike.
+SPENT_BY_AGENT = recording.SPENT_BY_AGENT.name
+SPENT_BY_PROJECT_SERVICE = recording.SPENT_BY_PROJECT_SERVICE_TYPE.name
+REQUESTS_BY_AGENT = recording.REQUESTS_BY_AGENT.name
+REQUESTS_BY_PROJECT_SERVICE = recording.REQUESTS_BY_PROJECT_SERVICE_TYPE.name
+MESSAGES_BY_AGENT = recording.MESSAGES_BY_AGENT.name
+SPENT_BY_USER = recording.SPENT_BY_USER.name
+REQUESTS_BY_USER = recording.REQUESTS_BY_USER.name
 
 ORG = 'organization="$organization"'
 AGENT_SELECTOR = 'agent=~"$agent"'
@@ -751,3 +754,15 @@ def average_rating(selector: str, by: str = "") -> str:
     )
     total = f"increase(credit_ratings_total{{{selector}}}[$__range])"
     return f"sum{group} ({weighted}) / sum{group} ({total})"
+
+
+def growth_between_boundaries(selector: str, window: str = "$__interval") -> str:
+    """Per series, how much a counter grew between the samples at ``window`` ago and
+    now, for bars whose buckets end on sample times (daily bars on backfilled
+    hourly history). Two instant lookups instead of a range: a range selector's
+    start sample is included by Prometheus 2 and excluded by Prometheus 3
+    (left-open ranges), which turns increase() over a bucket into an
+    extrapolated estimate on 3.x, while an instant lookup at the bucket's start
+    finds the same sample on both. A series absent at either end adds nothing to
+    that bucket (a gap, not a spike), and one that comes back lower adds zero."""
+    return f"clamp_min({selector} - {selector} offset {window}, 0)"
