@@ -37,11 +37,10 @@ OUTPUT = HERE / "credit-exporter.rules.yml"
 SEVERITIES = ("critical", "high", "warning", "info")
 LEVELS = ("UsageHigh", "AlmostExhausted", "Exhausted")  # lowest first
 
-# Dashboards (uids and variables of dashboards/): where each alert's link points.
-DASH_BUDGETS = "credit-budgets"
-DASH_AGENTS = "credit-agent-analytics"
-DASH_HEALTH = "credit-exporter-health"
-DASH_ORG = "credit-org-analytics"
+# Dashboards: each alert's link points at one by its key in the settings'
+# `dashboards` mapping (the uids the dashboard generators read too).
+DASHBOARD_KEYS = ("usage", "org_analytics", "agent_analytics", "models_users", "budgets",
+                  "exporter_health")  # fmt: skip
 
 # Recording rules: level:metric:operations.
 BUDGET_RATIO = "organization_scope_scope_id:credit_budget_usage:ratio"
@@ -59,6 +58,7 @@ _UNITS = (604800, 86400, 3600, 60, 1)
 
 SCHEMA: dict[str, Any] = {
     "links": {"dashboards": str, "runbooks": str},
+    "dashboards": dict.fromkeys(DASHBOARD_KEYS, str),
     "budget_levels": "levels",
     "pool_levels": "levels",
     "projection": {"window": "duration", "for": "duration", "severity": "severity"},
@@ -202,11 +202,14 @@ class Links:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.dashboards = settings["links"]["dashboards"].rstrip("/")
         self.runbooks = settings["links"]["runbooks"]
+        self.uids = settings["dashboards"]
 
     def runbook(self, alert: str) -> str:
         return f"{self.runbooks}#{alert.lower()}"
 
-    def dashboard(self, uid: str, *variables: str) -> str:
+    def dashboard(self, key: str, *variables: str) -> str:
+        """A link to our dashboard ``key`` (settings `dashboards`) with variables set."""
+        uid = self.uids[key]
         query = "&".join(f"var-{name}={{{{ $labels.{name} | urlquery }}}}" for name in variables)
         return f"{self.dashboards}/d/{uid}" + (f"?{query}" if query else "")
 
@@ -300,7 +303,7 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
     )
     who_capital = who.replace("}}the ", "}}The ")
     who_short = f"{{{{ $labels.organization }}}} {noun} {{{{ $labels.scope_id }}}}"
-    dashboard = links.dashboard(DASH_BUDGETS, "organization", "scope", "scope_id")
+    dashboard = links.dashboard("budgets", "organization", "scope", "scope_id")
     rules: list[dict[str, Any]] = [
         {
             "record": BUDGET_RATIO,
@@ -429,7 +432,7 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
             f"{percent(threshold)}%). Spend from this pool over the last day: "
             f"{spend}. Auto-recharge is {recharge}."
         ),
-        links.dashboard(DASH_BUDGETS, "organization"), links,
+        links.dashboard("budgets", "organization"), links,
     )  # fmt: skip
     return rules
 
@@ -483,7 +486,7 @@ def organization_anomaly_rules(settings: Mapping[str, Any], links: Links) -> lis
                     "users are on the Organization Analytics dashboard."
                 ),
                 "runbook_url": links.runbook("CreditOrganizationSpendAnomaly"),
-                "dashboard_url": links.dashboard(DASH_ORG, "organization"),
+                "dashboard_url": links.dashboard("org_analytics", "organization"),
             },
         },
     ]
@@ -537,7 +540,7 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
                     f"{runaway['factor']:g}x and {runaway['min_credits_per_hour']:g} credits/hour)."
                 ),
                 "runbook_url": links.runbook("CreditAgentRunaway"),
-                "dashboard_url": links.dashboard(DASH_AGENTS, "organization", "agent"),
+                "dashboard_url": links.dashboard("agent_analytics", "organization", "agent"),
             },
         },
     ]
@@ -592,7 +595,7 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
                     + "."
                 ),
                 "runbook_url": links.runbook("CreditBalanceLowAutoRechargeOff"),
-                "dashboard_url": links.dashboard(DASH_BUDGETS, "organization"),
+                "dashboard_url": links.dashboard("budgets", "organization"),
             },
         }
     )
@@ -625,7 +628,7 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
                     "{{ else }} (in use now){{ end }}."
                 ),
                 "runbook_url": links.runbook("CreditPlanQuotaExceeded"),
-                "dashboard_url": links.dashboard(DASH_BUDGETS, "organization"),
+                "dashboard_url": links.dashboard("budgets", "organization"),
             },
         }
     )
@@ -647,7 +650,7 @@ def grew_expr(metric: str, labels: str, window: str) -> str:
 def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
     exporter = settings["exporter"]
     job = exporter["job"]
-    health = links.dashboard(DASH_HEALTH)
+    health = links.dashboard("exporter_health")
     stale, dropped = exporter["data_stale"], exporter["dropped"]
     window = dropped["window"]
     iq = ("instance", "query")
@@ -799,7 +802,7 @@ def reconcile_rules(exporter: Mapping[str, Any], links: Links) -> list[dict[str,
     """What the background reconcile of event streams finds (docs/event-engine.md):
     corrections of settled history, counters held above the database, and passes
     that no longer complete."""
-    health = links.dashboard(DASH_HEALTH)
+    health = links.dashboard("exporter_health")
     late, held = exporter["late_data"], exporter["counters_held"]
     stale, recomputed = exporter["reconcile_stale"], exporter["stream_recomputed"]
     window = late["window"]

@@ -59,6 +59,7 @@ from credit_exporter import catalog
 from credit_exporter.catalog import MetricType
 from credit_exporter.demo.shapes import gateway
 from dashboards import recording
+from monitoring import config
 
 DASHBOARDS = load_dashboards()
 PANELS = [p for d in DASHBOARDS.values() for p in panels(d)]
@@ -66,12 +67,12 @@ PROM_TARGETS = [(p, t) for p in PANELS for t in p.targets if is_prometheus(t)]
 SQL_TARGETS = [(p, t) for p in PANELS for t in p.targets if not is_prometheus(t)]
 EXAMPLE = REPO / "config.example.yaml"
 
-UIDS = {"credit-usage", "credit-org-analytics", "credit-agent-analytics",
-        "credit-models-users", "credit-budgets", "credit-exporter-health"}  # fmt: skip
+UIDS = set(config.settings()["dashboards"].values())
 PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "piechart", "table", "text", "row"}
 # Series Prometheus itself writes (scrape health, alert state): not catalogue metrics.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"}
-BUDGET_STEPS = [("green", None), ("yellow", 75), ("orange", 90), ("red", 100)]
+# green, then yellow/orange/red at the budget alert levels (75/90/100 by default)
+BUDGET_STEPS = [(step["color"], step["value"]) for step in config.budget_thresholds()["steps"]]
 RATE_FUNCTIONS = {"rate", "irate", "increase"}
 # Which Grafana interval a range function may use (no literal windows anywhere).
 ALLOWED_RANGES = {
@@ -225,7 +226,7 @@ def test_every_numeric_panel_has_a_unit() -> None:
         assert unit, f"{panel} has no unit"
 
 
-def test_budget_and_plan_health_panels_colour_at_75_90_100_percent() -> None:
+def test_budget_and_plan_health_panels_colour_at_the_budget_alert_levels() -> None:
     budgets = DASHBOARDS["credit-budgets"]
     percent = [p for p in panels(budgets) if p.panel["fieldConfig"]["defaults"]["unit"]
                == "percent" and p.title != "Billing period elapsed"]  # fmt: skip
