@@ -26,6 +26,11 @@ def snippet(language: str, number: int) -> str:
     return "\n".join(line[indent:] for line in lines) + "\n"
 
 
+def entry(code: str) -> str:
+    """A snippet as one entry of a list in the module (the guide shows it bare)."""
+    return code.rstrip("\n") + ",\n"
+
+
 def indented(text: str, spaces: int) -> str:
     return "".join(" " * spaces + line + "\n" if line else "\n" for line in text.splitlines())
 
@@ -38,7 +43,7 @@ def test_the_walk_through_adds_a_counter_in_hand_edits_and_one_command(tmp_path:
     catalog = copy / "exporter" / "credit_exporter" / "catalog.py"
     text = catalog.read_text()
     anchor = '    _m("credit_voice_seconds_total"'
-    catalog.write_text(text.replace(anchor, indented(snippet("python", 0), 4) + anchor, 1))
+    catalog.write_text(text.replace(anchor, indented(entry(snippet("py", 0)), 4) + anchor, 1))
     edited.append(catalog)
 
     config = copy / "config.example.yaml"
@@ -51,7 +56,7 @@ def test_the_walk_through_adds_a_counter_in_hand_edits_and_one_command(tmp_path:
     text = module.read_text()
     anchor = '        timeseries(\n            "Unanswered questions over time",'
     assert anchor in text
-    module.write_text(text.replace(anchor, indented(snippet("python", 1), 8) + anchor, 1))
+    module.write_text(text.replace(anchor, indented(entry(snippet("py", 1)), 8) + anchor, 1))
     edited.append(module)
     assert len(edited) <= 7
 
