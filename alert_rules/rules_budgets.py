@@ -85,16 +85,26 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         ),
         "Exhausted": "Credit budget exhausted: {who} at {{{{ $value | humanizePercentage }}}}",
     }
-    rules += level_rules(
-        "CreditBudget", BUDGET_RATIO, settings["budget_levels"], summaries, who_short,
-        lambda threshold: (
+
+    def description(threshold: float) -> str:
+        return (
             f"{who_capital} has used {used} of {limit} credits this billing "
             f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
             f"{percent(threshold)}%). Burn: {burn_h}. "
             f"Time left in the billing period: {period_left}."
-        ),
-        dashboard, links,
-    )  # fmt: skip
+        )
+
+    # Scopes with levels of their own get their own rules (same alert names); the
+    # default levels cover every other scope.
+    own_levels = settings["budget_levels_by_scope"]
+    ratio = BUDGET_RATIO
+    if own_levels:
+        ratio = f'{BUDGET_RATIO}{{scope!~"{"|".join(sorted(own_levels))}"}}'
+    rules += level_rules("CreditBudget", ratio, settings["budget_levels"], summaries, who_short,
+                         description, dashboard, links)  # fmt: skip
+    for scope, levels in sorted(own_levels.items()):
+        rules += level_rules("CreditBudget", f'{BUDGET_RATIO}{{scope="{scope}"}}', levels,
+                             summaries, who_short, description, dashboard, links)  # fmt: skip
     name = "CreditBudgetProjectedExhaustion"
     rules.append(
         {

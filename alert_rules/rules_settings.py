@@ -40,6 +40,7 @@ SCHEMA: dict[str, Any] = {
     "links": {"dashboards": str, "runbooks": str},
     "dashboards": dict.fromkeys(DASHBOARD_KEYS, str),
     "budget_levels": "levels",
+    "budget_levels_by_scope": "levels by scope",
     "pool_levels": "levels",
     "projection": {"window": "duration", "for": "duration", "severity": "severity"},
     "runaway_agent": {
@@ -91,6 +92,12 @@ def _check(value: Any, kind: Any, path: str) -> list[str]:
         return problems
     if kind == "levels":
         return _check_levels(value, path)
+    if kind == "levels by scope":
+        if not isinstance(value, dict):
+            return [f"{path}: a mapping of budget scope to levels"]
+        return [
+            p for scope, levels in value.items() for p in _check_levels(levels, f"{path}.{scope}")
+        ]
     if kind == "duration":
         try:
             seconds(value)

@@ -48,7 +48,10 @@ def budget_steps(output: Path) -> list[list[dict[str, Any]]]:
 
 def alerts(output: Path) -> dict[str, dict[str, Any]]:
     document = yaml.safe_load((output / "alert_rules" / "credit-exporter.rules.yml").read_text())
-    return {r["alert"]: r for g in document["groups"] for r in g["rules"] if "alert" in r}
+    found: dict[str, dict[str, Any]] = {}
+    for rule in (r for g in document["groups"] for r in g["rules"] if "alert" in r):
+        found.setdefault(rule["alert"], rule)  # the default levels come first
+    return found
 
 
 def panel_titles(output: Path, uid: str) -> list[str]:
@@ -126,3 +129,30 @@ def test_the_worked_example_overrides_levels_links_panels_and_alerts(tmp_path: P
         capture_output=True, text=True,
     )  # fmt: skip
     assert promtool.returncode == 0, promtool.stdout + promtool.stderr
+
+
+def test_the_worked_example_gives_departments_levels_of_their_own(tmp_path: Path) -> None:
+    """promtool on the built rules: at 60% a department budget warns (its own 50%
+    level) and an organization budget does not (the overridden 70%)."""
+    output = tmp_path / "build"
+    assert build_with(EXAMPLE, output).returncode == 0
+    series = [{"series": f'credit_budget_{kind}_credits{{organization="acme",scope="{scope}",'
+                         f'scope_id="{scope_id}"}}', "values": f"{value}x30"}
+              for scope, scope_id in (("department", "sales"), ("organization", "acme"))
+              for kind, value in (("used", 60), ("limit", 100))]  # fmt: skip
+    unit = tmp_path / "levels_test.yml"
+    unit.write_text(yaml.safe_dump({
+        "rule_files": [str(output / "alert_rules" / "credit-exporter.rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [{
+            "expr": 'ALERTS{alertname="CreditBudgetUsageHigh", alertstate="firing"}',
+            "eval_time": "20m",
+            "exp_samples": [{"value": 1, "labels": (
+                'ALERTS{alertname="CreditBudgetUsageHigh", alertstate="firing", '
+                'organization="acme", scope="department", scope_id="sales", '
+                'severity="info", threshold="50"}')}],
+        }]}],
+    }))  # fmt: skip
+    done = subprocess.run(["promtool", "test", "rules", str(unit)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
