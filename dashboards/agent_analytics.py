@@ -20,6 +20,7 @@ from dashboards.common import (
     bargauge,
     dashboard,
     display_names,
+    growth_between_boundaries,
     link,
     organization_variable,
     override,
@@ -39,6 +40,11 @@ AG = 'organization="$organization", agent="$agent"'
 CURRENCIES = ("USD", "EUR", "GBP", "JPY")
 CURRENCY_UNITS = [override("byName", c, unit=f"currency{c}") for c in CURRENCIES]
 NOT_PAID = "not a paid agent"
+
+
+def daily(counter: str) -> str:
+    """A counter's growth over each daily bar of the selected agent."""
+    return growth_between_boundaries(f"{counter}{{{AG}}}")
 
 
 AGENTS = 'label_values(credit_agent_info{organization="$organization"}, agent)'
@@ -90,13 +96,13 @@ def items() -> list:
             "Credits used by this agent",
             "Credits the agent consumed in the range. Click through to the Usage dashboard "
             "filtered on this agent.",
-            [prom(f"sum(increase({SPENT_BY_AGENT}{{{AG}}}[$__range]))", "credits")],
+            [prom(f"sum(sum_over_time({SPENT_BY_AGENT}{{{AG}}}[$__range]))", "credits")],
             CREDITS, links=usage_link, seeds="000 Usage vs Analytics", width=5,
         ),
         timeseries(
             "Conversations by channel",
             "Conversations started per day, by channel.",
-            [prom(f"sum by (channel) (increase(credit_conversations_total{{{AG}}}[$__interval]))",
+            [prom(f"sum by (channel) ({daily('credit_conversations_total')})",
                   "{{channel}}")],
             COUNT, bars=True, stacked=True, interval="1d", width=8,
             overrides=display_names(CHANNEL_NAMES), seeds="000 how many people are chatting",
@@ -104,14 +110,14 @@ def items() -> list:
         timeseries(
             "Messages by role",
             "Messages per day from visitors (user) and from the agent (assistant).",
-            [prom(f"sum by (role) (increase(credit_messages_total{{{AG}}}[$__interval]))",
+            [prom(f"sum by (role) ({daily('credit_messages_total')})",
                   "{{role}}")],
             COUNT, interval="1d", width=8, seeds="000 Messages",
         ),
         timeseries(
             "New visitors",
             "Visitors per day whose first conversation with this agent was that day.",
-            [prom(f"sum(increase(credit_visitors_total{{{AG}}}[$__interval]))", "visitors")],
+            [prom(f"sum({daily('credit_visitors_total')})", "visitors")],
             COUNT, bars=True, interval="1d", width=8, seeds="000 Visitors",
         ),
         row("Answer quality"),
@@ -152,7 +158,7 @@ def items() -> list:
         timeseries(
             "Unanswered questions over time",
             "Unanswered questions per day.",
-            [prom(f"sum(increase(credit_unanswered_questions_total{{{AG}}}[$__interval]))",
+            [prom(f"sum({daily('credit_unanswered_questions_total')})",
                   "unanswered")],
             COUNT, bars=True, interval="1d", width=4, height=8,
             seeds="000 where the agent struggles to answer",
@@ -202,16 +208,15 @@ def items() -> list:
         timeseries(
             "Transactions",
             "Paid-access transactions per day: charges and refunds.",
-            [prom("sum by (kind) (increase(credit_paid_agent_transactions_total"
-                  f"{{{AG}}}[$__interval]))", "{{kind}}")],
+            [prom(f"sum by (kind) ({daily('credit_paid_agent_transactions_total')})", "{{kind}}")],
             COUNT, bars=True, stacked=True, interval="1d", width=12,
             seeds="000 Subscriptions: transactions", paid_only=True,
         ),
         timeseries(
             "Revenue over time",
             "Paid-access revenue charged per day, per currency.",
-            [prom("sum by (currency) (increase(credit_paid_agent_revenue_total"
-                  f"{{{AG}}}[$__interval]))", "{{currency}}")],
+            [prom(f"sum by (currency) ({daily('credit_paid_agent_revenue_total')})",
+                  "{{currency}}")],
             COUNT, bars=True, interval="1d", width=12, overrides=CURRENCY_UNITS,
             seeds="000 Subscriptions: revenue", paid_only=True,
         ),

@@ -19,7 +19,6 @@ from dashboards.common import (
     NONE,
     ORG,
     PERCENT,
-    SPENT_BY_AGENT,
     UID_BUDGETS,
     UID_USAGE,
     bargauge,
@@ -184,7 +183,7 @@ def items() -> list:
             "The remaining balance of both pools divided by the current burn (credits per "
             "hour over the 'Burn rate over' window). Red under a day.",
             [prom(f"clamp_min(sum(credit_balance_credits{{{ORG}}}), 0) / "
-                  f"(sum(rate({SPENT_BY_AGENT}{{{ORG}}}[$burn_window])) * 3600)",
+                  f"(sum(rate(credit_spent_credits_total{{{ORG}}}[$burn_window])) * 3600)",
                   "hours left")],
             HOURS, thresholds=HOURS_STEPS, decimals=0, width=5, height=7,
             seeds="004 forecasting when you'll need to top up",

@@ -1,6 +1,6 @@
 """Regenerate the dashboard JSON (and the panel reference in docs/dashboards.md).
 
-python -m dashboards.build          # write dashboards/generated/*.json and the docs section
+python -m dashboards.build          # write dashboards/generated/*.json, recording_rules.yml, docs
 python -m dashboards.build --check  # exit 1 when a committed file is stale
 """
 
@@ -19,13 +19,15 @@ from dashboards import (
     exporter_health,
     models_users,
     org_analytics,
+    recording,
     usage,
 )
-from dashboards.common import one_line, panel_notes
+from dashboards.common import known_metric_names, metric_names, one_line, panel_notes
 
 ROOT = Path(__file__).resolve().parent
 GENERATED = ROOT / "generated"
 DOCS = ROOT.parent / "docs" / "dashboards.md"
+RECORDING_RULES = ROOT / "recording_rules.yml"
 BEGIN = "<!-- BEGIN GENERATED PANEL REFERENCE (python -m dashboards.build) -->"
 END = "<!-- END GENERATED PANEL REFERENCE -->"
 
@@ -44,8 +46,28 @@ def render_json(data: dict) -> str:
 
 
 def outputs() -> dict[Path, str]:
-    """Every generated dashboard file and its content."""
-    return {GENERATED / f"{m.UID}.json": render_json(m.build()) for m in MODULES}
+    """Every generated dashboard file (and the recording rules they read) with its content."""
+    built = {module.UID: module.build() for module in MODULES}
+    for uid, data in built.items():
+        check_metric_names(uid, data)
+    files = {GENERATED / f"{uid}.json": render_json(data) for uid, data in built.items()}
+    files[RECORDING_RULES] = recording.render()
+    return files
+
+
+# Series Prometheus itself writes (scrape health, alert state), not the exporter's.
+PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"}
+
+
+def check_metric_names(uid: str, data: dict) -> None:
+    """Fail the build when a panel query names a metric the catalogue (or a recording
+    rule) does not define: a typo never reaches Grafana as an empty panel."""
+    known = known_metric_names() | PROMETHEUS_SERIES
+    for panel in data["panels"]:
+        for target in panel.get("targets", []):
+            unknown = metric_names(target.get("expr", "")) - known
+            if unknown:
+                raise SystemExit(f"{uid}: {panel['title']}: unknown metrics {sorted(unknown)}")
 
 
 def panel_reference() -> str:

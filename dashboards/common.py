@@ -13,7 +13,9 @@ Conventions every dashboard follows (the tests enforce them):
   variable: ``${datasource}`` for Prometheus, ``${billing}`` for PostgreSQL) and
   a unit when it shows numbers;
 - counters are only read through ``increase()`` (totals over ``$__range`` or per
-  ``$__interval`` bucket) or ``rate()`` (over ``$__rate_interval``);
+  ``$__interval`` bucket), ``rate()`` (over ``$__rate_interval``) or, for daily
+  bars, ``growth_between_boundaries()``; recorded increases
+  (``dashboards/recording.py``) only through ``sum_over_time()``;
 - credits use the custom unit ``count:credits`` (Grafana scales it: 12.3K credits).
 """
 
@@ -28,6 +30,9 @@ import attr
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
+from dashboards import recording
+from monitoring import config
+
 SCHEMA_VERSION = 39  # Grafana 11.0; newer Grafana migrates forward on load
 TAG = "credit-exporter"
 
@@ -37,13 +42,14 @@ POSTGRES_TYPE = "grafana-postgresql-datasource"
 PROMETHEUS = {"type": "prometheus", "uid": "${datasource}"}
 POSTGRES = {"type": POSTGRES_TYPE, "uid": "${billing}"}
 
-# Dashboard uids: alert rules and data links point at them; never change them.
-UID_USAGE = "credit-usage"
-UID_ORG = "credit-org-analytics"
-UID_AGENT = "credit-agent-analytics"
-UID_MODELS = "credit-models-users"
-UID_BUDGETS = "credit-budgets"
-UID_HEALTH = "credit-exporter-health"
+# Dashboard uids, from the monitoring configuration (alert_rules/settings.yml
+# `dashboards`): alert rules and data links point at them.
+UID_USAGE = config.dashboard_uid("usage")
+UID_ORG = config.dashboard_uid("org_analytics")
+UID_AGENT = config.dashboard_uid("agent_analytics")
+UID_MODELS = config.dashboard_uid("models_users")
+UID_BUDGETS = config.dashboard_uid("budgets")
+UID_HEALTH = config.dashboard_uid("exporter_health")
 
 # Units (Grafana unit ids). Credits are a custom unit that still scales (K, M, B).
 CREDITS = "count:credits"
@@ -94,9 +100,10 @@ def steps(*pairs: tuple[str, float | None]) -> dict[str, Any]:
 
 GREEN = steps(("green", None))
 NEUTRAL = steps(("text", None))
-# Budget and plan-health colours: 75% yellow, 90% orange, 100% red (seed 003/004).
-BUDGET_PERCENT = steps(("green", None), ("yellow", 75), ("orange", 90), ("red", 100))
-BUDGET_RATIO = steps(("green", None), ("yellow", 0.75), ("orange", 0.9), ("red", 1))
+# Budget and plan-health colours at the budget alert levels of the monitoring
+# configuration (75% yellow, 90% orange, 100% red by default).
+BUDGET_PERCENT = config.budget_thresholds()
+BUDGET_RATIO = config.budget_thresholds(scale=0.01)
 UP_DOWN = steps(("red", None), ("green", 1))
 
 
@@ -693,7 +700,7 @@ def finalize(dashboard: g.Dashboard, repeats: dict[int, str | None]) -> dict[str
 def dashboard(*, uid: str, title: str, description: str, items: Sequence[g.RowPanel | Viz],
               variables: Sequence[dict], time_from: str = "now-30d", time_to: str = "now",
               refresh: str = "", tags: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
-    placed = layout(items)
+    placed = layout(with_overrides(uid, items))
     repeats = {p.id: getattr(p, "_repeat_var", None) for p in placed}
     built = g.Dashboard(
         title=title, uid=uid, description=description, tags=[TAG, *tags], panels=placed,
@@ -701,6 +708,42 @@ def dashboard(*, uid: str, title: str, description: str, items: Sequence[g.RowPa
         refresh=refresh, links=dashboard_links(), timezone="browser", graphTooltip=1,
     )  # fmt: skip
     return finalize(built, repeats)
+
+
+def extra_panel(spec: dict[str, Any]) -> Viz:
+    """A panel a platform team adds in its overrides file: a time series (``kind``
+    stat for a single figure) of one PromQL query; metric names are checked against
+    the catalogue and the recording rules when the dashboards are built."""
+    unknown = set(metric_names(spec["expr"])) - known_metric_names()
+    if unknown:
+        raise ValueError(f"extra panel {spec['title']!r}: unknown metrics {sorted(unknown)}")
+    make = stat if spec.get("kind") == "stat" else timeseries
+    target = prom(spec["expr"], spec.get("legend", ""))
+    return make(
+        spec["title"],
+        spec["description"],
+        [target],
+        spec.get("unit", COUNT),
+        width=spec.get("width", 12),
+    )
+
+
+def metric_names(expr: str) -> set[str]:
+    """Names that stand where a metric does in ``expr`` (words before ``{`` or ``[``)."""
+    return set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[{\[]", expr)) - {"by", "without", "on"}
+
+
+def known_metric_names() -> set[str]:
+    from credit_exporter import catalog
+
+    return catalog.all_series_names() | {rule.name for rule in recording.RULES}
+
+
+def with_overrides(uid: str, items: Sequence[g.RowPanel | Viz]) -> list[g.RowPanel | Viz]:
+    """``items`` without the panels the overrides file removes, plus its extra panels."""
+    removed = config.removed_panels(uid)
+    kept = [item for item in items if getattr(item, "title", None) not in removed]
+    return kept + [extra_panel(spec) for spec in config.extra_panels(uid)]
 
 
 def panel_notes(items: Sequence[g.RowPanel | Viz]) -> list[tuple[str, str, str, bool]]:
@@ -720,17 +763,16 @@ def one_line(text_: str) -> str:
 # Recording rules (dashboards/recording_rules.yml) and common selectors
 # --------------------------------------------------------------------------
 
-# Pre-aggregated absolute counters: the exporter's counters never reset (their
-# values are totals since the first billing row, identical across restarts), so
-# summing them before increase() is safe, and a 30-day panel reads a handful of
-# series instead of thousands.
-SPENT_BY_AGENT = "organization_agent:credit_spent_credits_total:sum"
-SPENT_BY_PROJECT_SERVICE = "organization_project_service_type:credit_spent_credits_total:sum"
-REQUESTS_BY_AGENT = "organization_agent:credit_requests_total:sum"
-REQUESTS_BY_PROJECT_SERVICE = "organization_project_service_type:credit_requests_total:sum"
-MESSAGES_BY_AGENT = "organization_agent:credit_messages_total:sum"
-SPENT_BY_USER = "organization_department_user:credit_spent_by_user_credits_total:sum"
-REQUESTS_BY_USER = "organization_department_user:credit_user_requests_total:sum"
+# Recorded per-evaluation increases (dashboards/recording.py): a panel adds them
+# up with sum_over_time(), so a 30-day panel reads a handful of series instead
+# of thousands and a series leaving a sum never shows as a spike.
+SPENT_BY_AGENT = recording.SPENT_BY_AGENT.name
+SPENT_BY_PROJECT_SERVICE = recording.SPENT_BY_PROJECT_SERVICE_TYPE.name
+REQUESTS_BY_AGENT = recording.REQUESTS_BY_AGENT.name
+REQUESTS_BY_PROJECT_SERVICE = recording.REQUESTS_BY_PROJECT_SERVICE_TYPE.name
+MESSAGES_BY_AGENT = recording.MESSAGES_BY_AGENT.name
+SPENT_BY_USER = recording.SPENT_BY_USER.name
+REQUESTS_BY_USER = recording.REQUESTS_BY_USER.name
 
 ORG = 'organization="$organization"'
 AGENT_SELECTOR = 'agent=~"$agent"'
@@ -751,3 +793,15 @@ def average_rating(selector: str, by: str = "") -> str:
     )
     total = f"increase(credit_ratings_total{{{selector}}}[$__range])"
     return f"sum{group} ({weighted}) / sum{group} ({total})"
+
+
+def growth_between_boundaries(selector: str, window: str = "$__interval") -> str:
+    """Per series, how much a counter grew between the samples at ``window`` ago and
+    now, for bars whose buckets end on sample times (daily bars on backfilled
+    hourly history). Two instant lookups instead of a range: a range selector's
+    start sample is included by Prometheus 2 and excluded by Prometheus 3
+    (left-open ranges), which turns increase() over a bucket into an
+    extrapolated estimate on 3.x, while an instant lookup at the bucket's start
+    finds the same sample on both. A series absent at either end adds nothing to
+    that bucket (a gap, not a spike), and one that comes back lower adds zero."""
+    return f"clamp_min({selector} - {selector} offset {window}, 0)"

@@ -47,9 +47,11 @@ MSEL = f'{ORG}, {M}=~"$model"'
 SPENT = f"credit_spent_by_model_credits_total{{{MSEL}}}"
 PROMPTS = f"credit_model_requests_total{{{MSEL}}}"
 TIER = f"group by ({M}, tier) (credit_model_multiplier_ratio)"
-TOP_USERS = f"topk(50, sum by (user, department) (increase({SPENT_BY_USER}{{{ORG}}}[$__range])))"
-USER_CREDITS = f"sum by (user) (increase({SPENT_BY_USER}{{{ORG}}}[$__range]))"
-USER_PROMPTS = f"sum by (user) (increase({REQUESTS_BY_USER}{{{ORG}}}[$__range]))"
+TOP_USERS = (
+    f"topk(50, sum by (user, department) (sum_over_time({SPENT_BY_USER}{{{ORG}}}[$__range])))"
+)
+USER_CREDITS = f"sum by (user) (sum_over_time({SPENT_BY_USER}{{{ORG}}}[$__range]))"
+USER_PROMPTS = f"sum by (user) (sum_over_time({REQUESTS_BY_USER}{{{ORG}}}[$__range]))"
 USER_EFFICIENCY = f"{USER_CREDITS} / ({USER_PROMPTS} > 0)"
 RATING_STEPS = steps(("red", None), ("yellow", 4.0), ("green", 4.5))
 

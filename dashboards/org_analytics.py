@@ -21,6 +21,7 @@ from dashboards.common import (
     UID_AGENT,
     UID_ORG,
     dashboard,
+    growth_between_boundaries,
     link,
     organization_variable,
     override,
@@ -42,8 +43,9 @@ UID = UID_ORG
 TITLE = "Organization analytics"
 ST = SERVICE_TYPE_SELECTOR
 COST = f"{SPENT_BY_PROJECT_SERVICE}{{{ORG}, {ST}}}"
+DAILY_COST = growth_between_boundaries(f"credit_spent_credits_total{{{ORG}, {ST}}}")
 AGENT_NAMES = f"group by (agent, agent_name, project) (credit_agent_info{{{ORG}}})"
-TOP10 = f'topk(10, sum by (agent) (increase({SPENT_BY_AGENT}{{{ORG}, agent!=""}}[$__range])))'
+TOP10 = f'topk(10, sum by (agent) (sum_over_time({SPENT_BY_AGENT}{{{ORG}, agent!=""}}[$__range])))'
 
 USAGE_REQUESTS_SQL = """
 SELECT e.occurred_at AS "Time",
@@ -127,7 +129,7 @@ def items() -> list:
         stat(
             "Total requests",
             "Billable requests (usage events) across all projects in the range.",
-            [prom(f"sum(increase({REQUESTS_BY_PROJECT_SERVICE}{{{ORG}}}[$__range]))",
+            [prom(f"sum(sum_over_time({REQUESTS_BY_PROJECT_SERVICE}{{{ORG}}}[$__range]))",
                   "requests")],
             COUNT, seeds="002 KPI Total Requests", width=5,
         ),
@@ -149,7 +151,7 @@ def items() -> list:
             "Active projects",
             "Projects with usage in the range, next to all projects of the organization "
             "(X of Y).",
-            [prom(f"count(sum by (project) (increase({SPENT_BY_PROJECT_SERVICE}{{{ORG}}}"
+            [prom(f"count(sum by (project) (sum_over_time({SPENT_BY_PROJECT_SERVICE}{{{ORG}}}"
                   "[$__range])) > 0) or vector(0)", "active"),
              prom(f"count(credit_project_info{{{ORG}}})", "of total")],
             COUNT, text_mode="value_and_name", seeds="002 KPI Active Projects (X/Y)", width=5,
@@ -166,14 +168,14 @@ def items() -> list:
             "Daily cost by service type",
             "Credits per day, stacked by service type. The service-type variable filters this "
             "chart and the doughnut together (Grafana legends are per panel; the colours match).",
-            [prom(f"sum by (service_type) (increase({COST}[$__interval]))", "{{service_type}}")],
+            [prom(f"sum by (service_type) ({DAILY_COST})", "{{service_type}}")],
             CREDITS, bars=True, stacked=True, interval="1d", width=16, height=9,
             overrides=colors, seeds="002 Cost overview stacked bars",
         ),
         piechart(
             "Cost by service type",
             "Total credits of the range by service type.",
-            [prom(f"sum by (service_type) (increase({COST}[$__range]))", "{{service_type}}")],
+            [prom(f"sum by (service_type) (sum_over_time({COST}[$__range]))", "{{service_type}}")],
             CREDITS, overrides=colors, width=8, height=9,
             seeds="002 Cost overview doughnut",
         ),
@@ -182,21 +184,21 @@ def items() -> list:
             "Cost by project (top 6 and Others)",
             "Credits of the range by project: the six most expensive projects, the rest "
             "grouped as Others. The total is the 'Total cost' figure beside it.",
-            [prom(f"topk(6, sum by (project) (increase({COST}[$__range])))", "{{project}}"),
-             prom(f"clamp_min(sum(increase({COST}[$__range])) - sum(topk(6, sum by (project) "
-                  f"(increase({COST}[$__range])))), 0)", "Others")],
+            [prom(f"topk(6, sum by (project) (sum_over_time({COST}[$__range])))", "{{project}}"),
+             prom(f"clamp_min(sum(sum_over_time({COST}[$__range])) - sum(topk(6, sum by (project) "
+                  f"(sum_over_time({COST}[$__range])))), 0)", "Others")],
             CREDITS, width=8, height=9, seeds="002 Cost by Project doughnut (top 6 + Others)",
         ),
         stat(
             "Total cost",
             "Credits consumed by all projects in the range (the doughnut's centre figure).",
-            [prom(f"sum(increase({COST}[$__range]))", "total")],
+            [prom(f"sum(sum_over_time({COST}[$__range]))", "total")],
             CREDITS, width=4, height=9, seeds="002 Cost by Project total",
         ),
         timeseries(
             "Project cost trends",
             "Credits per day by project; narrow to one service type with the variable.",
-            [prom(f"sum by (project) (increase({COST}[$__interval]))", "{{project}}")],
+            [prom(f"sum by (project) ({DAILY_COST})", "{{project}}")],
             CREDITS, interval="1d", width=12, height=9,
             seeds="002 Project Usage Trends with service-type filter",
         ),
@@ -209,7 +211,7 @@ def items() -> list:
                   f"or on (agent) {TOP10}", ref="A"),
              prom(f"sum by (agent) (increase(credit_conversations_total{{{ORG}}}[$__range])) "
                   f"and on (agent) {TOP10}", ref="B"),
-             prom(f"sum by (agent) (increase({REQUESTS_BY_AGENT}{{{ORG}}}[$__range])) "
+             prom(f"sum by (agent) (sum_over_time({REQUESTS_BY_AGENT}{{{ORG}}}[$__range])) "
                   f"and on (agent) {TOP10}", ref="C")],
             COUNT,
             transformations=[
@@ -230,20 +232,20 @@ def items() -> list:
         stat(
             "Cost ($service_type)",
             "Credits this service type consumed in the range (the card header's total).",
-            [prom(f"sum(increase({COST}[$__range]))", "$service_type")],
+            [prom(f"sum(sum_over_time({COST}[$__range]))", "$service_type")],
             CREDITS, width=4, height=8, seeds="002 Service Type Breakdown card total",
         ),
         timeseries(
             "Cost by project ($service_type)",
             "Credits per day of this service type, stacked by project (the card's Costs view).",
-            [prom(f"sum by (project) (increase({COST}[$__interval]))", "{{project}}")],
+            [prom(f"sum by (project) ({DAILY_COST})", "{{project}}")],
             CREDITS, bars=True, stacked=True, interval="1d", width=7, height=8,
             seeds="002 Service Type Breakdown: Costs by project",
         ),
         timeseries(
             "Daily requests ($service_type)",
             "Requests per day of this service type (the card's Requests view).",
-            [prom(f"sum(increase({REQUESTS_BY_PROJECT_SERVICE}{{{ORG}, {ST}}}[$__interval]))",
+            [prom("sum(" + growth_between_boundaries(f"credit_requests_total{{{ORG}, {ST}}}") + ")",
                   "requests")],
             COUNT, interval="1d", fill=30, width=6, height=8,
             seeds="002 Service Type Breakdown: Requests area chart",
@@ -252,8 +254,9 @@ def items() -> list:
             "Usage by pricing rule ($service_type)",
             "Credits per day of this service type, stacked by pricing rule (input tokens, "
             "output tokens, transcription seconds...): the card's Usage view.",
-            [prom("sum by (pricing_rule) (increase(credit_spent_by_pricing_rule_credits_total"
-                  f"{{{ORG}, {ST}}}[$__interval]))", "{{pricing_rule}}")],
+            [prom("sum by (pricing_rule) (" + growth_between_boundaries(
+                "credit_spent_by_pricing_rule_credits_total" f"{{{ORG}, {ST}}}") + ")",
+                  "{{pricing_rule}}")],
             CREDITS, bars=True, stacked=True, interval="1d", width=7, height=8,
             seeds="002 Service Type Breakdown: Usage by pricing rule",
         ),

@@ -25,6 +25,7 @@ from dashboards.common import (
     custom_variable,
     dashboard,
     display_names,
+    growth_between_boundaries,
     link,
     organization_variable,
     override,
@@ -99,7 +100,7 @@ def items() -> list:
             "Credits consumed in the selected time range by the selected agents (All Agents: "
             "the whole organization, direct workspace prompts included). This is spend, not "
             "the remaining balance; playground tests never draw credits and never show here.",
-            [prom(f"sum(increase({per_agent}[$__range]))", "credits")],
+            [prom(f"sum(sum_over_time({per_agent}[$__range]))", "credits")],
             CREDITS, seeds="001 Credits used; 000 credit spend", width=4,
         ),
         stat(
@@ -147,9 +148,9 @@ def items() -> list:
             "Credits consumed per interval (left axis) and the messages behind them (right "
             "axis). The 'Chart shows' switch picks credits, messages or both: a spike in "
             "credits without more messages came from a pricier model, not more conversations.",
-            [prom(f'sum(increase({{__name__="{SPENT_BY_AGENT}", __name__=~"$lens", {SEL}}}'
+            [prom(f'sum(sum_over_time({{__name__="{SPENT_BY_AGENT}", __name__=~"$lens", {SEL}}}'
                   "[$__interval]))", "Credits"),
-             prom(f'sum(increase({{__name__="{MESSAGES_BY_AGENT}", __name__=~"$lens", {SEL}}}'
+             prom(f'sum(sum_over_time({{__name__="{MESSAGES_BY_AGENT}", __name__=~"$lens", {SEL}}}'
                   "[$__interval]))", "Messages")],
             CREDITS, bars=False, interval="1h", width=24, height=9,
             overrides=[override("byFrameRefID", "B", unit=COUNT,
@@ -160,7 +161,8 @@ def items() -> list:
             "Daily burn",
             "Credits consumed per day: spot a Monday campaign spike or a week nobody used "
             "the widget.",
-            [prom(f"sum(increase({per_agent}[$__interval]))", "credits per day")],
+            [prom("sum(" + growth_between_boundaries(f"credit_spent_credits_total{{{SEL}}}") + ")",
+                  "credits per day")],
             CREDITS, bars=True, interval="1d", width=12,
             seeds="004 Daily burn trend",
         ),
@@ -168,7 +170,7 @@ def items() -> list:
             "Credit spend by agent",
             "Credits per hour by agent, stacked: which agent is responsible for a spike. "
             "(workspace) is direct prompts without an agent.",
-            [prom("sum by (agent) (" + workspace(f"increase({per_agent}[$__interval])") + ")",
+            [prom("sum by (agent) (" + workspace(f"sum_over_time({per_agent}[$__interval])") + ")",
                   "{{agent}}")],
             CREDITS, bars=True, stacked=True, interval="1h", width=12, legend="table",
             legend_calcs=("sum",), seeds="000 per-agent usage; 001 broken down by agent",
@@ -178,7 +180,7 @@ def items() -> list:
             "Top assistants",
             "The ten assistants that used the most credits in the range. Click a bar to open "
             "its Agent analytics.",
-            [prom(f'topk(10, sum by (agent) (increase({SPENT_BY_AGENT}{{{SEL}, agent!=""}}'
+            [prom(f'topk(10, sum by (agent) (sum_over_time({SPENT_BY_AGENT}{{{SEL}, agent!=""}}'
                   "[$__range])))", "{{agent}}")],
             CREDITS, width=8, height=9,
             links=[link("Agent analytics: ${__field.labels.agent}", UID_AGENT,
@@ -199,7 +201,7 @@ def items() -> list:
             "The ten team members who used the most credits in the range (direct prompts "
             "and their agents' usage attributed to them). Organization-wide: the agent filter "
             "does not apply.",
-            [prom(f"topk(10, sum by (user) (increase({SPENT_BY_USER}{{{ORG}}}[$__range])))",
+            [prom(f"topk(10, sum by (user) (sum_over_time({SPENT_BY_USER}{{{ORG}}}[$__range])))",
                   "{{user}}")],
             CREDITS, width=8, height=9, seeds="000 per-team-member usage",
         ),

@@ -317,7 +317,7 @@ def test_backfill_scripts_write_series_then_recorded_rules_once_into_prometheus_
                      "RULE_FILES": " ".join(rules)}  # fmt: skip
         rules_script = REPO / "deploy/compose/backfill-rules.sh"
         subprocess.run(["sh", str(rules_script)], env=rules_env, check=True, capture_output=True)
-        record = "organization_agent:credit_spent_credits_total:sum"
+        record = "organization_agent:credit_spent_credits:increase1m"
         wait_until(lambda: bool(prometheus.query(f"{record}[1d]")), 90,
                    "the recorded blocks to load", step=1)  # fmt: skip
         again = subprocess.run(["sh", str(rules_script)], env=rules_env, check=True,

@@ -58,6 +58,8 @@ from support import (
 from credit_exporter import catalog
 from credit_exporter.catalog import MetricType
 from credit_exporter.demo.shapes import gateway
+from dashboards import recording
+from monitoring import config
 
 DASHBOARDS = load_dashboards()
 PANELS = [p for d in DASHBOARDS.values() for p in panels(d)]
@@ -65,12 +67,12 @@ PROM_TARGETS = [(p, t) for p in PANELS for t in p.targets if is_prometheus(t)]
 SQL_TARGETS = [(p, t) for p in PANELS for t in p.targets if not is_prometheus(t)]
 EXAMPLE = REPO / "config.example.yaml"
 
-UIDS = {"credit-usage", "credit-org-analytics", "credit-agent-analytics",
-        "credit-models-users", "credit-budgets", "credit-exporter-health"}  # fmt: skip
+UIDS = set(config.settings()["dashboards"].values())
 PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "piechart", "table", "text", "row"}
 # Series Prometheus itself writes (scrape health, alert state): not catalogue metrics.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"}
-BUDGET_STEPS = [("green", None), ("yellow", 75), ("orange", 90), ("red", 100)]
+# green, then yellow/orange/red at the budget alert levels (75/90/100 by default)
+BUDGET_STEPS = [(step["color"], step["value"]) for step in config.budget_thresholds()["steps"]]
 RATE_FUNCTIONS = {"rate", "irate", "increase"}
 # Which Grafana interval a range function may use (no literal windows anywhere).
 ALLOWED_RANGES = {
@@ -78,7 +80,11 @@ ALLOWED_RANGES = {
     "irate": {"$__rate_interval"},
     "increase": {"$__range", "$__interval", "$__rate_interval"},
     "deriv": {"$burn_window"},
+    "sum_over_time": {"$__range", "$__interval"},
 }
+# A counter's growth between the samples at a bucket's two ends (daily bars):
+# linted like the increase() it stands for.
+BOUNDARY_GROWTH = re.compile(r"clamp_min\((\w+\{[^}]*\}) - \1 offset (\$\w+), 0\)")
 # Columns the seeds name for the row-level tables.
 SQL_COLUMNS = {
     ("credit-usage", "Recent activity"):
@@ -129,7 +135,7 @@ def _rule_names() -> set[str]:
 
 
 def _counter_names() -> set[str]:
-    names = {rule for rule in _rule_names() if rule.split(":")[1].endswith("_total")}
+    names = set()
     for metric in catalog.METRICS:
         if metric.type is MetricType.COUNTER:
             names.add(metric.name)
@@ -143,7 +149,8 @@ def _gauge_names() -> set[str]:
 
 
 def _offline_selectors(panel: Panel, target: dict[str, Any]) -> list[Any]:
-    return list(selectors(parse(offline_expr(target["expr"], DASHBOARDS[panel.dashboard]))))
+    expr = BOUNDARY_GROWTH.sub(r"increase(\1[\2])", target["expr"])
+    return list(selectors(parse(offline_expr(expr, DASHBOARDS[panel.dashboard]))))
 
 
 # --------------------------------------------------------------------------
@@ -219,7 +226,7 @@ def test_every_numeric_panel_has_a_unit() -> None:
         assert unit, f"{panel} has no unit"
 
 
-def test_budget_and_plan_health_panels_colour_at_75_90_100_percent() -> None:
+def test_budget_and_plan_health_panels_colour_at_the_budget_alert_levels() -> None:
     budgets = DASHBOARDS["credit-budgets"]
     percent = [p for p in panels(budgets) if p.panel["fieldConfig"]["defaults"]["unit"]
                == "percent" and p.title != "Billing period elapsed"]  # fmt: skip
@@ -342,6 +349,31 @@ def test_counters_are_only_read_through_rate_or_increase() -> None:
     raw = [(str(p), s.names) for p, t in PROM_TARGETS for s in _offline_selectors(p, t)
            if set(s.names) & counters and s.function not in RATE_FUNCTIONS]  # fmt: skip
     assert not raw, raw
+
+
+def test_recorded_increases_are_only_added_up_with_sum_over_time() -> None:
+    """A recorded increase is already a difference: rate() or increase() of it would
+    read every quiet minute as a counter reset."""
+    _promql_parser()
+    recorded = _rule_names()
+    wrong = [(str(p), s.names, s.function) for p, t in PROM_TARGETS
+             for s in _offline_selectors(p, t)
+             if set(s.names) & recorded and s.function != "sum_over_time"]  # fmt: skip
+    assert not wrong, wrong
+    chosen = [t["expr"] for _, t in PROM_TARGETS if re.search(r'__name__=~"\$\w+"', t["expr"])]
+    assert chosen and all("sum_over_time(" in expr for expr in chosen), chosen
+
+
+def test_daily_bars_read_counters_at_the_day_boundaries() -> None:
+    """Daily bars on backfilled hourly samples: a range selector's start sample is
+    included by Prometheus 2 and excluded by Prometheus 3, so increase() over a day
+    would be exact on one and an estimate on the other; instant lookups at both ends
+    of the bucket read the same samples on both."""
+    daily = [(p, t) for p, t in PROM_TARGETS if p.panel.get("interval") == "1d"]
+    assert len(daily) >= 10, len(daily)
+    ranged = [(str(p), t["expr"]) for p, t in daily if "[$__interval]" in t["expr"]]
+    assert not ranged, ranged
+    assert all(BOUNDARY_GROWTH.search(t["expr"]) for _, t in daily)
 
 
 def test_gauges_are_never_rated() -> None:
@@ -482,10 +514,10 @@ TEST_ALERT_RULES = {
     }],
 }  # fmt: skip
 # After new usage is written every counter must have moved before queries run.
-MOVED = ["organization_agent:credit_spent_credits_total:sum", "credit_conversations_total",
+MOVED = ["organization_agent:credit_spent_credits:increase1m", "credit_conversations_total",
          "credit_messages_total", "credit_visitors_total", "credit_ratings_total",
          "credit_paid_agent_transactions_total", "credit_topups_total",
-         "organization_department_user:credit_user_requests_total:sum",
+         "organization_department_user:credit_user_requests:increase1m",
          "credit_response_duration_seconds_count"]  # fmt: skip
 
 
@@ -585,11 +617,15 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                        "exporter ready")  # fmt: skip
         alerts = work / "test_alerts.yml"
         alerts.write_text(yaml.safe_dump(TEST_ALERT_RULES))
+        # the recorded increases evaluated every second, like the scrapes here
+        recording_rules = work / "recording_rules.yml"
+        recording_rules.write_text(recording.render(interval="1s"))
         target = exporter.url.removeprefix("http://")
         history = backfill_history(exporter.config_path, dsn, work / "prometheus" / "data", target)
         prometheus = start_prometheus(
             work / "prometheus", [target, gateway_exporter.url.removeprefix("http://")],
-            rule_files=[RULES, alerts], extra_args=["--storage.tsdb.retention.time=3650d"],
+            rule_files=[recording_rules, alerts],
+            extra_args=["--storage.tsdb.retention.time=3650d"],
         )  # fmt: skip
         try:
             # the rules see the backfilled samples at once: wait for scrapes, then for two
@@ -602,7 +638,9 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             live_from = time.time()
             time.sleep(2.5)
             added = write_fresh_usage(dsn)
-            probes = [f"sum(increase({m}[1m])) > 0" for m in MOVED]
+            probes = [
+                f"sum({'sum_over_time' if ':' in m else 'increase'}({m}[1m])) > 0" for m in MOVED
+            ]
             probes.append("max(deriv(credit_budget_used_credits[1m])) > 0")
             try:
                 wait_until(lambda: all(prometheus.query(p) for p in probes), 90,
@@ -772,20 +810,13 @@ def test_panels_show_the_backfilled_history(stack: Stack) -> None:
 
 def test_credits_used_in_range_counts_the_credits_written(stack: Stack) -> None:
     """The Usage headline over a range that starts after the backfilled history and
-    before the new usage: the recorded series moved by exactly the credits the billing
-    database gained, and the panel shows that figure (increase() extrapolates towards the
-    range ends: up to a few samples)."""
+    before the new usage adds up the recorded increases: exactly the credits the
+    billing database gained (per-series differences telescope, nothing extrapolates)."""
     panel = _panel("credit-usage", "Credits used in range")
     at = time.time()
     window = int(at - stack.live_from)  # whole seconds: $__range as Grafana sends it
     shown = float(_instant(stack.prometheus, panel, at=at, range_seconds=window)[0]["value"][1])
-    recorded = 'organization_agent:credit_spent_credits_total:sum{organization="acme"}'
-    delta = stack.prometheus.query(
-        f"max_over_time({recorded}[{window}s]) - min_over_time({recorded}[{window}s])"
-    )
-    moved = sum(float(r["value"][1]) for r in delta)
-    assert moved == pytest.approx(stack.added["acme"], rel=1e-9)
-    assert moved <= shown <= moved * 1.35
+    assert shown == pytest.approx(stack.added["acme"], rel=1e-9)
 
 
 def test_agent_slots_panel_shows_used_and_available_from_the_database(stack: Stack) -> None:
@@ -904,8 +935,8 @@ def test_preview_title_shows_each_variable_as_its_picker_text_not_a_dict() -> No
     dashboard = DASHBOARDS["credit-usage"]
     values = {"datasource": "prometheus", "billing": "billing-postgres",
               "organization": "acme", "agent": ALL,
-              "lens": ["organization_agent:credit_spent_credits_total:sum",
-                       "organization_agent:credit_messages_total:sum"]}  # fmt: skip
+              "lens": [recording.SPENT_BY_AGENT.name,
+                       recording.MESSAGES_BY_AGENT.name]}  # fmt: skip
     title = preview.title_text(dashboard, values)
     assert title == ("Credit usage  (credit-usage)   organization = acme   agent = All"
                      "   lens = credits + messages")  # fmt: skip

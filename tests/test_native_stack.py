@@ -210,10 +210,11 @@ def test_the_webhook_receiver_got_alertmanager_notifications(stack: NativeStack)
 
 @pytest.mark.slow
 def test_recording_rules_are_backfilled_over_the_last_day(stack: NativeStack) -> None:
-    """The dashboards read recorded sums: half a day back (before Prometheus started)
-    there are recorded samples, each the sum of the backfilled series it aggregates at
-    its evaluation time (float sums: equal to 1e-12 relative)."""
-    record = "organization_agent:credit_spent_credits_total:sum"
+    """The dashboards read recorded increases: half a day back (before Prometheus
+    started) there are recorded samples, each the sum of the backfilled series' growth
+    over one evaluation interval at its evaluation time (float sums: equal to 1e-9
+    relative)."""
+    record = "organization_agent:credit_spent_credits:increase1m"
     half_day_ago = time.time() - 12 * HOUR
 
     def recorded() -> list[dict[str, Any]]:
@@ -225,11 +226,12 @@ def test_recording_rules_are_backfilled_over_the_last_day(stack: NativeStack) ->
     sums = {(r["metric"]["organization"], r["metric"].get("agent", "")): float(r["value"][1])
             for r in stack.query(record, at=evaluated_at)}  # fmt: skip
     raw: dict[tuple[str, str], list[float]] = {}
-    for r in stack.query("credit_spent_credits_total", at=evaluated_at):
+    growth = "clamp_min(credit_spent_credits_total - credit_spent_credits_total offset 1m, 0)"
+    for r in stack.query(growth, at=evaluated_at):
         key = (r["metric"]["organization"], r["metric"].get("agent", ""))
         raw.setdefault(key, []).append(float(r["value"][1]))
     assert len(sums) > 5
-    assert sums == pytest.approx({key: math.fsum(v) for key, v in raw.items()}, rel=1e-12)
+    assert sums == pytest.approx({key: math.fsum(v) for key, v in raw.items()}, rel=1e-9)
 
 
 @pytest.mark.slow

@@ -1,0 +1,143 @@
+"""The credit-budgets group: 75/90/100% of every budget scope, and its projection."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rules_settings import BUDGET_KEY, BUDGET_RATIO, seconds
+from rules_templates import Links, level_rules, percent, q, scope_noun, selector
+
+
+def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
+    projection = settings["projection"]
+    window = projection["window"]
+    window_s = seconds(window)
+    burn = f"organization_scope_scope_id:credit_budget_used_credits:rate{window}"
+    key = ", ".join(BUDGET_KEY)
+    sel = selector(BUDGET_KEY)
+    used = q(f"max(credit_budget_used_credits{sel})", BUDGET_KEY)
+    limit = q(f"max(credit_budget_limit_credits{sel})", BUDGET_KEY)
+    period_start = "max(credit_billing_period_start_timestamp_seconds{organization=%q})"
+    # a period younger than the window: the burn since it began, and said so
+    burn_since_start = q(
+        f"3600 * max(credit_budget_used_credits{sel}) / (time() - {period_start})",
+        [*BUDGET_KEY, "organization"],
+        unit=(
+            " credits/hour since the billing period began "
+            + q(f"time() - {period_start}", ["organization"], fmt="humanizeDuration")
+            + f" ago (less than {window} of data)"
+        ),
+        missing="unknown (no usage or billing period data)",
+    )
+    burn_h = q(
+        f"3600 * {burn}{sel}",
+        BUDGET_KEY,
+        unit=f" credits/hour over the last {window}",
+        missing=burn_since_start,
+    )
+    burn_per_hour = q(f"3600 * {burn}{sel}", BUDGET_KEY, unit=" credits/hour")
+    period_left = q(
+        "max(credit_billing_period_end_timestamp_seconds{organization=%q}) - time()",
+        ["organization"], fmt="humanizeDuration",
+    )  # fmt: skip
+    # "the organization budget of acme", "the team budget ml-research of acme",
+    # "the API key budget ci-bot of acme"
+    noun = scope_noun()
+    who = (
+        '{{ if eq $labels.scope "organization" }}the organization budget of '
+        f"{{{{ $labels.organization }}}}{{{{ else }}}}the {noun} budget "
+        "{{ $labels.scope_id }} of {{ $labels.organization }}{{ end }}"
+    )
+    who_capital = who.replace("}}the ", "}}The ")
+    who_short = f"{{{{ $labels.organization }}}} {noun} {{{{ $labels.scope_id }}}}"
+    dashboard = links.dashboard("budgets", "organization", "scope", "scope_id")
+    rules: list[dict[str, Any]] = [
+        {
+            "record": BUDGET_RATIO,
+            "expr": (
+                f"max by ({key}) (credit_budget_used_credits)\n"
+                "  /\n"
+                f"max by ({key}) (credit_budget_limit_credits > 0)\n"
+            ),
+        },
+        {
+            # Growth of the period's usage over the window, per second. Only when
+            # the whole window lies in the current billing period: across a
+            # period start the difference would be meaningless (negative).
+            "record": burn,
+            "expr": (
+                "(\n"
+                f"    max by ({key}) (credit_budget_used_credits)\n"
+                f"  -\n"
+                f"    max by ({key}) (credit_budget_used_credits offset {window})\n"
+                f") / {window_s}\n"
+                "and on (organization)\n"
+                "  (max by (organization) (credit_billing_period_start_timestamp_seconds)"
+                f" <= time() - {window_s})\n"
+            ),
+        },
+    ]
+    summaries = {
+        "UsageHigh": "Credit budget past {t}%: {who} at {{{{ $value | humanizePercentage }}}}",
+        "AlmostExhausted": (
+            "Credit budget almost exhausted: {who} at {{{{ $value | humanizePercentage }}}}"
+        ),
+        "Exhausted": "Credit budget exhausted: {who} at {{{{ $value | humanizePercentage }}}}",
+    }
+
+    def description(threshold: float) -> str:
+        return (
+            f"{who_capital} has used {used} of {limit} credits this billing "
+            f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
+            f"{percent(threshold)}%). Burn: {burn_h}. "
+            f"Time left in the billing period: {period_left}."
+        )
+
+    # Scopes with levels of their own get their own rules (same alert names); the
+    # default levels cover every other scope.
+    own_levels = settings["budget_levels_by_scope"]
+    ratio = BUDGET_RATIO
+    if own_levels:
+        ratio = f'{BUDGET_RATIO}{{scope!~"{"|".join(sorted(own_levels))}"}}'
+    rules += level_rules("CreditBudget", ratio, settings["budget_levels"], summaries, who_short,
+                         description, dashboard, links)  # fmt: skip
+    for scope, levels in sorted(own_levels.items()):
+        rules += level_rules("CreditBudget", f'{BUDGET_RATIO}{{scope="{scope}"}}', levels,
+                             summaries, who_short, description, dashboard, links)  # fmt: skip
+    name = "CreditBudgetProjectedExhaustion"
+    rules.append(
+        {
+            "alert": name,
+            # Value: hours until the limit at the burn of the last window.
+            "expr": (
+                "(\n"
+                f"      (max by ({key}) (credit_budget_limit_credits)"
+                f" - max by ({key}) (credit_budget_used_credits))\n"
+                f"    / ({burn} > 0)\n"
+                "  < on (organization) group_left ()\n"
+                "    (max by (organization) (credit_billing_period_end_timestamp_seconds)"
+                " - time())\n"
+                f"  and on ({key})\n"
+                f"    ({BUDGET_RATIO} < 1)\n"
+                ") / 3600\n"
+            ),
+            "for": projection["for"],
+            "labels": {"severity": projection["severity"]},
+            "annotations": {
+                "summary": (
+                    f"Credit budget will run out before the period ends: {who_short} "
+                    'in {{ $value | printf "%.1f" }} hours'
+                ),
+                "description": (
+                    f"At the burn of the last {window} ({burn_per_hour}), "
+                    f'{who} runs out in {{{{ $value | printf "%.1f" }}}} hours, before its '
+                    f"billing period ends in {period_left}: {used} of {limit} credits used "
+                    f"so far ({q(f'{BUDGET_RATIO}{sel}', BUDGET_KEY, 'humanizePercentage')})."
+                ),
+                "runbook_url": links.runbook(name),
+                "dashboard_url": dashboard,
+            },
+        }
+    )
+    return rules

@@ -1,0 +1,61 @@
+"""The credit-pools group: 75/90/100% of every credit pool."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rules_settings import POOL_KEY, POOL_RATIO
+from rules_templates import Links, level_rules, percent, q, selector
+
+
+def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
+    key = ", ".join(POOL_KEY)
+    sel = selector(POOL_KEY)
+    balance = q(f"max(credit_balance_credits{sel})", POOL_KEY)
+    allocation = q(f"max(credit_allocation_credits{sel})", POOL_KEY)
+    spend = q(
+        f"3600 * sum(max by (pool) (rate(credit_spent_by_pool_credits_total{sel}[1d])))",
+        POOL_KEY,
+        unit=" credits/hour",
+        missing="unknown (no credit_spent_by_pool_credits_total)",
+    )
+    recharge = (
+        '{{ with printf "max(credit_auto_recharge_enabled{organization=%q})" '
+        "$labels.organization | query }}{{ if eq (. | first | value) 1.0 }}on"
+        "{{ else }}off{{ end }}{{ else }}not configured{{ end }}"
+    )
+    who = "the {{ $labels.pool }} pool of {{ $labels.organization }}"
+    who_capital = "The" + who.removeprefix("the")
+    rules: list[dict[str, Any]] = [
+        {
+            "record": POOL_RATIO,
+            "expr": (
+                "(\n"
+                f"    max by ({key}) (credit_allocation_credits)\n"
+                f"  -\n"
+                f"    max by ({key}) (credit_balance_credits)\n"
+                ")\n"
+                f"/\n"
+                f"  max by ({key}) (credit_allocation_credits > 0)\n"
+            ),
+        }
+    ]
+    summaries = {
+        "UsageHigh": "Credit pool past {t}% used: {who} at {{{{ $value | humanizePercentage }}}}",
+        "AlmostExhausted": (
+            "Credit pool almost exhausted: {who} at {{{{ $value | humanizePercentage }}}} used"
+        ),
+        "Exhausted": "Credit pool exhausted: {who} at {{{{ $value | humanizePercentage }}}} used",
+    }
+    rules += level_rules(
+        "CreditPool", POOL_RATIO, settings["pool_levels"], summaries, who,
+        lambda threshold: (
+            f"{who_capital} has {balance} of its {allocation} credits left "
+            f"({{{{ $value | humanizePercentage }}}} used; alert threshold "
+            f"{percent(threshold)}%). Spend from this pool over the last day: "
+            f"{spend}. Auto-recharge is {recharge}."
+        ),
+        links.dashboard("budgets", "organization"), links,
+    )  # fmt: skip
+    return rules
