@@ -40,6 +40,9 @@ RECONCILE_RESULTS = ("same", "different")
 RECONCILE_REASONS = ("late", "deleted")
 # why a stream started over from the whole table (credit_exporter_stream_recomputes_total)
 RECOMPUTE_REASONS = ("database_replaced", "key_went_back")
+# what became of a stream's checkpoint at start-up, and of each write of it
+CHECKPOINT_LOAD_RESULTS = ("loaded", "missing", "corrupt", "mismatch", "verify_failed")
+CHECKPOINT_WRITE_RESULTS = ("ok", "failed")
 
 
 def _help(name: str) -> str:
@@ -154,6 +157,21 @@ class Health:
             _help("credit_exporter_reconcile_last_success_timestamp_seconds"),
             ["query"], registry=registry,
         )  # fmt: skip
+        self.checkpoint_loads = Counter(
+            "credit_exporter_checkpoint_loads_total",
+            _help("credit_exporter_checkpoint_loads_total"),
+            ["query", "result"], registry=registry,
+        )  # fmt: skip
+        self.checkpoint_writes = Counter(
+            "credit_exporter_checkpoint_writes_total",
+            _help("credit_exporter_checkpoint_writes_total"),
+            ["query", "result"], registry=registry,
+        )  # fmt: skip
+        self.checkpoint_last_write = Gauge(
+            "credit_exporter_checkpoint_last_write_timestamp_seconds",
+            _help("credit_exporter_checkpoint_last_write_timestamp_seconds"),
+            ["query"], registry=registry,
+        )  # fmt: skip
         self.stalled = Gauge(
             "credit_exporter_query_stalled", _help("credit_exporter_query_stalled"), ["query"],
             registry=registry,
@@ -195,6 +213,13 @@ class Health:
                     metric.remove(name, label)
         with contextlib.suppress(KeyError):
             self.reconcile_seconds.remove(name)
+        with contextlib.suppress(KeyError):
+            self.checkpoint_last_write.remove(name)
+        for metric, results in ((self.checkpoint_loads, CHECKPOINT_LOAD_RESULTS),
+                                (self.checkpoint_writes, CHECKPOINT_WRITE_RESULTS)):  # fmt: skip
+            for label in results:
+                with contextlib.suppress(KeyError):
+                    metric.remove(name, label)
         for reason in RECOMPUTE_REASONS:
             with contextlib.suppress(KeyError):
                 self.recomputes.remove(name, reason)
