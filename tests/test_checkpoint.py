@@ -336,3 +336,21 @@ def test_an_exporter_writes_checkpoints_periodically_and_at_shutdown_then_starts
     body = decode(path.read_bytes())  # what the restarted exporter held when it stopped
     saved = sum((Decimal(v) for _, v in body["base"][SPENT]), Decimal(0))
     assert saved == sum(truth[SPENT].values(), Decimal(0))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_counted_and_logged(
+    db: str, tmp_path: Path, made: list[InProcessStream], caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    started = _start(made, db, blocked)
+    checkpoint = started.stream.checkpoint
+    assert checkpoint is not None
+    snapshot = checkpoint.snapshot()
+    assert snapshot is not None
+    with caplog.at_level(logging.ERROR):
+        assert not checkpoint.write(snapshot)
+    assert (
+        started.sample("credit_exporter_checkpoint_writes_total", query="s", result="failed") == 1
+    )
+    assert "checkpoint.directory" in caplog.text

@@ -436,9 +436,16 @@ class CheckpointConfig(_Strict):
     """Where streams keep their settled state between runs (docs/event-engine.md, Checkpoint)."""
 
     # a directory the exporter may write: one file per stream, replaced atomically
-    directory: str = Field(min_length=1, pattern=r"\S")
+    directory: str
     # how often each stream's checkpoint is written (and once more at a clean shutdown)
     interval: Duration = 300.0
+
+    @field_validator("directory")
+    @classmethod
+    def _a_path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be the path of a directory the exporter can write")
+        return value
 
     @property
     def path(self) -> Path:
