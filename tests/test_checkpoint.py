@@ -376,3 +376,16 @@ def test_older_history_changed_while_down_is_left_to_the_reconcile_cycle(
     assert restarted.load_result() == "loaded"
     assert restarted.reconcile()  # the next pass finds and folds it in
     _assert_exact(restarted, db, stream)
+
+
+def test_the_reconcile_cycle_through_older_history_continues_after_a_restart(
+    db: str, tmp_path: Path, made: list[InProcessStream]
+) -> None:
+    first = _start(made, db, tmp_path)
+    assert first.stream.reconciler is not None
+    first.stream.reconciler.cursor = 123_456  # where the cycle through older history is
+    first.write()
+    restarted = _start(made, db, tmp_path)
+    assert restarted.load_result() == "loaded"
+    assert restarted.stream.reconciler is not None
+    assert restarted.stream.reconciler.cursor == 123_456
