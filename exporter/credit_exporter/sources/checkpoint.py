@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MAGIC = "credit-exporter-checkpoint"
 SYSTEM_IDENTIFIER_SQL = "SELECT system_identifier::text FROM pg_control_system()"
+# Checksum queries of the start-up comparison run at once (the pool holds at least one
+# more connection for the polls' default of four).
+VERIFY_CONCURRENCY = 2
 # The first write after start-up comes this soon after the stream is ready (a crash in
 # the first interval must not cost a whole start-up aggregate again).
 FIRST_WRITE_DELAY = 5.0
@@ -413,7 +416,6 @@ class Checkpoint:
             last = chunk if last is None else max(last, chunk)
         recent = (stream.config.reconcile or ReconcileConfig()).recent
         age = max(0.0, time.time() - float(body["written_at"]))
-        compared = 0
         batches: list[tuple[int, int] | None] = []
         if last is not None:
             # one chunk more: wall-clock chunks of naive times repeat an hour a year
@@ -421,7 +423,10 @@ class Checkpoint:
             batches += self._batches(first, last)
         if not ordering.by_time:
             batches.append(None)  # rows without a time, which a keyed stream settles
-        for batch in batches:
+        # a few batches at a time: the database can scan them on several cores
+        gate = asyncio.Semaphore(VERIFY_CONCURRENCY)
+
+        async def compare(batch: tuple[int, int] | None) -> int:
             statement = stream.plan.checksum_statement(ordering, horizon, batch is None)
             params = stream.params(None, horizon)
             chunks: list[int | None] = [None]
@@ -429,7 +434,8 @@ class Checkpoint:
                 params["lo"] = column.bound(batch[0] * width)
                 params["hi"] = column.bound((batch[1] + 1) * width)
                 chunks = list(range(batch[0], batch[1] + 1))
-            rows = await self._fetch(statement, params, timeout)
+            async with gate:
+                rows = await self._fetch(statement, params, timeout)
             found = {row[0]: tuple(row[1:]) for row in rows}
             for chunk in set(chunks) | found.keys():
                 if not same_checksum(stream.checksums.get(chunk), found.get(chunk)):
@@ -439,8 +445,14 @@ class Checkpoint:
                         "verify_failed",
                         f"settled rows changed since it was written (the chunk from {where})",
                     )
-            compared += len(chunks)
-        return compared
+            return len(chunks)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(compare(batch)) for batch in batches]
+        except ExceptionGroup as failed:  # the first difference or database error found
+            raise failed.exceptions[0] from None
+        return sum(task.result() for task in tasks)
 
     def _batches(self, first: int, last: int) -> list[tuple[int, int]]:
         """Chunks first..last in ranges of about BATCH_ROWS settled rows (by the checksums)."""
@@ -456,7 +468,17 @@ class Checkpoint:
     async def _fetch(
         self, statement: Any, params: dict[str, Any], timeout: float
     ) -> list[tuple[Any, ...]]:
-        return (await self.stream.database.fetch(statement, timeout, params)).rows
+        """A start-up statement: bounded by the stream's ``startup_timeout`` like the
+        aggregate it replaces, not by the database's ``statement_timeout``, and without
+        JIT (compiling costs more than these scans of recent rows)."""
+        async with (
+            self.stream.database.read_only(
+                timeout, settings={"jit": "off"}, beyond_statement_timeout=True
+            ) as conn,
+            conn.cursor() as cur,
+        ):
+            await cur.execute(statement, params)
+            return await cur.fetchall()
 
     # --- writing ------------------------------------------------------------------------
 
