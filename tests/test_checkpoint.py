@@ -9,6 +9,8 @@ the whole history for comparison.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -389,3 +391,18 @@ def test_the_reconcile_cycle_through_older_history_continues_after_a_restart(
     assert restarted.load_result() == "loaded"
     assert restarted.stream.reconciler is not None
     assert restarted.stream.reconciler.cursor == 123_456
+
+
+def test_a_checkpoint_with_a_valid_sha256_but_values_of_the_wrong_type_is_not_used(
+    db: str, tmp_path: Path, made: list[InProcessStream]
+) -> None:
+    _written(made, db, tmp_path)
+    path = tmp_path / "s.checkpoint"
+    body = decode(path.read_bytes())
+    body["horizon"]["key"] = ["date", "2020-01-01"]  # a key is an integer
+    content = json.dumps(body).encode()
+    header = {"format": "credit-exporter-checkpoint", "sha256": hashlib.sha256(content).hexdigest()}
+    path.write_bytes(json.dumps(header).encode() + b"\n" + content)
+    restarted = _start(made, db, tmp_path)
+    assert restarted.load_result() == "corrupt"
+    _assert_exact(restarted, db, _stream_config())

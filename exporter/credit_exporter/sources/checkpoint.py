@@ -291,6 +291,9 @@ class Checkpoint:
             self._install(body, stream.ordering)
             try:
                 compared = await self._verify(body, stream.ordering, timeout)
+            except (TypeError, KeyError, ValueError, ArithmeticError) as exc:
+                # values of the wrong type behind a valid sha256: not one we wrote
+                raise Unusable("corrupt", f"its content is not a stream state ({exc!r})") from None
             except BaseException:
                 stream.reset_settled()
                 raise
