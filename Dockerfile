@@ -27,9 +27,11 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 credit-exporter \
  && useradd --system --uid 10001 --gid credit-exporter --no-create-home \
       --shell /usr/sbin/nologin credit-exporter \
- && install -d -o 10001 -g 10001 /var/lib/credit-exporter/backfill
+ && install -d -o 10001 -g 10001 /var/lib/credit-exporter/backfill \
+      /var/lib/credit-exporter/checkpoints
 # ^ backfill output; a new named volume mounted there takes this owner, so the
-#   Compose stack's Prometheus (run as 10001) can use the blocks written into it
+#   Compose stack's Prometheus (run as 10001) can use the blocks written into it;
+#   checkpoints: the streams' settled state (config key checkpoint.directory)
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
 COPY --from=prometheus /bin/promtool /usr/local/bin/promtool

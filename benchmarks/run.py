@@ -8,6 +8,7 @@
     python benchmarks/run.py --window-only   # only the one-hour-window stream and reconcile
     python benchmarks/run.py --memory-only   # only resident memory per series (~5 min)
     python benchmarks/run.py --peers-only    # only query-exporter and sql_exporter side by side
+    python benchmarks/run.py --startup-only  # only start-up with/without a checkpoint
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
 (``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cebench import machine, memory, peers, report, suite
+from cebench import machine, memory, peers, report, startup, suite
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -56,6 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only query-exporter and sql_exporter on the same queries, side by side",
     )
+    only.add_argument("--startup-only", action="store_true", help="only start-up, checkpoint")
     parser.add_argument(
         "--reps", type=int, default=3, help="exporter processes per memory case (%(default)s)"
     )
@@ -83,6 +85,8 @@ def output_path(args: argparse.Namespace) -> Path:
         return suite.OUT / "RESULTS-memory.md"
     if args.peers_only:
         return suite.OUT / "RESULTS-peers.md"
+    if args.startup_only:
+        return suite.OUT / "RESULTS-startup.md"
     return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
 
 
@@ -124,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.peers_only:
         measured = [peers.measure(args.admin_dsn, n, plan, suite.OUT, log) for n in plan.sizes]
         text = peers.document(described, command.strip(), measured)
+        print(text)
+        output_path(args).write_text(text, encoding="utf-8")
+        return 0
+    if args.startup_only:
+        runs = [startup.measure(args.admin_dsn, n, args.reps, log) for n in plan.sizes]
+        text = startup.document(described, command.strip(), runs)
         print(text)
         output_path(args).write_text(text, encoding="utf-8")
         return 0

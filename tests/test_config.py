@@ -105,6 +105,14 @@ BAD_CASES = [
      _with(f"{M0}", {"metric": "credit_organization_info", "value": "x",
                      "labels": ["organization", "organization_name", "plan"]}),
      "queries.pools.metrics[0].value", "_info metric"),
+    ("checkpoint without a directory", _with("checkpoint", {"interval": "5m"}),
+     "checkpoint.directory", "required"),
+    ("blank checkpoint directory", _with("checkpoint", {"directory": " "}),
+     "checkpoint.directory", "a directory the exporter can write"),
+    ("checkpoint interval without a unit", _with("checkpoint", {"directory": "/d", "interval": 60}),
+     "checkpoint.interval", "unit"),
+    ("unknown checkpoint key", _with("checkpoint", {"directory": "/d", "every": "5m"}),
+     "checkpoint.every", "unknown key"),
 ]  # fmt: skip
 
 

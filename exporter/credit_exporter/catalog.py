@@ -400,6 +400,22 @@ METRICS: tuple[Metric, ...] = (
        "timestamp. Differences that arrived since are not counted yet.",
        ("query",), EX, Group.EXPORTER,
        20, "one per stream"),
+    _m("credit_exporter_checkpoint_loads_total", C, "",
+       "What became of a stream's checkpoint at start-up, by result: loaded (its settled state "
+       "was used: the first poll read only newer rows), missing, corrupt (unreadable, torn or "
+       "altered), mismatch (written for another stream definition, database or format), "
+       "verify_failed (settled rows changed since it was written). Any result but loaded means "
+       "the stream aggregated its whole history instead.",
+       ("query", "result"), EX, Group.EXPORTER,
+       100, "20 streams x 5 results"),
+    _m("credit_exporter_checkpoint_writes_total", C, "",
+       "Writes of a stream's checkpoint file, by result (ok, failed).",
+       ("query", "result"), EX, Group.EXPORTER,
+       40, "20 streams x 2 results"),
+    _m("credit_exporter_checkpoint_last_write_timestamp_seconds", G, "seconds",
+       "Time of the settled state in the stream's last checkpoint written, as a Unix timestamp.",
+       ("query",), EX, Group.EXPORTER,
+       20, "one per stream"),
     _m("credit_exporter_exposition_bytes", G, "bytes",
        "Size of the last rendered /metrics body, uncompressed.",
        (), EX, Group.EXPORTER,

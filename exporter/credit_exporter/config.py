@@ -432,6 +432,26 @@ class ReportConfig(_Strict):
         return self
 
 
+class CheckpointConfig(_Strict):
+    """Where streams keep their settled state between runs (docs/event-engine.md, Checkpoint)."""
+
+    # a directory the exporter may write: one file per stream, replaced atomically
+    directory: str
+    # how often each stream's checkpoint is written (and once more at a clean shutdown)
+    interval: Duration = 300.0
+
+    @field_validator("directory")
+    @classmethod
+    def _a_path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be the path of a directory the exporter can write")
+        return value
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory)
+
+
 class Config(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     privacy: PrivacyConfig | None = None
@@ -445,6 +465,7 @@ class Config(_Strict):
         default_factory=dict
     )
     report: ReportConfig = Field(default_factory=ReportConfig)
+    checkpoint: CheckpointConfig | None = None
 
     @model_validator(mode="after")
     def _names_unique_across_queries_and_streams(self) -> Config:

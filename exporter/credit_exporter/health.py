@@ -40,6 +40,9 @@ RECONCILE_RESULTS = ("same", "different")
 RECONCILE_REASONS = ("late", "deleted")
 # why a stream started over from the whole table (credit_exporter_stream_recomputes_total)
 RECOMPUTE_REASONS = ("database_replaced", "key_went_back")
+# what became of a stream's checkpoint at start-up, and of each write of it
+CHECKPOINT_LOAD_RESULTS = ("loaded", "missing", "corrupt", "mismatch", "verify_failed")
+CHECKPOINT_WRITE_RESULTS = ("ok", "failed")
 
 
 def _declared(name: str, kind: catalog.MetricType) -> catalog.Metric:
@@ -128,6 +131,11 @@ class Health:
         self.reconcile_last_success = _gauge(
             "credit_exporter_reconcile_last_success_timestamp_seconds", registry
         )
+        self.checkpoint_loads = _counter("credit_exporter_checkpoint_loads_total", registry)
+        self.checkpoint_writes = _counter("credit_exporter_checkpoint_writes_total", registry)
+        self.checkpoint_last_write = _gauge(
+            "credit_exporter_checkpoint_last_write_timestamp_seconds", registry
+        )
         self.stalled = _gauge("credit_exporter_query_stalled", registry)
         self.reload_ok = _gauge("credit_exporter_config_last_reload_successful", registry)
         self.reload_time = _gauge(
@@ -160,6 +168,13 @@ class Health:
                     metric.remove(name, label)
         with contextlib.suppress(KeyError):
             self.reconcile_seconds.remove(name)
+        with contextlib.suppress(KeyError):
+            self.checkpoint_last_write.remove(name)
+        for metric, results in ((self.checkpoint_loads, CHECKPOINT_LOAD_RESULTS),
+                                (self.checkpoint_writes, CHECKPOINT_WRITE_RESULTS)):  # fmt: skip
+            for label in results:
+                with contextlib.suppress(KeyError):
+                    metric.remove(name, label)
         for reason in RECOMPUTE_REASONS:
             with contextlib.suppress(KeyError):
                 self.recomputes.remove(name, reason)

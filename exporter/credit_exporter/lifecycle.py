@@ -113,7 +113,11 @@ class Exporter:
                 self.streams[name] = previous
             else:
                 stream = EventStream(
-                    name, stream_config, self.databases[stream_config.database], self.health
+                    name,
+                    stream_config,
+                    self.databases[stream_config.database],
+                    self.health,
+                    checkpoint=config.checkpoint,  # settled state kept between runs
                 )
                 # a counter never goes down within a process, whichever stream fed it
                 stream.floor = {

@@ -29,11 +29,12 @@ from typing import Any
 from psycopg import sql
 
 from credit_exporter import catalog
-from credit_exporter.config import MetricMapping, ReconcileConfig, StreamConfig
+from credit_exporter.config import CheckpointConfig, MetricMapping, ReconcileConfig, StreamConfig
 from credit_exporter.db import CHUNK_ROWS, DATABASE_OID_SQL, Database, classify
 from credit_exporter.health import Health
 from credit_exporter.limits import Refused, overflow_labels
 from credit_exporter.metric_state import LabelValues
+from credit_exporter.sources.checkpoint import Checkpoint
 from credit_exporter.sources.ordering import Horizon, Ordering, describe_stream
 from credit_exporter.sources.reconcile import Reconciler
 from credit_exporter.sources.state import last_failure, poll_forever, report_failure
@@ -646,7 +647,10 @@ def _later(current: Any, new: Any) -> Any:
 class EventStream:
     """One configured stream: base + live aggregates, advanced on every poll."""
 
-    def __init__(self, name: str, config: StreamConfig, database: Database, health: Health) -> None:
+    def __init__(
+        self, name: str, config: StreamConfig, database: Database, health: Health,
+        checkpoint: CheckpointConfig | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
         self.config = config
         self.database = database
@@ -669,6 +673,8 @@ class EventStream:
         self.chunk_width = 0  # seconds, known once the time column's type is
         self._chunk = reconcile.chunk
         self.reconciler = Reconciler(self, config.reconcile) if config.reconcile else None
+        # the settled state kept on disk between runs (sources/checkpoint.py)
+        self.checkpoint = Checkpoint(self, checkpoint) if checkpoint is not None else None
 
     def _clear(self) -> None:
         """No rows counted: the state of a stream that has not polled yet."""
@@ -701,6 +707,20 @@ class EventStream:
         self.floor = None
         self.admissions = self.plan.admissions()
         self._clear()
+
+    def reset_settled(self) -> None:
+        """Nothing settled, the ordering kept: what the whole-history aggregate starts
+        from when a checkpoint is not used (what was exported stays, as a floor)."""
+        self.horizon = None
+        self.candidates = []
+        self.identity = None
+        self.base = {p.metric.name: {} for p in self.plan.metrics}
+        self.live = {p.metric.name: {} for p in self.plan.metrics}
+        self.checksums = {}
+        self.admissions = self.plan.admissions()
+        self.backlog = False
+        if self.reconciler is not None:
+            self.reconciler.cursor = None
 
     async def describe(self, timeout: float) -> Ordering:
         """The ordering columns' types, read from the stream's result (no rows); the plan
@@ -852,6 +872,8 @@ class EventStream:
         started = time.monotonic()
         async with self.lock:
             try:
+                if self.checkpoint is not None:
+                    await self.checkpoint.restore()  # once: the state at the last checkpoint
                 horizon, split = await self.poll()
             except Exception as exc:
                 reason = classify(exc).reason
@@ -942,6 +964,8 @@ class EventStream:
             tasks.create_task(polls)
             if self.reconciler is not None:
                 tasks.create_task(self.reconciler.run_forever(on_poll))
+            if self.checkpoint is not None:
+                tasks.create_task(self.checkpoint.run_forever())
 
 
 def _went_down(value: Value, before: Value) -> bool:
