@@ -7,6 +7,7 @@
     python benchmarks/run.py --intake-only   # only the loads, 1M and 10M (~6 min)
     python benchmarks/run.py --window-only   # only the one-hour-window stream and reconcile
     python benchmarks/run.py --memory-only   # only resident memory per series (~5 min)
+    python benchmarks/run.py --steady-only --sizes 10000000  # only the steady poll, old vs new
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
 (``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cebench import machine, memory, report, suite
+from cebench import machine, memory, report, steady, suite
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -50,6 +51,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only resident memory per series, spread over metrics in several ways (section 6)",
     )
+    only.add_argument(
+        "--steady-only", action="store_true", help="only the steady poll, prepared vs old way"
+    )
     parser.add_argument(
         "--reps", type=int, default=3, help="exporter processes per memory case (%(default)s)"
     )
@@ -75,6 +79,8 @@ def output_path(args: argparse.Namespace) -> Path:
         return suite.OUT / "RESULTS-window.md"
     if args.memory_only:
         return suite.OUT / "RESULTS-memory.md"
+    if args.steady_only:
+        return suite.OUT / "RESULTS-steady.md"
     return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
 
 
@@ -110,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = 0.1 if args.quick else 1.0
         measured = memory.measure(args.admin_dsn, args.reps, scale, suite.OUT, log)
         text = memory.document(described, command.strip(), measured)
+        print(text)
+        output_path(args).write_text(text, encoding="utf-8")
+        return 0
+    if args.steady_only:
+        measured = [steady.measure(args.admin_dsn, n, plan.steady_reps, plan.new_events, log)
+                    for n in plan.sizes]  # fmt: skip
+        text = steady.document(described, command.strip(), plan.steady_reps, measured)
         print(text)
         output_path(args).write_text(text, encoding="utf-8")
         return 0
