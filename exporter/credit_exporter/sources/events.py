@@ -504,6 +504,7 @@ class Split:
     # per time chunk (None: rows without a time), the checksum of the rows it settled
     checksums: dict[int | None, Checksum] = field(default_factory=dict)
     whole_table: bool = False  # the poll read every row (nothing was settled before it)
+    groups: int = 0  # result rows of the aggregate
 
 
 _Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
@@ -700,7 +701,7 @@ class EventStream:
         # per time chunk, the checksum of the rows settled into the base
         self.checksums: dict[int | None, Checksum] = {}
         self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
-        self.last_groups = 0  # result rows of the last aggregate read
+        self.last_groups = 0  # result rows of the last poll's aggregate
 
     def start_over(self, replaced: StartOver) -> None:
         """Forget every total and aggregate the whole table again at the next poll.
@@ -846,6 +847,7 @@ class EventStream:
                 cur = await conn.execute(statement, params, prepare=True)
                 split = await self.read_split(cur)
         split.whole_table = first
+        self.last_groups = split.groups
         return horizon, split
 
     async def _read_big(self, statement: sql.Composed, params: dict[str, Any],
@@ -879,8 +881,9 @@ class EventStream:
             groups += len(rows)
             # off the event loop: scrapes must not wait
             await asyncio.to_thread(split.feed, rows)
-        self.last_groups = groups
-        return split.finish()
+        result = split.finish()
+        result.groups = groups
+        return result
 
     async def run_once(self) -> bool:
         started = time.monotonic()
