@@ -31,6 +31,7 @@ from credit_exporter.sources.events import STEADY_POLL_SETTINGS, StreamPlan
 
 WARM_RUNS = 6  # PostgreSQL makes its generic plan at the sixth run of a prepared statement
 MODES = ("prepared", "old")
+STARTUP_TIMEOUT = 1800.0  # seconds
 
 
 @dataclass
@@ -196,7 +197,11 @@ async def _poll(harness: engine.StreamHarness, old: bool) -> tuple[engine.Poll, 
 
 
 async def _run(dsn: str, reps: int, new_events: int, result: SteadyResult, log: Any) -> None:
-    harness = engine.StreamHarness(engine.example_config(dsn))
+    config = engine.example_config(dsn)
+    # the example's 10m start-up timeout is too short for 10M rows on a busy machine
+    stream = config.streams[engine.STREAM]
+    config.streams[engine.STREAM] = stream.model_copy(update={"startup_timeout": STARTUP_TIMEOUT})
+    harness = engine.StreamHarness(config)
     explainer = pg.Explainer(dsn)
     prepared = PreparedExplainer(dsn)
     try:
