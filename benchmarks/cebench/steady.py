@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cebench import dataset, engine, pg
+from cebench import dataset, engine, pg, suite
 from cebench.machine import Machine
 from cebench.stats import Repeated
 from credit_exporter.sources.events import STEADY_POLL_SETTINGS, StreamPlan
@@ -182,10 +182,6 @@ def _finest(dsn: str, prepared: PreparedExplainer, stream_plan: StreamPlan, poll
         into.rollup_cpu_ms.append(rollup_seconds(stream_plan, names, rows) * 1000)
 
 
-def _loadavg() -> tuple[float, float, float]:
-    return os.getloadavg()
-
-
 async def _poll(harness: engine.StreamHarness, old: bool) -> tuple[engine.Poll, float]:
     # the old way: the statement through a server-side cursor, unprepared (a backlog poll);
     # the new one as after an earlier steady poll (the start-up returned many groups)
@@ -228,8 +224,8 @@ async def _run(dsn: str, reps: int, new_events: int, result: SteadyResult, log: 
             for mode in order:
                 harness.restore(state)
                 poll, cpu = await _poll(harness, old=mode == "old")
-                spent = Decimal(pg.execute(dsn, engine_spent_sql())[0][0])
-                result.totals_match &= harness.exported_total("credit_spent_credits_total") == spent
+                spent = Decimal(pg.execute(dsn, suite.SPENT_SQL)[0][0])
+                result.totals_match &= harness.exported_total(suite.SPENT) == spent
                 _explain(explainer, prepared, poll, mode, cpu, result.modes[mode])
                 if mode == "prepared":
                     _finest(dsn, prepared, harness.stream.plan, poll, result.finest)
@@ -246,10 +242,6 @@ async def _run(dsn: str, reps: int, new_events: int, result: SteadyResult, log: 
         prepared.close()
         explainer.__exit__()
         await harness.close()
-
-
-def engine_spent_sql() -> str:
-    return "SELECT coalesce(sum(greatest(credits, 0)), 0) FROM usage_events WHERE NOT playground"
 
 
 def _explain(explainer: pg.Explainer, prepared: PreparedExplainer, poll: engine.Poll, mode: str,
@@ -282,9 +274,9 @@ def measure(admin_dsn: str, events: int, reps: int, new_events: int, log: Any) -
         loaded = dataset.load(dsn, events)
         result.events = loaded.summary.usage_events
         log(f"  loaded {result.events:,} usage events in {loaded.summary.seconds:.1f}s")
-        result.load_before = _loadavg()
+        result.load_before = os.getloadavg()
         asyncio.run(_run(dsn, reps, new_events, result, log))
-        result.load_after = _loadavg()
+        result.load_after = os.getloadavg()
     return result
 
 
