@@ -9,6 +9,7 @@
     python benchmarks/run.py --memory-only   # only resident memory per series (~5 min)
     python benchmarks/run.py --peers-only    # only query-exporter and sql_exporter side by side
     python benchmarks/run.py --startup-only  # only start-up with/without a checkpoint
+    python benchmarks/run.py --steady-only --sizes 10000000  # only the steady poll, old vs new
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
 (``--quick``: benchmarks/out/RESULTS-quick.md). Needs a PostgreSQL where it may
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cebench import machine, memory, peers, report, startup, suite
+from cebench import machine, memory, peers, report, startup, steady, suite
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -58,6 +59,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only query-exporter and sql_exporter on the same queries, side by side",
     )
     only.add_argument("--startup-only", action="store_true", help="only start-up, checkpoint")
+    only.add_argument(
+        "--steady-only", action="store_true", help="only the steady poll, prepared vs old way"
+    )
     parser.add_argument(
         "--reps", type=int, default=3, help="exporter processes per memory case (%(default)s)"
     )
@@ -87,6 +91,8 @@ def output_path(args: argparse.Namespace) -> Path:
         return suite.OUT / "RESULTS-peers.md"
     if args.startup_only:
         return suite.OUT / "RESULTS-startup.md"
+    if args.steady_only:
+        return suite.OUT / "RESULTS-steady.md"
     return suite.OUT / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
 
 
@@ -134,6 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.startup_only:
         runs = [startup.measure(args.admin_dsn, n, args.reps, log) for n in plan.sizes]
         text = startup.document(described, command.strip(), runs)
+        print(text)
+        output_path(args).write_text(text, encoding="utf-8")
+        return 0
+    if args.steady_only:
+        measured = [steady.measure(args.admin_dsn, n, plan.steady_reps, plan.new_events, log)
+                    for n in plan.sizes]  # fmt: skip
+        text = steady.document(described, command.strip(), plan.steady_reps, measured)
         print(text)
         output_path(args).write_text(text, encoding="utf-8")
         return 0

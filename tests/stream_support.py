@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +16,7 @@ from credit_exporter import catalog
 from credit_exporter.config import Config, StreamConfig, parse_config
 from credit_exporter.db import Database
 from credit_exporter.health import Health
-from credit_exporter.sources.events import EventStream
+from credit_exporter.sources.events import STEADY_POLL_SETTINGS, EventStream
 
 # The smallest usage table: sequence ids, timestamptz times, one label, numeric credits.
 SPEND_TABLE = """
@@ -96,6 +98,9 @@ class InProcessStream:
         assert value is not None, (name, labels)
         return value
 
+    def prepared_aggregate(self) -> PreparedAggregate | None:
+        return self.loop.run_until_complete(prepared_aggregate(self.stream))
+
     def explain_steady_poll(self, dsn: str, seqscan: bool = True) -> str:
         """EXPLAIN of the poll the stream would run next (its horizon unchanged).
 
@@ -113,6 +118,42 @@ class InProcessStream:
                 sql.SQL("EXPLAIN ") + statement, stream.params(stream.horizon, stream.horizon)
             ).fetchall()
         return "\n".join(row[0] for row in rows)
+
+
+@dataclass(frozen=True)
+class PreparedAggregate:
+    """The steady poll's aggregate as prepared on the stream's own pooled connection."""
+
+    executions: int  # generic plus custom plans so far
+    generic_plans: int
+    plan: str  # EXPLAIN of its next execution, with the stream's horizon
+
+
+async def prepared_aggregate(stream: EventStream) -> PreparedAggregate | None:
+    """The stream's prepared aggregate and the plan of its next execution, None when the
+    stream's connection has not prepared it. Read on the stream's own pool, which hands
+    back its one connection to sequential polls."""
+    assert stream.ordering is not None and stream.horizon is not None
+    statement = stream.plan.poll_statement(stream.ordering, stream.horizon, stream.horizon)
+    params = stream.params(stream.horizon, stream.horizon)
+    async with stream.database.read_only(
+        5.0, repeatable_read=True, settings=STEADY_POLL_SETTINGS
+    ) as conn:
+        cur = await conn.execute(
+            "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%__settled%'"
+        )
+        found = await cur.fetchall()
+        if not found:
+            return None
+        (name, generic, custom), *_ = found
+        # psycopg numbers the placeholders in order of first appearance
+        names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", statement.as_string(conn))))
+        explain = sql.SQL("EXPLAIN EXECUTE {}({})").format(
+            sql.Identifier(name), sql.SQL(", ").join(sql.Literal(params[n]) for n in names)
+        )
+        rows = await (await conn.execute(explain)).fetchall()
+    return PreparedAggregate(generic + custom, generic, "\n".join(row[0] for row in rows))
 
 
 def sql_value(dsn: str, query: str, params: Any = None) -> Any:

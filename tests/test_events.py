@@ -20,6 +20,7 @@ from stream_support import InProcessStream
 
 from credit_exporter.catalog import LLM_LATENCY_BUCKETS
 from credit_exporter.config import parse_config
+from credit_exporter.sources import events
 from credit_exporter.sources.events import HistogramValue
 
 SCHEMA = """
@@ -353,6 +354,46 @@ def test_steady_state_poll_range_scans_an_index(ev_db, harness, key, index) -> N
         )
     assert "Seq Scan on ev" not in plan, plan
     assert index in plan, plan
+
+
+@pytest.mark.parametrize(("key", "index"), [(None, "ev_occurred_at"), ("id", "ev_pkey")])
+def test_a_steady_polls_aggregate_is_prepared_and_keeps_the_index_scan_past_its_fifth_run(
+    ev_db, harness, key, index
+) -> None:
+    """PostgreSQL plans a prepared statement once for all parameters after five runs: that
+    generic plan must still read the rows after the horizon through the index."""
+    with psycopg.connect(ev_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ev (occurred_at, org, agent, credits, latency)"
+            " SELECT now() - i * interval '1 second', 'org' || (i % 5), 'a' || (i % 9), 1, 1"
+            " FROM generate_series(1, 200000) i"
+        )
+        conn.execute("ANALYZE ev")
+    h = harness(settle="1m", key=key)
+    for _ in range(8):
+        insert(ev_db, [("acme", "bot", "2")])
+        h.poll()
+    prepared = h.prepared_aggregate()
+    assert prepared is not None
+    assert prepared.executions >= 6
+    assert prepared.generic_plans >= 1
+    assert "Seq Scan on ev" not in prepared.plan, prepared.plan
+    assert index in prepared.plan, prepared.plan
+    assert h.spent_by_org() == sql_spent_by_org(ev_db)
+
+
+def test_a_poll_after_a_large_result_reads_through_the_server_side_cursor_unprepared(
+    ev_db, harness, monkeypatch
+) -> None:
+    """A prepared poll's result is fetched whole: after a result over the limit, polls go
+    back to the server-side cursor."""
+    monkeypatch.setattr(events, "PREPARED_POLL_MAX_GROUPS", 1)
+    h = harness(settle="1m", key="id")
+    for _ in range(7):
+        insert(ev_db, [("acme", "bot", "2"), ("globex", "x", "1")])
+        h.poll()
+    assert h.prepared_aggregate() is None
+    assert h.spent_by_org() == sql_spent_by_org(ev_db)
 
 
 @settings(

@@ -102,6 +102,27 @@ def test_a_steady_poll_of_a_naive_time_stream_range_scans_the_time_index(empty_d
     assert "Seq Scan on spend_log" not in plan, plan
 
 
+def test_a_naive_time_streams_prepared_steady_poll_keeps_the_time_index_past_its_fifth_run(
+    empty_db, streams
+) -> None:
+    create_log(empty_db, "timestamp(3) NOT NULL")
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO spend_log SELECT 'r' || i, (now() AT TIME ZONE 'UTC')"
+            " - i * interval '1 second', 'team' || (i % 7), 0.001 * i"
+            " FROM generate_series(1, 200000) i"
+        )
+        conn.execute("ANALYZE spend_log")
+    s = streams(empty_db, stream("t", arrives_within="1m"))
+    for _ in range(8):
+        s.poll()
+    prepared = s.prepared_aggregate()
+    assert prepared is not None
+    assert prepared.generic_plans >= 1
+    assert "spend_log_t" in prepared.plan, prepared.plan
+    assert "Seq Scan on spend_log" not in prepared.plan, prepared.plan
+
+
 def test_naive_times_are_read_in_the_configured_zone(empty_db, streams) -> None:
     """Tokyo wall-clock times: the horizon trails Tokyo's now by the window, not UTC's."""
     create_log(empty_db, "timestamp NOT NULL")

@@ -106,15 +106,19 @@ class Explainer:
         self.conn.execute("EXPLAIN " + statement)  # type: ignore[arg-type]
         row = self.conn.execute(self.PREFIX + statement).fetchone()  # type: ignore[arg-type]
         assert row is not None
-        document = row[0][0]
-        plan = document["Plan"]
-        return Explained(
-            planning_ms=float(document.get("Planning Time", 0.0)),
-            execution_ms=float(document["Execution Time"]),
-            buffers=int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0)),
-            table_rows=_rows_from(plan, fact_table),
-            scans=frozenset(_scans_of(plan, fact_table)),
-        )
+        return explained(row[0][0], fact_table)
+
+
+def explained(document: dict[str, Any], fact_table: str) -> Explained:
+    """One EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) document, summed up."""
+    plan = document["Plan"]
+    return Explained(
+        planning_ms=float(document.get("Planning Time", 0.0)),
+        execution_ms=float(document["Execution Time"]),
+        buffers=int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0)),
+        table_rows=_rows_from(plan, fact_table),
+        scans=frozenset(_scans_of(plan, fact_table)),
+    )
 
 
 def _rows_from(plan: dict[str, Any], table: str) -> int:

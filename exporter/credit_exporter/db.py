@@ -230,12 +230,14 @@ class Database:
                         _TIMEOUTS,
                         {"st": str(cap_ms), "lt": max(1, int(cap_ms * LOCK_TIMEOUT_FRACTION))},
                     )
-                    for name, value in (settings or {}).items():
+                    if settings:  # in one round trip
                         await conn.execute(
-                            sql.SQL("SELECT set_config({}, {}, true)").format(
-                                sql.Literal(name), sql.Literal(value)
-                            )
-                        )
+                            sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+                                sql.SQL("set_config({}, {}, true)").format(
+                                    sql.Literal(name), sql.Literal(value))
+                                for name, value in settings.items()
+                            ))
+                        )  # fmt: skip
                     yield conn
         except Exception as exc:
             error = classify(exc)

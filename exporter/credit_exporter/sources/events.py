@@ -63,6 +63,23 @@ log = logging.getLogger(__name__)
 # re-read hours of events. Past it, only ``settle`` protects late commits.
 MAX_GUARD_HOLD_SECONDS = 3600.0
 
+# Every aggregate: no JIT, and the plan a plain query would get (a cursor otherwise
+# favours fast-start plans).
+POLL_SETTINGS = {"jit": "off", "cursor_tuple_fraction": "1"}
+# A steady poll runs the same text every time, only its parameters change: each pooled
+# connection prepares it once and reuses one plan. Forced generic: left to choose,
+# PostgreSQL re-plans every run, because a generic plan costs ``key > $1`` at a third of
+# the table; that estimate must not buy parallel workers for the thousand rows read.
+STEADY_POLL_SETTINGS = {
+    **POLL_SETTINGS,
+    "plan_cache_mode": "force_generic_plan",
+    "max_parallel_workers_per_gather": "0",
+}
+# A prepared poll's result is fetched whole, so a poll is prepared only when the one
+# before returned at most this many groups; past it (a burst, an hour of live rows) the
+# aggregate goes through a server-side cursor in fetches of CHUNK_ROWS, unprepared.
+PREPARED_POLL_MAX_GROUPS = CHUNK_ROWS
+
 
 @dataclass(frozen=True)
 class _MetricPlan:
@@ -488,6 +505,7 @@ class Split:
     # per time chunk (None: rows without a time), the checksum of the rows it settled
     checksums: dict[int | None, Checksum] = field(default_factory=dict)
     whole_table: bool = False  # the poll read every row (nothing was settled before it)
+    groups: int = 0  # result rows of the aggregate
 
 
 _Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
@@ -689,6 +707,7 @@ class EventStream:
         # per time chunk, the checksum of the rows settled into the base
         self.checksums: dict[int | None, Checksum] = {}
         self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
+        self.last_groups = 0  # result rows of the last poll's aggregate
 
     def start_over(self, replaced: StartOver) -> None:
         """Forget every total and aggregate the whole table again at the next poll.
@@ -836,37 +855,55 @@ class EventStream:
         except StartOver as replaced:
             self.start_over(replaced)
             return await self.poll()  # cannot start over twice: nothing is settled now
-        # The start-up aggregate is the one big statement: give it memory for its
-        # GROUPING SETS sorts and skip JIT (measured: JIT compiled ~270
-        # functions for ~9 s of a 31 s start-up on 1M rows; work_mem 256MB
-        # took it from 31 s to 18.5 s). Incremental polls read few rows.
-        settings = {"jit": "off", "cursor_tuple_fraction": "1"}
+        statement = self.plan.poll_statement(ordering, self.horizon, horizon)
+        params = self.params(self.horizon, horizon)
+        if big or self.last_groups > PREPARED_POLL_MAX_GROUPS:
+            split = await self._read_big(statement, params, timeout, big)
+        else:
+            # fetched whole: the previous poll's result was small, and so should this one be
+            async with self.database.read_only(
+                timeout, repeatable_read=True, settings=STEADY_POLL_SETTINGS
+            ) as conn:
+                cur = await conn.execute(statement, params, prepare=True)
+                split = await self.read_split(cur)
+        split.whole_table = first
+        self.last_groups = split.groups
+        return horizon, split
+
+    async def _read_big(self, statement: sql.Composed, params: dict[str, Any],
+                        timeout: float, big: bool) -> Split:  # fmt: skip
+        """An aggregate whose result may be large, through a server-side cursor: a
+        start-up's can hold millions of groups, and only the capped series may stay in
+        memory.
+
+        The start-up or backlog statement (``big``) gets memory for its GROUPING SETS
+        sorts, and no JIT (measured: JIT compiled ~270 functions for ~9 s of a 31 s
+        start-up on 1M rows; work_mem 256MB took it from 31 s to 18.5 s).
+        """
+        settings = dict(POLL_SETTINGS)
         if big:
             settings["work_mem"] = self.config.startup_work_mem
-        # a server-side cursor: the start-up result can hold millions of groups,
-        # and only the capped series may stay in memory
         async with (
             self.database.read_only(
                 timeout, repeatable_read=True, settings=settings, beyond_statement_timeout=big
             ) as conn,
             conn.cursor(name="credit_exporter_stream") as cur,
         ):
-            await cur.execute(
-                self.plan.poll_statement(ordering, self.horizon, horizon),
-                self.params(self.horizon, horizon),
-            )
-            split = await self.read_split(cur)
-        split.whole_table = first
-        return horizon, split
+            await cur.execute(statement, params)
+            return await self.read_split(cur)
 
     async def read_split(self, cur: Any) -> Split:
         """An aggregate's rows, chunk by chunk, split into settled and live series."""
         columns = tuple(c.name for c in cur.description or [])
         split = self.plan.splitter(columns, self.admissions)
+        groups = 0
         while rows := await cur.fetchmany(CHUNK_ROWS):
+            groups += len(rows)
             # off the event loop: scrapes must not wait
             await asyncio.to_thread(split.feed, rows)
-        return split.finish()
+        result = split.finish()
+        result.groups = groups
+        return result
 
     async def run_once(self) -> bool:
         started = time.monotonic()
