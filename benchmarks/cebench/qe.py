@@ -20,7 +20,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from cebench.baseline import BaselineQuery
-from cebench.net import free_port, wait_for_port
+from cebench.net import free_port, listening_process
 
 BENCH_DIR = Path(__file__).resolve().parents[1]
 VENV = BENCH_DIR / ".venv-qe"
@@ -77,18 +77,8 @@ def running(config_path: Path, log_path: Path) -> Iterator[str]:
         str(executable()), "--config", str(config_path),
         "-H", "127.0.0.1", "-p", str(port), "-L", "warning",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(port, timeout=60, process=process)
-            yield f"http://127.0.0.1:{port}/metrics"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with listening_process(command, port, log_path):
+        yield f"http://127.0.0.1:{port}/metrics"
 
 
 def scrape(url: str) -> tuple[float, str]:

@@ -10,7 +10,6 @@ decompressed, as Prometheus would receive them.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from cebench.net import free_port, wait_for_port
+from cebench.net import free_port, listening_process
 from cebench.stats import percentile
 
 METRIC = "credit_budget_used_credits"
@@ -65,18 +64,8 @@ def running_exporter(config_path: Path, log_path: Path) -> Iterator[Exporter]:
         sys.executable, "-m", "credit_exporter", "run", "--config", str(config_path),
         "--listen", f"127.0.0.1:{port}", "--log-level", "warning",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(port, timeout=60, process=process)
-            yield Exporter(f"http://127.0.0.1:{port}", process.pid)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with listening_process(command, port, log_path) as process:
+        yield Exporter(f"http://127.0.0.1:{port}", process.pid)
 
 
 def series_served(url: str) -> int:

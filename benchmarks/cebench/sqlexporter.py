@@ -35,7 +35,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from cebench.baseline import BaselineQuery
-from cebench.net import free_port, wait_for_port
+from cebench.net import free_port, listening_process
 
 PACKAGE = "prometheus-sql-exporter"
 BINARY = "prometheus-sql-exporter"
@@ -133,18 +133,8 @@ def running(binary: Path, config_path: Path, log_path: Path) -> Iterator[str]:
         "-web.listen-address", f"127.0.0.1:{port}",
     ]  # fmt: skip
     env = {**os.environ, "LOGLEVEL": "debug"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_for_port(port, timeout=60, process=process)
-            yield f"http://127.0.0.1:{port}/metrics"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with listening_process(command, port, log_path, env=env):
+        yield f"http://127.0.0.1:{port}/metrics"
 
 
 def _log_records(log_path: Path) -> list[dict[str, str]]:
