@@ -26,7 +26,6 @@ import pytest
 import yaml
 from conftest import skip_or_fail
 from dashboard_support import (
-    RULES,
     builtins,
     for_panel,
     functions,
@@ -41,6 +40,7 @@ from dashboard_support import (
 from support import Service, http_get, launch, start_exporter, wait_until
 
 from credit_exporter.demo.generator import load_demo
+from dashboards import recording
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
@@ -59,12 +59,18 @@ TOLERANCE = 1e-9
 # A Unix time stored in VictoriaMetrics keeps about 15 significant digits (10 µs).
 TIMESTAMP_TOLERANCE = 1e-5
 SCRAPE_INTERVAL = "1s"
+CANCELLATION_TOLERANCE = 1e-6  # credits, far below the exporter's micro-credit precision
+# The dashboards' recording rules evaluated every scrape instead of every minute: the
+# same expressions, and the usage written a few seconds after Prometheus starts is
+# recorded (a once-a-minute increase needs a sample a minute old).
+RECORDING_RULES = yaml.safe_load(recording.render(interval=SCRAPE_INTERVAL))
 # After the new usage is written these must have moved before the comparison.
+# the new usage in raw counters, and in a recorded increase (recorded once, at the jump)
 MOVED = [
-    f"sum(increase({metric}[1m])) > 0"
-    for metric in ("credit_spent_credits_total", "credit_model_requests_total",
-                   "credit_conversations_total",
-                   "organization_agent:credit_spent_credits_total:sum")
+    *(f"sum(increase({metric}[1m])) > 0"
+      for metric in ("credit_spent_credits_total", "credit_model_requests_total",
+                     "credit_conversations_total")),
+    f"max(max_over_time({recording.SPENT_BY_AGENT.name}[5m])) > 0",
 ]  # fmt: skip
 
 
@@ -134,9 +140,12 @@ def start_victoria_metrics(workdir: Path) -> Service:
 
 def start_prometheus_writing_to(workdir: Path, target: str, write_url: str) -> Service:
     binary = _binary("prometheus", "prometheus")
+    workdir.mkdir(parents=True, exist_ok=True)
+    recording_rules = workdir / "recording_rules.yml"
+    recording_rules.write_text(yaml.safe_dump(RECORDING_RULES, sort_keys=False))
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(RULES), str(ALERT_RULES)],
+        "rule_files": [str(recording_rules), str(ALERT_RULES)],
         "scrape_configs": [
             {"job_name": "credit-exporter", "static_configs": [{"targets": [target]}]}
         ],
@@ -209,13 +218,12 @@ def pair(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             lambda: _scraped_samples(backends.prometheus, time.time()) >= 5, 60, "five scrapes"
         )
         write_fresh_usage(dsn)
-        wait_until(
-            lambda: all(
-                _vector(backends.prometheus.instant(probe, time.time())) for probe in MOVED
-            ),
-            90,
-            "the new usage in the counters",
-        )
+        for probe in MOVED:
+            wait_until(
+                lambda probe=probe: _vector(backends.prometheus.instant(probe, time.time())),
+                150,
+                f"the new usage in {probe}",
+            )
         time.sleep(5)  # several scrapes and rule evaluations after the jump
         backends.at = round(time.time() - 2, 3)  # the API takes milliseconds
         # the same samples up to the evaluation time in both (remote_write is batched)
@@ -256,11 +264,13 @@ def dashboard_queries(pair: Pair) -> list[tuple[str, str]]:
 
 def rule_queries() -> list[tuple[str, str]]:
     out = []
-    for path in (RULES, ALERT_RULES):
-        for group in yaml.safe_load(path.read_text())["groups"]:
+    files = {"recording_rules.yml": RECORDING_RULES,
+             ALERT_RULES.name: yaml.safe_load(ALERT_RULES.read_text())}  # fmt: skip
+    for name_of_file, document in files.items():
+        for group in document["groups"]:
             for rule in group["rules"]:
                 name = rule.get("record") or rule.get("alert")
-                out.append((f"{path.name} / {name}", rule["expr"]))
+                out.append((f"{name_of_file} / {name}", rule["expr"]))
     return out
 
 
@@ -280,7 +290,9 @@ class Compared:
         the query subtracts a stored Unix time from time()."""
         if set(self.prometheus) != set(self.victoria):
             return False
-        absolute = TIMESTAMP_TOLERANCE if "time()" in self.expr else 0.0
+        # a sum taken in another order rounds differently: a difference of two equal
+        # sums is 0 in one store and about 1e-13 in the other
+        absolute = TIMESTAMP_TOLERANCE if "time()" in self.expr else CANCELLATION_TOLERANCE
         return all(
             math.isclose(value, self.victoria[key], rel_tol=TOLERANCE, abs_tol=absolute)
             for key, value in self.prometheus.items()
@@ -345,7 +357,9 @@ def summary(comparisons: list[Compared]) -> str:
 
 def test_every_dashboard_query_and_rule_is_compared(comparisons: list[Compared]) -> None:
     assert len(comparisons) == len(PROM_TARGETS) + len(rule_queries()) >= 170
-    assert sum(1 for c in comparisons if c.prometheus) >= 0.85 * len(comparisons)
+    # a daily bar reads the counters a day ago, which a minutes-old Prometheus does not hold
+    today = [c for c in comparisons if "offset 1d" not in c.expr]
+    assert sum(1 for c in today if c.prometheus) >= 0.85 * len(today)
     print(summary(comparisons))
 
 
