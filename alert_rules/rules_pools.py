@@ -61,11 +61,7 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
             # Seconds until the balance reaches 0 at the pool's spend rate over the
             # projection window: none for a pool that is not spending or is empty.
             "record": POOL_EXHAUSTION,
-            "expr": (
-                f"max by ({key}) (credit_balance_credits > 0)\n"
-                f"/\n"
-                f"  ({spend_rate} > 0)\n"
-            ),
+            "expr": (f"max by ({key}) (credit_balance_credits > 0)\n/\n  ({spend_rate} > 0)\n"),
         },
     ]
     summaries = {

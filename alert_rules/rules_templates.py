@@ -33,10 +33,8 @@ def when(expr: str, labels: Sequence[str], then: str, otherwise: str) -> str:
     returns anything, else ``otherwise``."""
     assert '"' not in expr and "{{" not in expr and "}}" not in expr, expr
     args = "".join(f" $labels.{arg}" for arg in labels)
-    return (
-        f'{{{{ with printf "{expr}"{args} | query }}}}{then}'
-        f"{{{{ else }}}}{otherwise}{{{{ end }}}}"
-    )
+    head = f'{{{{ with printf "{expr}"{args} | query }}}}'
+    return f"{head}{then}{{{{ else }}}}{otherwise}{{{{ end }}}}"
 
 
 def runs_out(series: str, labels: Sequence[str], missing: str) -> str:
