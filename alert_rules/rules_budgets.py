@@ -79,13 +79,17 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         {
             # Growth of the period's usage over the window, per second. Only when
             # the whole window lies in the current billing period: across a
-            # period start the difference would be meaningless (negative).
+            # period start the difference would be meaningless (negative). Never
+            # negative either when the usage resets a scrape before the period's
+            # timestamps move: no value then.
             "record": burn,
             "expr": (
                 "(\n"
-                f"    max by ({key}) (credit_budget_used_credits)\n"
-                f"  -\n"
-                f"    max by ({key}) (credit_budget_used_credits offset {window})\n"
+                "  (\n"
+                f"      max by ({key}) (credit_budget_used_credits)\n"
+                f"    -\n"
+                f"      max by ({key}) (credit_budget_used_credits offset {window})\n"
+                "  ) >= 0\n"
                 f") / {window_s}\n"
                 "and on (organization)\n"
                 "  (max by (organization) (credit_billing_period_start_timestamp_seconds)"
