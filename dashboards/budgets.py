@@ -58,11 +58,8 @@ ORG_PROJECTED = f"{ORG_USED} / {ELAPSED} * {LENGTH}"
 SCOPE_PROJECTED = (
     f"{USED} / on (organization) group_left () {ELAPSED} * on (organization) group_left () {LENGTH}"
 )
-# Recorded by the alert rules (alert_rules/rules_budgets.py), the series the
-# projection alert and the alerts' "Runs out" text read: seconds until the limit
-# at the burn of the projection window; none when not burning or over the limit.
-BUDGET_EXHAUSTION = "organization_scope_scope_id:credit_budget_exhaustion:seconds"
-HOURS_TO_LIMIT = f"max by ({SCOPE}) ({BUDGET_EXHAUSTION}{{{BSEL}}}) / 3600"
+BURN = f"max by ({SCOPE}) (deriv({USED_RAW}[$burn_window]))"
+HOURS_TO_LIMIT = f"clamp_min({LIMIT} - {USED}, 0) / ({BURN} > 0) / 3600"
 HOURS_STEPS = steps(("red", None), ("orange", 24), ("yellow", 72), ("green", 168))
 # Budget scopes of the contract (catalog.BUDGET_SCOPES, in its order; a test
 # compares them), as (shown, label value): a scope whose value is not a word is
@@ -211,9 +208,9 @@ def items() -> list:
         ),
         bargauge(
             "Hours until budget limit by scope",
-            "At each scope's burn of the last day (the one the budget alerts use), the hours "
-            "until it reaches its limit. Scopes that are not spending, are over their "
-            "limit or have less than a day of the billing period are not listed.",
+            "At each scope's current burn (derivative of its used credits over the burn "
+            "window), the hours until it reaches its limit. Scopes that are not spending "
+            "are not listed.",
             [prom(f"sort({HOURS_TO_LIMIT})", "{{scope}}: {{scope_id}}")],
             HOURS, thresholds=HOURS_STEPS, max_value=None, decimals=0, width=12, height=12,
             seeds="003 hours until exhaustion per budget",
@@ -223,7 +220,7 @@ def items() -> list:
             "Every budget of every scope (organization, department, project, user, team, "
             "API key): credits used this period, the limit (empty when it has none), the "
             "share used (coloured 75/90/100%), the projected end-of-period use and hours "
-            "until the limit at the burn of the last day (as in the budget alerts).",
+            "until the limit at the current burn.",
             [prom(USED, ref="A"), prom(LIMIT, ref="B"),
              prom(f"100 * {USED} / {LIMIT}", ref="C"), prom(SCOPE_PROJECTED, ref="D"),
              prom(HOURS_TO_LIMIT, ref="E")],

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attr
-import yaml
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
@@ -737,15 +736,7 @@ def metric_names(expr: str) -> set[str]:
 def known_metric_names() -> set[str]:
     from credit_exporter import catalog
 
-    return catalog.all_series_names() | {rule.name for rule in recording.RULES} | alert_recorded()
-
-
-def alert_recorded() -> set[str]:
-    """The series the generated alert rules record (the budget and pool ratios, the
-    burn, the time to exhaustion): dashboards may read them."""
-    rules = yaml.safe_load((config.REPO / "alert_rules" / "credit-exporter.rules.yml").read_text())
-    return {rule["record"] for group in rules["groups"] for rule in group["rules"]
-            if "record" in rule}  # fmt: skip
+    return catalog.all_series_names() | {rule.name for rule in recording.RULES}
 
 
 def with_overrides(uid: str, items: Sequence[g.RowPanel | Viz]) -> list[g.RowPanel | Viz]:

@@ -156,13 +156,3 @@ def test_the_worked_example_gives_departments_levels_of_their_own(tmp_path: Path
     done = subprocess.run(["promtool", "test", "rules", str(unit)], capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_budgets_dashboard_reads_the_time_to_exhaustion_the_alert_rules_record() -> None:
-    from dashboards import budgets
-
-    rules = yaml.safe_load((REPO / "alert_rules" / "credit-exporter.rules.yml").read_text())
-    recorded = {rule["record"] for group in rules["groups"] for rule in group["rules"]
-                if "record" in rule}  # fmt: skip
-    assert budgets.BUDGET_EXHAUSTION in recorded
-    assert budgets.BUDGET_EXHAUSTION in budgets.HOURS_TO_LIMIT
