@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rules_settings import BUDGET_KEY, BUDGET_RATIO, seconds
-from rules_templates import Links, level_rules, percent, q, scope_noun, selector
+from rules_settings import BUDGET_EXHAUSTION, BUDGET_KEY, BUDGET_RATIO, seconds
+from rules_templates import Links, level_rules, percent, q, runs_out, scope_noun, selector, when
 
 
 def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
@@ -52,6 +52,21 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
     who_capital = who.replace("}}the ", "}}The ")
     who_short = f"{{{{ $labels.organization }}}} {noun} {{{{ $labels.scope_id }}}}"
     dashboard = links.dashboard("budgets", "organization", "scope", "scope_id")
+    runs_out_text = runs_out(
+        f"{BUDGET_EXHAUSTION}{sel}",
+        BUDGET_KEY,
+        missing=when(
+            f"{BUDGET_RATIO}{sel} >= 1",
+            BUDGET_KEY,
+            "never: already at or over its limit",
+            when(
+                f"{burn}{sel}",
+                BUDGET_KEY,
+                f"never: not burning (no spend in the last {window})",
+                f"unknown (less than {window} of usage in this billing period)",
+            ),
+        ),
+    )
     rules: list[dict[str, Any]] = [
         {
             "record": BUDGET_RATIO,
@@ -64,17 +79,36 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         {
             # Growth of the period's usage over the window, per second. Only when
             # the whole window lies in the current billing period: across a
-            # period start the difference would be meaningless (negative).
+            # period start the difference would be meaningless (negative). Never
+            # negative either when the usage resets a scrape before the period's
+            # timestamps move: no value then.
             "record": burn,
             "expr": (
                 "(\n"
-                f"    max by ({key}) (credit_budget_used_credits)\n"
-                f"  -\n"
-                f"    max by ({key}) (credit_budget_used_credits offset {window})\n"
+                "  (\n"
+                f"      max by ({key}) (credit_budget_used_credits)\n"
+                f"    -\n"
+                f"      max by ({key}) (credit_budget_used_credits offset {window})\n"
+                "  ) >= 0\n"
                 f") / {window_s}\n"
                 "and on (organization)\n"
                 "  (max by (organization) (credit_billing_period_start_timestamp_seconds)"
                 f" <= time() - {window_s})\n"
+            ),
+        },
+        {
+            # Seconds until the limit at that burn: none for a budget that is not
+            # burning (no or unknown burn) or is already at or over its limit.
+            "record": BUDGET_EXHAUSTION,
+            "expr": (
+                "(\n"
+                "  (\n"
+                f"      max by ({key}) (credit_budget_limit_credits > 0)\n"
+                "    -\n"
+                f"      max by ({key}) (credit_budget_used_credits)\n"
+                "  ) > 0\n"
+                ")\n"
+                f"/ ({burn} > 0)\n"
             ),
         },
     ]
@@ -90,7 +124,7 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         return (
             f"{who_capital} has used {used} of {limit} credits this billing "
             f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
-            f"{percent(threshold)}%). Burn: {burn_h}. "
+            f"{percent(threshold)}%). Burn: {burn_h}. Runs out: {runs_out_text}. "
             f"Time left in the billing period: {period_left}."
         )
 
@@ -112,14 +146,10 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
             # Value: hours until the limit at the burn of the last window.
             "expr": (
                 "(\n"
-                f"      (max by ({key}) (credit_budget_limit_credits)"
-                f" - max by ({key}) (credit_budget_used_credits))\n"
-                f"    / ({burn} > 0)\n"
+                f"    {BUDGET_EXHAUSTION}\n"
                 "  < on (organization) group_left ()\n"
                 "    (max by (organization) (credit_billing_period_end_timestamp_seconds)"
                 " - time())\n"
-                f"  and on ({key})\n"
-                f"    ({BUDGET_RATIO} < 1)\n"
                 ") / 3600\n"
             ),
             "for": projection["for"],

@@ -25,6 +25,10 @@ DASHBOARD_KEYS = ("usage", "org_analytics", "agent_analytics", "models_users", "
 # Recording rules: level:metric:operations.
 BUDGET_RATIO = "organization_scope_scope_id:credit_budget_usage:ratio"
 POOL_RATIO = "organization_pool:credit_pool_usage:ratio"
+# Seconds until a budget reaches its limit / a pool's balance reaches 0 at the
+# burn of the projection window; no series when not burning or already exhausted.
+BUDGET_EXHAUSTION = "organization_scope_scope_id:credit_budget_exhaustion:seconds"
+POOL_EXHAUSTION = "organization_pool:credit_pool_exhaustion:seconds"
 BUDGET_KEY = ("organization", "scope", "scope_id")
 # How a budget scope reads in a sentence where its label value does not read as
 # a word ("the API key budget ci-bot of acme"); other scopes (department,

@@ -28,6 +28,22 @@ def q(
     )
 
 
+def when(expr: str, labels: Sequence[str], then: str, otherwise: str) -> str:
+    """Template text: ``then`` when the instant query ``expr`` (filled as in ``q``)
+    returns anything, else ``otherwise``."""
+    assert '"' not in expr and "{{" not in expr and "}}" not in expr, expr
+    args = "".join(f" $labels.{arg}" for arg in labels)
+    head = f'{{{{ with printf "{expr}"{args} | query }}}}'
+    return f"{head}{then}{{{{ else }}}}{otherwise}{{{{ end }}}}"
+
+
+def runs_out(series: str, labels: Sequence[str], missing: str) -> str:
+    """Template text: "in <duration> (at <time>)" from a recorded time-to-exhaustion
+    series in seconds (``series`` with its selector), or ``missing``."""
+    at = q(f"time() + {series}", labels, fmt="humanizeTimestamp")
+    return q(series, labels, fmt="humanizeDuration", unit=f" (at {at})", missing=missing)
+
+
 def scope_noun() -> str:
     """Template text naming the alert's budget scope in a sentence (SCOPE_NOUNS)."""
     branches = [f'if eq $labels.scope "{value}" }}}}{noun}' for value, noun in SCOPE_NOUNS.items()]
