@@ -183,6 +183,7 @@ def start_prometheus(
     alertmanager: str | None = None,
     interval: str = "1s",
     extra_args: list[str] | None = None,
+    remote_write: list[dict[str, Any]] | None = None,
 ) -> PrometheusProcess:
     """Start ``prometheus`` scraping ``targets`` (host:port) every ``interval``.
 
@@ -199,6 +200,8 @@ def start_prometheus(
     }
     if rule_files:
         config["rule_files"] = [str(path) for path in rule_files]
+    if remote_write:
+        config["remote_write"] = remote_write
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     workdir.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from dashboard_support import (
     resolve_defaults,
     write_fresh_usage,
 )
-from support import Service, http_get, launch, start_exporter, wait_until
+from support import Service, http_get, launch, start_exporter, start_prometheus, wait_until
 
 from credit_exporter.demo.generator import load_demo
 from dashboards import recording
@@ -139,29 +139,16 @@ def start_victoria_metrics(workdir: Path) -> Service:
 
 
 def start_prometheus_writing_to(workdir: Path, target: str, write_url: str) -> Service:
-    binary = _binary("prometheus", "prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
     recording_rules = workdir / "recording_rules.yml"
     recording_rules.write_text(yaml.safe_dump(RECORDING_RULES, sort_keys=False))
-    config = {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(recording_rules), str(ALERT_RULES)],
-        "scrape_configs": [
-            {"job_name": "credit-exporter", "static_configs": [{"targets": [target]}]}
-        ],
-        "remote_write": [remote_write(write_url)],
-    }
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    process, url, log_path = launch(
-        "prometheus",
-        lambda port: [binary, f"--config.file={config_path}",
-                      f"--storage.tsdb.path={workdir / 'data'}",
-                      f"--web.listen-address=127.0.0.1:{port}"],
-        workdir, "/-/ready",
-    )  # fmt: skip
-    return Service(process, url, log_path)
+    return start_prometheus(
+        workdir,
+        [target],
+        rule_files=[recording_rules, ALERT_RULES],
+        interval=SCRAPE_INTERVAL,
+        remote_write=[remote_write(write_url)],
+    )
 
 
 Key = tuple[tuple[str, str], ...]
