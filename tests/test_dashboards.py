@@ -757,8 +757,14 @@ def test_paid_agent_panels_return_data_for_a_paid_agent(stack: Stack) -> None:
     values["agent"] = sorted(s["agent"] for s in agents)[0]
     for panel in panels(dashboard):
         for target in panel.targets:
-            answer = run_target(stack.prometheus, panel, target, values, options)
-            assert answer["data"]["result"], (panel, answer["expr"])
+            # increase() needs two scrapes of the agent's series inside the range
+            wait_until(
+                lambda panel=panel, target=target: run_target(
+                    stack.prometheus, panel, target, values, options
+                )["data"]["result"],
+                30,
+                f"data in {panel.dashboard}/{panel.title} for paid agent {values['agent']}",
+            )
 
 
 def _instant(prometheus: PrometheusProcess, panel: Panel, ref: str = "A",
