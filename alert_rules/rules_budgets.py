@@ -1,12 +1,76 @@
-"""The credit-budgets group: 75/90/100% of every budget scope, and its projection."""
+"""The credit-budgets group: 75/90/100% of every budget scope (or the levels of its
+ladder in the billing database), and its projection."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from rules_settings import BUDGET_EXHAUSTION, BUDGET_KEY, BUDGET_RATIO, seconds
-from rules_templates import Links, level_rules, percent, q, runs_out, scope_noun, selector, when
+from rules_settings import (
+    BUDGET_EXHAUSTION,
+    BUDGET_KEY,
+    BUDGET_LADDER,
+    BUDGET_RATIO,
+    BUDGET_THRESHOLD,
+    LEVELS,
+    ORGANIZATION_LADDER,
+    seconds,
+)
+from rules_templates import (
+    Links,
+    level_rules,
+    q,
+    ratio_literal,
+    runs_out,
+    scope_noun,
+    selector,
+    when,
+)
+
+KEY = ", ".join(BUDGET_KEY)
+
+
+def threshold_rules(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """BUDGET_THRESHOLD for each budget with a ratio and each level, highest level
+    first: the budget's own ladder, else its organization's, else the settings'
+    default of its scope (a level at or below 0 counts as unset); then no higher
+    than the next level's threshold, so that the ladder never decreases and a
+    higher level is never reached before a lower one."""
+    own_levels = settings["budget_levels_by_scope"]
+    defaults = [(_other_scopes(own_levels), settings["budget_levels"])]
+    defaults += [(f'{{scope="{scope}"}}', levels) for scope, levels in sorted(own_levels.items())]
+    rules: list[dict[str, Any]] = []
+    higher = None
+    for level in reversed(LEVELS):
+        terms = [
+            f'max by ({KEY}) ({BUDGET_LADDER}{{level="{level}"}} > 0)',
+            "(\n"
+            f'    max by (organization) ({ORGANIZATION_LADDER}{{level="{level}"}} > 0)\n'
+            "  * on (organization) group_right ()\n"
+            f"    group by ({KEY}) ({BUDGET_RATIO})\n"
+            ")",
+        ]
+        terms += [
+            f"{ratio_literal(levels[level]['threshold'])} * group by ({KEY}) "
+            f"({BUDGET_RATIO}{selector})"
+            for selector, levels in defaults
+        ]
+        own = "\nor\n".join(terms)
+        if higher is None:
+            expr = f"{own}\n"
+        else:
+            above = f'{BUDGET_THRESHOLD}{{level="{higher}"}}'
+            expr = (
+                f"(\n{own}\n)\n<= on ({KEY}) group_left () {above}\nor\nmax by ({KEY}) ({above})\n"
+            )
+        rules.append({"record": BUDGET_THRESHOLD, "expr": expr, "labels": {"level": level}})
+        higher = level
+    return rules
+
+
+def _other_scopes(own_levels: Mapping[str, Any]) -> str:
+    """The selector of the scopes at budget_levels (those without levels of their own)."""
+    return f'{{scope!~"{"|".join(sorted(own_levels))}"}}' if own_levels else ""
 
 
 def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
@@ -113,32 +177,58 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         },
     ]
     summaries = {
-        "UsageHigh": "Credit budget past {t}%: {who} at {{{{ $value | humanizePercentage }}}}",
+        "UsageHigh": "Credit budget past {t}: {who} at {{{{ $value | humanizePercentage }}}}",
         "AlmostExhausted": (
             "Credit budget almost exhausted: {who} at {{{{ $value | humanizePercentage }}}}"
         ),
         "Exhausted": "Credit budget exhausted: {who} at {{{{ $value | humanizePercentage }}}}",
     }
 
-    def description(threshold: float) -> str:
+    def description(level: str, threshold: str) -> str:
         return (
             f"{who_capital} has used {used} of {limit} credits this billing "
             f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
-            f"{percent(threshold)}%). Burn: {burn_h}. Runs out: {runs_out_text}. "
+            f"{threshold}, {threshold_source(level)}). Burn: {burn_h}. Runs out: {runs_out_text}. "
             f"Time left in the billing period: {period_left}."
         )
 
-    # Scopes with levels of their own get their own rules (same alert names); the
-    # default levels cover every other scope.
+    def threshold_of(level: str) -> tuple[str, str]:
+        """What the ratio is compared with for ``level``, and template text printing
+        the alerting budget's threshold."""
+        bound = f'on ({KEY}) group_left () {BUDGET_THRESHOLD}{{level="{level}"}}'
+        shown = q(
+            f"{BUDGET_THRESHOLD}{{organization=%q,scope=%q,scope_id=%q,level=%q}}",
+            [*BUDGET_KEY, f'"{level}"'],
+            fmt="humanizePercentage",
+        )
+        return bound, shown
+
+    def threshold_source(level: str) -> str:
+        literal = f'"{level}"'
+        return when(
+            f"{BUDGET_LADDER}{{organization=%q,scope=%q,scope_id=%q,level=%q}} > 0",
+            [*BUDGET_KEY, literal],
+            "its own ladder in the billing database",
+            when(
+                f"{ORGANIZATION_LADDER}{{organization=%q,level=%q}} > 0",
+                ["organization", literal],
+                "its organization's ladder in the billing database",
+                "the default level",
+            ),
+        )
+
+    # Scopes with levels of their own get their own rules (same alert names, their
+    # own severities and `for`); the default levels cover every other scope. The
+    # thresholds come from BUDGET_THRESHOLD, which has resolved the scope's default
+    # and the ladders of the billing database.
     own_levels = settings["budget_levels_by_scope"]
-    ratio = BUDGET_RATIO
-    if own_levels:
-        ratio = f'{BUDGET_RATIO}{{scope!~"{"|".join(sorted(own_levels))}"}}'
-    rules += level_rules("CreditBudget", ratio, settings["budget_levels"], summaries, who_short,
-                         description, dashboard, links)  # fmt: skip
-    for scope, levels in sorted(own_levels.items()):
-        rules += level_rules("CreditBudget", f'{BUDGET_RATIO}{{scope="{scope}"}}', levels,
-                             summaries, who_short, description, dashboard, links)  # fmt: skip
+    rules += threshold_rules(settings)
+    scoped = [(_other_scopes(own_levels), settings["budget_levels"])]
+    scoped += [(f'{{scope="{scope}"}}', levels) for scope, levels in sorted(own_levels.items())]
+    for selector_text, levels in scoped:
+        rules += level_rules("CreditBudget", f"{BUDGET_RATIO}{selector_text}", levels,
+                             summaries, who_short, description, dashboard, links,
+                             threshold_of=threshold_of)  # fmt: skip
     name = "CreditBudgetProjectedExhaustion"
     rules.append(
         {

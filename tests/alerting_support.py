@@ -135,6 +135,19 @@ def alerts(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [rule for rule in rules(document) if "alert" in rule]
 
 
+BUDGET_THRESHOLD = "organization_scope_scope_id_level:credit_budget_alert_threshold:ratio"
+
+
+def threshold_record(document: Mapping[str, Any], level: str) -> str:
+    """The expression recording a budget level's effective threshold (ladders of
+    the billing database, else the settings' default)."""
+    return next(
+        rule["expr"]
+        for rule in rules(document)
+        if rule.get("record") == BUDGET_THRESHOLD and rule["labels"] == {"level": level}
+    )
+
+
 # --------------------------------------------------------------------------
 # Alertmanager and a webhook receiver
 # --------------------------------------------------------------------------
