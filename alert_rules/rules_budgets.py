@@ -184,11 +184,12 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         "Exhausted": "Credit budget exhausted: {who} at {{{{ $value | humanizePercentage }}}}",
     }
 
-    def description(level: str, threshold: str) -> str:
+    def description(level: str, threshold: str, default: float) -> str:
         return (
             f"{who_capital} has used {used} of {limit} credits this billing "
             f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
-            f"{threshold}, {threshold_source(level)}). Burn: {burn_h}. Runs out: {runs_out_text}. "
+            f"{threshold}, {threshold_source(level)}{lowered(level, default)}). "
+            f"Burn: {burn_h}. Runs out: {runs_out_text}. "
             f"Time left in the billing period: {period_left}."
         )
 
@@ -202,6 +203,23 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
             fmt="humanizePercentage",
         )
         return bound, shown
+
+    def lowered(level: str, default: float) -> str:
+        """ ", lowered to the next level's" where the recorded threshold is below what
+        its source says (threshold_rules keeps the ladder from decreasing)."""
+        literal = f'"{level}"'
+        stated = (
+            f"max({BUDGET_LADDER}{{organization=%q,scope=%q,scope_id=%q,level=%q}} > 0)"
+            f" or max({ORGANIZATION_LADDER}{{organization=%q,level=%q}} > 0)"
+            f" or vector({ratio_literal(default)})"
+        )
+        return when(
+            f"max({BUDGET_THRESHOLD}{{organization=%q,scope=%q,scope_id=%q,level=%q}})"
+            f" < ({stated})",
+            [*BUDGET_KEY, literal, *BUDGET_KEY, literal, "organization", literal],
+            ", lowered to the next level's",
+            "",
+        )
 
     def threshold_source(level: str) -> str:
         literal = f'"{level}"'
@@ -226,8 +244,12 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
     scoped = [(_other_scopes(own_levels), settings["budget_levels"])]
     scoped += [(f'{{scope="{scope}"}}', levels) for scope, levels in sorted(own_levels.items())]
     for selector_text, levels in scoped:
+
+        def described(level: str, threshold: str, levels: Mapping[str, Any] = levels) -> str:
+            return description(level, threshold, levels[level]["threshold"])
+
         rules += level_rules("CreditBudget", f"{BUDGET_RATIO}{selector_text}", levels,
-                             summaries, who_short, description, dashboard, links,
+                             summaries, who_short, described, dashboard, links,
                              threshold_of=threshold_of)  # fmt: skip
     name = "CreditBudgetProjectedExhaustion"
     rules.append(
