@@ -36,9 +36,6 @@ def threshold_rules(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
     default of its scope (a level at or below 0 counts as unset); then no higher
     than the next level's threshold, so that the ladder never decreases and a
     higher level is never reached before a lower one."""
-    own_levels = settings["budget_levels_by_scope"]
-    defaults = [(_other_scopes(own_levels), settings["budget_levels"])]
-    defaults += [(f'{{scope="{scope}"}}', levels) for scope, levels in sorted(own_levels.items())]
     rules: list[dict[str, Any]] = []
     higher = None
     for level in reversed(LEVELS):
@@ -52,8 +49,8 @@ def threshold_rules(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
         ]
         terms += [
             f"{ratio_literal(levels[level]['threshold'])} * group by ({KEY}) "
-            f"({BUDGET_RATIO}{selector})"
-            for selector, levels in defaults
+            f"({BUDGET_RATIO}{scopes})"
+            for scopes, levels in scoped_levels(settings)
         ]
         own = "\nor\n".join(terms)
         if higher is None:
@@ -68,9 +65,14 @@ def threshold_rules(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rules
 
 
-def _other_scopes(own_levels: Mapping[str, Any]) -> str:
-    """The selector of the scopes at budget_levels (those without levels of their own)."""
-    return f'{{scope!~"{"|".join(sorted(own_levels))}"}}' if own_levels else ""
+def scoped_levels(settings: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(selector of budget scopes, their levels): budget_levels for every scope
+    without levels of its own, then each scope of budget_levels_by_scope."""
+    own = settings["budget_levels_by_scope"]
+    others = f'{{scope!~"{"|".join(sorted(own))}"}}' if own else ""
+    return [(others, settings["budget_levels"])] + [
+        (f'{{scope="{scope}"}}', levels) for scope, levels in sorted(own.items())
+    ]
 
 
 def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
@@ -239,16 +241,13 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
     # own severities and `for`); the default levels cover every other scope. The
     # thresholds come from BUDGET_THRESHOLD, which has resolved the scope's default
     # and the ladders of the billing database.
-    own_levels = settings["budget_levels_by_scope"]
     rules += threshold_rules(settings)
-    scoped = [(_other_scopes(own_levels), settings["budget_levels"])]
-    scoped += [(f'{{scope="{scope}"}}', levels) for scope, levels in sorted(own_levels.items())]
-    for selector_text, levels in scoped:
+    for scopes, levels in scoped_levels(settings):
 
         def described(level: str, threshold: str, levels: Mapping[str, Any] = levels) -> str:
             return description(level, threshold, levels[level]["threshold"])
 
-        rules += level_rules("CreditBudget", f"{BUDGET_RATIO}{selector_text}", levels,
+        rules += level_rules("CreditBudget", f"{BUDGET_RATIO}{scopes}", levels,
                              summaries, who_short, described, dashboard, links,
                              threshold_of=threshold_of)  # fmt: skip
     name = "CreditBudgetProjectedExhaustion"
