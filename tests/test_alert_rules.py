@@ -329,7 +329,7 @@ def test_amtool_check_config() -> None:
     result = _amtool("check-config", str(ALERTMANAGER_EXAMPLE))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert "5 inhibit rules" in result.stdout
+    assert "6 inhibit rules" in result.stdout
 
 
 ROUTES = [

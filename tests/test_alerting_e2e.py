@@ -127,6 +127,16 @@ CASES = [
             severity="warning"), True, True),
     (_alert("CreditExporterReconcileStale", instance="exporter:9187", query="messages",
             severity="warning"), False, True),
+    # a stalled source mutes its own failing and staleness alerts (the stall is the
+    # cause), not another source's
+    (_alert("CreditExporterSourceStalled", instance="exporter:9187", query="credit_pools",
+            severity="high"), False, False),
+    (_alert("CreditExporterQueryFailing", instance="exporter:9187", query="credit_pools",
+            severity="warning"), True, True),
+    (_alert("CreditExporterDataStale", instance="exporter:9187", query="credit_pools",
+            severity="high"), True, False),
+    (_alert("CreditExporterDataStale", instance="exporter:9188", query="credit_pools",
+            severity="high"), False, False),
 ]  # fmt: skip
 
 # The rule most configurations start from: by severity, equal on the scope.

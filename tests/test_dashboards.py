@@ -262,6 +262,15 @@ def test_dashboards_have_the_required_variables() -> None:
     assert not variables(DASHBOARDS["credit-agent-analytics"])["agent"]["multi"]
 
 
+def test_health_job_variable_all_means_the_jobs_of_credit_exporter_not_every_target() -> None:
+    """Panels read `up{job=~"$job"}`: a catch-all All value (".*") would list every
+    target of a shared Prometheus. Without one, Grafana's All is the regex of the
+    jobs that export credit_build_info."""
+    job = variables(DASHBOARDS["credit-exporter-health"])["job"]
+    assert job["includeAll"] and "allValue" not in job
+    assert job["query"] == "label_values(credit_build_info, job)"
+
+
 def test_every_variable_is_used_by_a_panel_or_another_variable() -> None:
     for uid, dashboard in DASHBOARDS.items():
         text = json.dumps([dashboard["panels"], [v.get("query") for v in variables(
