@@ -6,9 +6,10 @@ embedded PostgreSQL:
     -> backfill of the history into Prometheus's data directory (promtool blocks)
     -> webhook receiver, Alertmanager (the example routing, receivers to the webhook),
        credit-exporter run, live demo traffic, Prometheus (alert + recording rules)
-    -> the recording rules over the last backfilled day (promtool, from Prometheus)
+    -> the recording rules over the recent backfilled tier (promtool, from Prometheus)
 
     .venv/bin/python deploy/native_stack.py [--days 90] [--workdir DIR] [--fast-alerts]
+        [--backfill-recent-days 1] [--backfill-recent-step 1m]
 
 Needs the package installed (scripts/demo or pip install -e .), and Debian's
 ``prometheus`` (prometheus, promtool) and ``prometheus-alertmanager``. Prometheus
@@ -161,6 +162,7 @@ def backfill_series(env: dict[str, str], args: argparse.Namespace, data: Path,
         env={**os.environ, **env, "BACKFILL_OUTPUT": str(data),
              "CREDIT_EXPORTER_CONFIG": str(EXAMPLE_CONFIG), "BACKFILL_DAYS": str(args.days),
              "BACKFILL_STEP": args.backfill_step, "BACKFILL_RECENT_STEP": args.backfill_recent_step,
+             "BACKFILL_RECENT_DAYS": str(args.backfill_recent_days),
              "BACKFILL_INSTANCE": instance,
              # the credit-exporter command of this interpreter's environment
              "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
@@ -169,7 +171,7 @@ def backfill_series(env: dict[str, str], args: argparse.Namespace, data: Path,
 
 
 def backfill_rules(prometheus_url: str, data: Path, log_path: Path) -> None:
-    """deploy/compose/backfill-rules.sh: the recording rules over the last backfilled day,
+    """deploy/compose/backfill-rules.sh: the recording rules over the recent backfilled tier,
     evaluated by the running Prometheus; it loads the blocks within a minute. promtool
     logs a line per rule and group: that goes to ``log_path``, not the console."""
     rules = " ".join(str(path) for path in stack_config.RULE_FILES)
@@ -202,10 +204,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--webhook-port", type=int, default=stack_config.WEBHOOK_PORT)
     parser.add_argument("--postgres-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--scrape-interval", default="15s", help="and rule evaluation interval")
-    parser.add_argument("--backfill-step", default="1h", help="history older than a day")
+    parser.add_argument("--backfill-step", default="1h",
+                        help="history older than --backfill-recent-days")  # fmt: skip
+    parser.add_argument(
+        "--backfill-recent-days", type=int, default=1,
+        help="the recent tier, at --backfill-recent-step, with the recording rules "
+        "backfilled over it (default 1)",
+    )  # fmt: skip
     parser.add_argument(
         "--backfill-recent-step", default="1m",
-        help="the last day; at most 5m, the lookback the recording rules are evaluated with",
+        help="the recent tier; at most 5m, the lookback the recording rules are evaluated with",
     )  # fmt: skip
     parser.add_argument("--live-speed", type=float, default=1.0, help="live traffic multiplier")
     parser.add_argument(
@@ -215,6 +223,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error(f"--days: must be at least 1, got {args.days}")
+    if args.backfill_recent_days < 1:
+        parser.error(f"--backfill-recent-days: must be at least 1, got {args.backfill_recent_days}")
     work = args.workdir
     if work.exists() and any(work.iterdir()) and not (work / OWN_MARKER).exists():
         parser.error(f"--workdir {work}: not empty and not a native stack's; refusing to "
@@ -285,7 +295,8 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
         stack.wait_ready("alertmanager", f"http://{at['alertmanager']}/-/ready")
         stack.wait_ready("exporter", f"http://{at['exporter']}/-/ready", timeout=300)
         stack.wait_ready("prometheus", f"http://{at['prometheus']}/-/ready")
-        print("Backfilling the recording rules over the last day ...", flush=True)
+        print(f"Backfilling the recording rules over the last {args.backfill_recent_days} "
+              "day(s) ...", flush=True)  # fmt: skip
         backfill_rules(
             f"http://{at['prometheus']}", work / "prometheus", work / "logs" / "backfill-rules.log"
         )
