@@ -956,3 +956,35 @@ def test_preview_sql_table_cells_show_times_to_the_second_and_numbers_plainly() 
     started = datetime(2026, 11, 23, 5, 30, 7, 313123, tzinfo=UTC)
     row = (started, "Chat", 14, Decimal("2.50"), None)
     assert [preview.sql_cell(c) for c in row] == ["2026-11-23 05:30:07", "Chat", "14", "2.5", ""]
+
+
+def test_preview_default_range_is_each_dashboards_own_time_from() -> None:
+    from dashboards import preview
+
+    now = datetime(2026, 12, 4, 6, 0, tzinfo=UTC).timestamp()
+    assert preview.default_range(DASHBOARDS["credit-usage"], now) == 30 * 86400
+    assert preview.default_range(DASHBOARDS["credit-exporter-health"], now) == 6 * 3600
+    # now/M: from the start of the month (UTC), 3 days and 6 hours here
+    assert preview.default_range(DASHBOARDS["credit-org-analytics"], now) == 3 * 86400 + 6 * 3600
+
+
+def test_preview_variable_override_replaces_the_default_and_refuses_an_unknown_value() -> None:
+    from dashboards import preview
+
+    values = {"organization": "acme", "agent": "billing-bot"}
+    options = {"organization": ["acme"], "agent": ["billing-bot", "sales-outreach"]}
+    assert preview.override(values, options, ["agent=sales-outreach"]) == {
+        "organization": "acme", "agent": "sales-outreach"}  # fmt: skip
+    # uid:name=value: that dashboard's variable only
+    assert preview.override(values, options, ["credit-usage:agent=sales-outreach"],
+                            "credit-agent-analytics")["agent"] == "billing-bot"  # fmt: skip
+    with pytest.raises(ValueError, match="no-such-agent"):
+        preview.override(values, options, ["agent=no-such-agent"])
+
+
+def test_preview_title_puts_the_note_on_a_second_line() -> None:
+    from dashboards import preview
+
+    values = {"datasource": "prometheus", "organization": "acme", "job": ALL, "instance": ALL}
+    title = preview.title_text(DASHBOARDS["credit-exporter-health"], values, "7 days of history")
+    assert title.splitlines()[1] == "7 days of history"
