@@ -4,7 +4,8 @@
 
 It starts deploy/native_stack.py (demo data; the whole history backfilled at
 5-minute steps with the recording rules over all of it, so the long-range panels
-have every day; Alertmanager with --fast-alerts; live demo traffic), waits until
+have every day; the demo's balances and budgets over it, --state-history;
+Alertmanager with --fast-alerts; live demo traffic), waits until
 Prometheus serves the recorded history, renders every dashboard over its own
 default time range with ``dashboards.preview`` (Agent analytics on the paid agent
 that earned most, so its revenue panels have data), then stops the stack. Each
@@ -77,9 +78,10 @@ def top_paid_agent(prometheus: str) -> str | None:
 
 def stack_argv(days: int, work: Path, ports: list[str]) -> list[str]:
     """native_stack.py with the whole history as the recent tier (5-minute steps), so
-    the recording rules are backfilled over all of it, and alerts that fire at once."""
+    the recording rules are backfilled over all of it, the demo's balance and budget
+    gauges over it too, and alerts that fire at once."""
     return [sys.executable, str(NATIVE_STACK), "--days", str(days), "--workdir", str(work),
-            "--fast-alerts", "--backfill-recent-days", str(days),
+            "--fast-alerts", "--state-history", "--backfill-recent-days", str(days),
             "--backfill-recent-step", STEP, "--exporter-port", ports[0],
             "--prometheus-port", ports[1], "--alertmanager-port", ports[2],
             "--webhook-port", ports[3]]  # fmt: skip
@@ -112,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         wait_for("recorded history", lambda: query(at["prometheus"], oldest), 300, process)
         agent = top_paid_agent(at["prometheus"])
         note = (f"Demo data (seed 42): {args.days} days of history backfilled every "
-                f"{STEP}, recording rules over all of it, then live traffic. "
-                "Gauges (balances, budgets, seats) have only the minutes since the "
-                "stack started: state history is not backfilled.")  # fmt: skip
+                f"{STEP} (balances and budgets recomputed from the rows), recording rules "
+                "over all of it, then live traffic. Other gauges (seats, quotas, exporter "
+                "health) start with the stack.")  # fmt: skip
         render = ["--prometheus", at["prometheus"], "--postgres", at["postgres"],
                   "--output", str(args.output), "--note", note]  # fmt: skip
         if agent:

@@ -3,7 +3,8 @@
 embedded PostgreSQL:
 
     embedded PostgreSQL + demo data (credit-exporter demo-data --days N)
-    -> backfill of the history into Prometheus's data directory (promtool blocks)
+    -> backfill of the history into Prometheus's data directory (promtool blocks;
+       with --state-history also the demo's balance and budget gauges)
     -> webhook receiver, Alertmanager (the example routing, receivers to the webhook),
        credit-exporter run, live demo traffic, Prometheus (alert + recording rules)
     -> the recording rules over the recent backfilled tier (promtool, from Prometheus)
@@ -32,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,12 +41,14 @@ from typing import Any
 DEPLOY = Path(__file__).resolve().parent
 sys.path.insert(0, str(DEPLOY))
 
-import stack_config  # noqa: E402  (a sibling file, not a package)
+import demo_state_history  # noqa: E402  (sibling files, not a package)
+import stack_config  # noqa: E402
 
 REPO = stack_config.REPO
 EXAMPLE_CONFIG = REPO / "config.example.yaml"
 DATABASE = "billing"
 OWN_MARKER = ".credit-exporter-native-stack"  # what may be emptied at the next start
+STATE_STEP_SECONDS = 300  # --state-history: within the 5m lookback rules evaluate with
 FAST_FOR = "1s"  # --fast-alerts: every alert's `for`, so a demo shows notifications now
 
 
@@ -215,6 +219,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--backfill-recent-step", default="1m",
         help="the recent tier; at most 5m, the lookback the recording rules are evaluated with",
     )  # fmt: skip
+    parser.add_argument(
+        "--state-history", action="store_true",
+        help="also backfill the demo's balance and budget gauges over the recent tier "
+        "(deploy/demo_state_history.py; the exporter's backfill writes counters only)",
+    )  # fmt: skip
     parser.add_argument("--live-speed", type=float, default=1.0, help="live traffic multiplier")
     parser.add_argument(
         "--fast-alerts", action="store_true",
@@ -260,6 +269,15 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
                        env={**os.environ, **env}, check=True)  # fmt: skip
         print("Backfilling the history into Prometheus's data directory ...", flush=True)
         backfill_series(env, args, work / "prometheus", at["exporter"])
+        if args.state_history:
+            end = datetime.now(UTC)
+            written = demo_state_history.backfill(
+                dsn, EXAMPLE_CONFIG, work / "prometheus",
+                end - timedelta(days=min(args.days, args.backfill_recent_days)), end,
+                timedelta(seconds=STATE_STEP_SECONDS),
+                {"job": stack_config.JOB, "instance": at["exporter"]},
+            )  # fmt: skip
+            print(f"Backfilled {written:,} samples of balance and budget gauges", flush=True)
 
         rules = rule_files(work, args.fast_alerts)
         hosts = stack_config.Hosts(
