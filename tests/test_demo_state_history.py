@@ -63,7 +63,7 @@ def test_budget_used_as_of_a_past_time_counts_the_periods_rows_up_to_that_time_o
 def test_pool_balance_and_allocation_as_of_now_are_todays(demo_db: str) -> None:
     with psycopg.connect(demo_db) as conn:
         now = conn.execute("SELECT now()").fetchone()[0]
-        rows = conn.execute(history.POOLS, {"t": now}).fetchall()
+        rows = conn.execute(history.POOLS, {"t": now, "now": now}).fetchall()
         today = {(slug, pool): (allocation, balance) for slug, pool, allocation, balance
                  in conn.execute(CONFIG["queries"]["credit_pools"]["sql"]).fetchall()}  # fmt: skip
     got = {(r[0], r[1]): history.pool_samples(r) for r in rows}
