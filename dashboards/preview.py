@@ -83,9 +83,11 @@ class Source:
                    dashboard: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
         step = max(self.range_seconds // 120, 15)
         interval = panel.panel.get("interval")
-        if interval:  # the bucket, unless the range is too short to show one
+        if interval:  # Grafana's min interval: never under range/120 (30 days at a 30s
+            # interval is more points than Prometheus returns: 400 Bad Request); the
+            # bucket itself unless the range is shorter than one
             bucket = seconds(values[interval[1:]] if interval[0] == "$" else interval)
-            step = bucket if bucket * 4 <= self.range_seconds else step
+            step = max(bucket, step) if bucket <= self.range_seconds else step
         # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape
         # interval), the scrape interval taken as 15 s; a fixed 1m left a 24 h range
         # with a point every 12 min rating one-minute windows: gaps, not a line
@@ -321,8 +323,10 @@ def draw_timeseries(ax: Any, panel: dict[str, Any], frames: list) -> None:
         ys = [v for _, v in points]
         color = PALETTE[i % len(PALETTE)]
         if custom.get("drawStyle") == "bars" or stacked:
-            ax.step(xs, ys, where="post", color=color, label=name[:28], linewidth=1)
-            ax.fill_between(xs, ys, step="post", alpha=0.25, color=color)
+            # barAlignment -1: a bar ends at its time (the bucket before it), as Grafana
+            where = "pre" if custom.get("barAlignment") == -1 else "post"
+            ax.step(xs, ys, where=where, color=color, label=name[:28], linewidth=1)
+            ax.fill_between(xs, ys, step=where, alpha=0.25, color=color)
         else:
             ax.plot(xs, ys, color=color, label=name[:28], linewidth=1)
     unit = panel["fieldConfig"]["defaults"].get("unit", "")
