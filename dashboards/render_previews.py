@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if args.workdir is None:  # ours: the database and Prometheus data go with it
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

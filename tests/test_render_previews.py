@@ -29,8 +29,10 @@ def test_ready_addresses_reads_the_prometheus_url_and_database_dsn() -> None:
     }
 
 
-def test_the_stack_backfills_the_whole_history_as_the_recent_tier() -> None:
-    """Recording rules are backfilled over the recent tier only: for 30-day panels to
-    have every day, the render makes the whole history that tier."""
+def test_the_stack_backfills_the_whole_history_as_the_recent_tier_with_state() -> None:
+    """Recording rules (and the state history) are backfilled over the recent tier
+    only: for 30-day panels to have every day, the render makes the whole history
+    that tier, and asks for the balance and budget history."""
     argv = render_previews.stack_argv(7, render_previews.Path("/tmp/w"), ["1", "2", "3", "4"])
     assert argv[argv.index("--days") + 1] == argv[argv.index("--backfill-recent-days") + 1]
+    assert "--state-history" in argv
