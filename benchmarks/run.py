@@ -10,7 +10,7 @@
     python benchmarks/run.py --peers-only    # only query-exporter and sql_exporter side by side
     python benchmarks/run.py --startup-only  # only start-up with/without a checkpoint
     python benchmarks/run.py --startup-only --per-day 11111 --sizes 1000000,10000000,30000000 \
-        --baseline-reps 3,1,1   # start-up as history grows at one write rate (~75 min)
+        --baseline-reps 3,1,1   # start-up as history grows at one write rate (~30 min)
     python benchmarks/run.py --steady-only --sizes 10000000  # only the steady poll, old vs new
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md

@@ -13,8 +13,8 @@ the size (the intake benchmark's datasets).
    rows, then verifying the recent history;
 4. runs without a checkpoint (today's full aggregate) on the same data; the first run
    (1., an empty checkpoint directory: the same full aggregate) counts as one of them,
-   so ``baseline_reps`` runs cost that many full aggregates (~75 us an event here: at
-   30M, 40 minutes each; the bare SQL GROUP BY of one metric is timed as well).
+   so ``baseline_reps`` runs cost that many full aggregates (22-29 us an event here:
+   at 30M, 11 minutes each; the bare SQL GROUP BY of one metric is timed as well).
 
 Exactness: every run's credit_spent_credits_total samples equal SQL's GROUP BY of the
 same rows, series by series; the base in the checkpoint each run wrote at shutdown sums,
