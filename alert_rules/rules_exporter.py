@@ -169,6 +169,7 @@ def exporter_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, 
             },
         },
         *reconcile_rules(exporter, links),
+        *checkpoint_rules(exporter, links),
     ]
 
 
@@ -307,6 +308,100 @@ def reconcile_rules(exporter: Mapping[str, Any], links: Links) -> list[dict[str,
                     "dashboards across the restore with that in mind."
                 ),
                 "runbook_url": links.runbook("CreditExporterStreamRecomputed"),
+                "dashboard_url": health,
+            },
+        },
+    ]
+
+
+def checkpoint_rules(exporter: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
+    """A stream's checkpoint not used at a start-up, not written, or written long ago."""
+    health = links.dashboard("exporter_health")
+    fallback, failing = exporter["checkpoint_fallback"], exporter["checkpoint_write_failing"]
+    stale = exporter["checkpoint_stale"]
+    loads = 'credit_exporter_checkpoint_loads_total{result!="loaded"}'
+    by = "job, instance, query, result"
+    window = fallback["window"]
+    return [
+        {
+            "alert": "CreditExporterCheckpointFallback",
+            # Value: start-ups (or reloads) in the window that fell back. A restart's
+            # counter starts over and may show the same 1 as the previous process's: the
+            # third branch sees the restart by its configuration load.
+            "expr": (
+                grew_expr(loads, "query, result", window) + f"or\nsum by ({by}) ({loads}) > 0\n"
+                "  and on (job, instance)\n"
+                "  time() - credit_exporter_config_last_reload_success_timestamp_seconds"
+                f" < {seconds(window)}\n"
+            ),
+            "for": fallback["for"],
+            "labels": {"severity": fallback["severity"]},
+            "annotations": {
+                "summary": (
+                    "credit-exporter stream {{ $labels.query }} started without its checkpoint "
+                    "({{ $labels.result }})"
+                ),
+                "description": (
+                    "Stream {{ $labels.query }} on credit-exporter {{ $labels.instance }} could "
+                    f"not use its checkpoint at a start-up or reload in the last {window} "
+                    "(missing: no file; corrupt: unreadable, torn or altered; mismatch: written "
+                    "for another stream definition, database or format; verify_failed: settled "
+                    "rows changed since it was written) and aggregated its whole history "
+                    "instead: that start-up took as long as one without a checkpoint, and its "
+                    'totals are exact. The exporter logged "stream {{ $labels.query }}: '
+                    'checkpoint ... not used ({{ $labels.result }})" with the details.'
+                ),
+                "runbook_url": links.runbook("CreditExporterCheckpointFallback"),
+                "dashboard_url": health,
+            },
+        },
+        {
+            "alert": "CreditExporterCheckpointWriteFailing",
+            # Value: failed writes in the window.
+            "expr": (
+                "sum by (job, instance, query) (increase(credit_exporter_checkpoint_writes_total"
+                f'{{result="failed"}}[{failing["window"]}])) > 0\n'
+            ),
+            "for": failing["for"],
+            "labels": {"severity": failing["severity"]},
+            "annotations": {
+                "summary": (
+                    "credit-exporter cannot write the checkpoint of stream {{ $labels.query }}"
+                ),
+                "description": (
+                    "credit-exporter {{ $labels.instance }} could not write the checkpoint of "
+                    f"stream {{{{ $labels.query }}}} in the last {failing['window']}. Until a "
+                    "write succeeds, a restart loads an older checkpoint (and reads more rows) "
+                    'or, with none, aggregates the whole history. The exporter logs "stream '
+                    '{{ $labels.query }}: cannot write its checkpoint" with the directory and '
+                    "the error."
+                ),
+                "runbook_url": links.runbook("CreditExporterCheckpointWriteFailing"),
+                "dashboard_url": health,
+            },
+        },
+        {
+            "alert": "CreditExporterCheckpointStale",
+            # Value: seconds since the last checkpoint written (no series before the first).
+            "expr": (
+                "time() - credit_exporter_checkpoint_last_write_timestamp_seconds"
+                f" > {seconds(stale['after'])}\n"
+            ),
+            "for": stale["for"],
+            "labels": {"severity": stale["severity"]},
+            "annotations": {
+                "summary": (
+                    "credit-exporter checkpoint of stream {{ $labels.query }} is "
+                    "{{ $value | humanizeDuration }} old"
+                ),
+                "description": (
+                    "The last checkpoint of stream {{ $labels.query }} on credit-exporter "
+                    "{{ $labels.instance }} was written {{ $value | humanizeDuration }} ago "
+                    f"(alert after {stale['after']}; it is written every checkpoint.interval). "
+                    "A restart now reads every row since then, and more as it ages; with none "
+                    "at all, the whole history."
+                ),
+                "runbook_url": links.runbook("CreditExporterCheckpointStale"),
                 "dashboard_url": health,
             },
         },

@@ -74,6 +74,11 @@ SCHEMA: dict[str, Any] = {
         "counters_held": {"for": "duration", "severity": "severity"},
         "reconcile_stale": {"after": "duration", "for": "duration", "severity": "severity"},
         "stream_recomputed": {"window": "duration", "for": "duration", "severity": "severity"},
+        "checkpoint_fallback": {"window": "duration", "for": "duration", "severity": "severity"},
+        "checkpoint_write_failing": {
+            "window": "duration", "for": "duration", "severity": "severity"
+        },
+        "checkpoint_stale": {"after": "duration", "for": "duration", "severity": "severity"},
     },
 }  # fmt: skip
 

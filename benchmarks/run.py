@@ -9,6 +9,8 @@
     python benchmarks/run.py --memory-only   # only resident memory per series (~5 min)
     python benchmarks/run.py --peers-only    # only query-exporter and sql_exporter side by side
     python benchmarks/run.py --startup-only  # only start-up with/without a checkpoint
+    python benchmarks/run.py --startup-only --per-day 11111 --sizes 1000000,10000000,30000000 \
+        --baseline-reps 3,1,1   # start-up as history grows at one write rate (~30 min)
     python benchmarks/run.py --steady-only --sizes 10000000  # only the steady poll, old vs new
 
 Prints the results as Markdown and writes them to benchmarks/RESULTS.md
@@ -63,7 +65,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--steady-only", action="store_true", help="only the steady poll, prepared vs old way"
     )
     parser.add_argument(
-        "--reps", type=int, default=3, help="exporter processes per memory case (%(default)s)"
+        "--reps", type=int, default=3,
+        help="exporter processes per memory case, or starts with a checkpoint (%(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--per-day", type=int,
+        help="--startup-only: usage events a day at every size (the history grows with the"
+        " size); default: 90 days at every size (the write rate grows)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-reps",
+        help="--startup-only: starts without a checkpoint (full aggregates) per size, one"
+        " number or one per size; the run that writes the first checkpoint counts (--reps)",
     )
     return parser.parse_args(argv)
 
@@ -74,6 +87,18 @@ def choose_plan(args: argparse.Namespace) -> suite.Plan:
         sizes = tuple(sorted(int(s.replace("_", "")) for s in args.sizes.split(",")))
         plan = dataclasses.replace(plan, sizes=sizes)
     return plan
+
+
+def baseline_reps(args: argparse.Namespace, sizes: Sequence[int]) -> list[int]:
+    """--baseline-reps per size: one number for all, or one per size; default --reps."""
+    if not args.baseline_reps:
+        return [args.reps] * len(sizes)
+    reps = [int(r) for r in args.baseline_reps.split(",")]
+    if len(reps) == 1:
+        return reps * len(sizes)
+    if len(reps) != len(sizes):
+        raise SystemExit("--baseline-reps: one number, or one per size")
+    return reps
 
 
 def output_path(args: argparse.Namespace) -> Path:
@@ -105,61 +130,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     suite.OUT.mkdir(exist_ok=True)
     log = suite.Log()
     described = machine.describe(args.admin_dsn)
+    path = output_path(args)
+
+    def finish(text: str) -> int:
+        print(text)
+        path.write_text(text, encoding="utf-8")
+        log(f"wrote {path}")
+        return 0
+
     if args.scrape_only:
         log(f"/metrics with {plan.series:,} series:")
-        text = report.scrape_document(described, command.strip(), suite.measure_scrape(
-            args.admin_dsn, plan, log))  # fmt: skip
-        print(text)
-        output_path(args).write_text(text, encoding="utf-8")
-        return 0
+        return finish(report.scrape_document(described, command.strip(), suite.measure_scrape(
+            args.admin_dsn, plan, log)))  # fmt: skip
     if args.intake_only:
         loaded = [suite.measure_intake(args.admin_dsn, events, plan, log) for events in plan.sizes]
-        text = report.intake_document(described, command.strip(), loaded)
-        print(text)
-        output_path(args).write_text(text, encoding="utf-8")
-        return 0
+        return finish(report.intake_document(described, command.strip(), loaded))
     if args.window_only:
         windowed = [suite.measure_window(args.admin_dsn, n, plan, log) for n in plan.sizes]
-        text = report.window_document(described, command.strip(), windowed)
-        print(text)
-        output_path(args).write_text(text, encoding="utf-8")
-        return 0
+        return finish(report.window_document(described, command.strip(), windowed))
     if args.memory_only:
         scale = 0.1 if args.quick else 1.0
         measured = memory.measure(args.admin_dsn, args.reps, scale, suite.OUT, log)
-        text = memory.document(described, command.strip(), measured)
-        print(text)
-        output_path(args).write_text(text, encoding="utf-8")
-        return 0
+        return finish(memory.document(described, command.strip(), measured))
     if args.peers_only:
         measured = [peers.measure(args.admin_dsn, n, plan, suite.OUT, log) for n in plan.sizes]
-        text = peers.document(described, command.strip(), measured)
-        print(text)
-        output_path(args).write_text(text, encoding="utf-8")
-        return 0
+        return finish(peers.document(described, command.strip(), measured))
     if args.startup_only:
-        runs = [startup.measure(args.admin_dsn, n, args.reps, log) for n in plan.sizes]
-        text = startup.document(described, command.strip(), runs)
-        print(text)
-        output_path(args).write_text(text, encoding="utf-8")
-        return 0
+        fulls = baseline_reps(args, plan.sizes)
+        runs = [startup.measure(args.admin_dsn, n, args.reps, full, args.per_day, log)
+                for n, full in zip(plan.sizes, fulls, strict=True)]  # fmt: skip
+        return finish(startup.document(described, command.strip(), args.per_day, runs))
     if args.steady_only:
         measured = [steady.measure(args.admin_dsn, n, plan.steady_reps, plan.new_events, log)
                     for n in plan.sizes]  # fmt: skip
-        text = steady.document(described, command.strip(), plan.steady_reps, measured)
-        print(text)
-        output_path(args).write_text(text, encoding="utf-8")
-        return 0
+        return finish(steady.document(described, command.strip(), plan.steady_reps, measured))
     sizes = [suite.measure_size(args.admin_dsn, events, plan, log) for events in plan.sizes]
     log(f"/metrics with {plan.series:,} series:")
     scraped = suite.measure_scrape(args.admin_dsn, plan, log)
     windowed = [suite.measure_window(args.admin_dsn, n, plan, log) for n in plan.sizes]
-    text = report.document(described, plan, command.strip(), sizes, scraped, windowed)
-    print(text)
-    path = output_path(args)
-    path.write_text(text, encoding="utf-8")
-    log(f"wrote {path}")
-    return 0
+    return finish(report.document(described, plan, command.strip(), sizes, scraped, windowed))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Process up and build, configuration reloads, per-query status, last success
 age, durations, errors by reason, rows, dropped rows and series, the size of
 what Prometheus scrapes, and what the reconcile of event streams finds (late
-data, counters held above the database, pass age, database share).
+data, counters held above the database, pass age, database share), and each
+stream's checkpoint (loads by result, age of the last write).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ UP_MAP = value_map({"1": ("Up", "green"), "0": ("Down", "red")})
 AGE_STEPS = steps(("green", None), ("yellow", 300), ("red", 900))
 # a pass every reconcile.interval (1h by default); the alert fires after 6h
 RECONCILE_AGE_STEPS = steps(("green", None), ("yellow", 7200), ("red", 21600))
+# a write every checkpoint.interval (5m by default); the alert fires after 20m
+CHECKPOINT_AGE_STEPS = steps(("green", None), ("yellow", 600), ("red", 1200))
 
 
 def zero_if_none(expr: str, label: str, text: str = "none") -> str:
@@ -197,6 +200,7 @@ def items() -> list:
             COUNT, width=24, height=10, seeds="health: scrape size",
         ),
         *reconcile_items(),
+        *checkpoint_items(),
     ]  # fmt: skip
 
 
@@ -260,13 +264,45 @@ def reconcile_items() -> list:
     ]  # fmt: skip
 
 
+def checkpoint_items() -> list:
+    """What became of each stream's checkpoint at start-up, and how old the last write is."""
+    return [
+        row("Checkpoint"),
+        bargauge(
+            "Checkpoint loads in range",
+            "Start-ups and reloads of each stream in the range, by what became of its "
+            "checkpoint: loaded (only the rows since were read), or why it was not used "
+            "and the stream aggregated its whole history instead: missing, corrupt, "
+            "mismatch, verify_failed (CreditExporterCheckpointFallback; docs/runbooks.md). "
+            "Read by increase(): a result counted before the process's first scrape is not "
+            "seen; the exporter's start-up log line always says it.",
+            [prom(zero_if_none("sort_desc(sum by (query, result) (increase("
+                               f"credit_exporter_checkpoint_loads_total{{{J}}}[$__range]))"
+                               " > 0)", "query", "none seen"), "{{query}} {{result}}")],
+            COUNT, decimals=0, width=12, height=8, seeds="health: checkpoint",
+        ),
+        bargauge(
+            "Time since last checkpoint write by stream",
+            "Age of each stream's last checkpoint written (on the stalest instance), "
+            "written every checkpoint.interval (5m by default): yellow after 10 minutes, red "
+            "after 20, when CreditExporterCheckpointStale fires. No bar before a process's "
+            "first write, or without checkpoint: in the configuration.",
+            [prom("sort_desc(time() - min by (query) ("
+                  f"credit_exporter_checkpoint_last_write_timestamp_seconds{{{J}}}))",
+                  "{{query}}")],
+            SECONDS, thresholds=CHECKPOINT_AGE_STEPS, width=12, height=8,
+            seeds="health: checkpoint",
+        ),
+    ]  # fmt: skip
+
+
 def build() -> dict:
     return dashboard(
         uid=UID,
         title=TITLE,
         description="Is the exporter healthy: scrapes, configuration reloads, per-query "
-        "status, durations, errors, rows, drops, scrape size, and late data found by the "
-        "reconcile of event streams.",
+        "status, durations, errors, rows, drops, scrape size, late data found by the "
+        "reconcile of event streams, and their checkpoints.",
         items=items(),
         variables=variables(),
         time_from="now-6h",

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -169,6 +170,25 @@ def test_a_restart_from_a_checkpoint_equals_sql_and_a_fresh_full_aggregate(
     restarted = _start(made, db, tmp_path, stream)
     assert restarted.load_result() == "loaded"
     _assert_exact(restarted, db, stream)
+
+
+def test_a_loaded_checkpoint_logs_its_two_start_up_phases_as_the_benchmark_reads_them(
+    db: str, tmp_path: Path, made: list[InProcessStream], caplog: pytest.LogCaptureFixture
+) -> None:
+    """benchmarks/cebench/startup.py reports the checkpoint read and the comparison with
+    the database from this line: a change of its wording must not go unnoticed."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    from cebench.startup import LOADED_LINE
+
+    _written(made, db, tmp_path)
+    with caplog.at_level(logging.INFO, logger="credit_exporter.sources.checkpoint"):
+        restarted = _start(made, db, tmp_path)
+    assert restarted.load_result() == "loaded"
+    match = LOADED_LINE.search(caplog.text)
+    assert match is not None, caplog.text
+    assert int(match["chunks"]) > 0
 
 
 def test_the_first_poll_after_loading_reads_only_rows_not_settled_at_the_loaded_horizon(

@@ -611,6 +611,8 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         # within its timeout (about 1 s here on a loaded machine)
         stream.update(interval="2s", timeout="2s", settle="1s")
     work = tmp_path_factory.mktemp("dashboards")
+    # the checkpoint panels read what its writes and start-up load report
+    config["checkpoint"] = {"directory": str(work / "checkpoints")}
     exporter = start_exporter(config, work / "exporter", env={"CREDIT_EXPORTER_DSN": dsn})
     started = [exporter]
     try:

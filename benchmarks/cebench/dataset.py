@@ -97,12 +97,24 @@ ROLLBACK;""",
     return BareLoad(events, times[0], sum(times[1:]))
 
 
-def load(dsn: str, events: int) -> Load:
-    """load_demo (90 days) at the scale that gives about ``events`` usage events."""
+def history(events: int, per_day: int | None = None) -> tuple[int, float]:
+    """(days, scale) of a dataset of about ``events`` usage events.
+
+    Without ``per_day``: 90 days, the write rate growing with ``events``. With it: that
+    many events a day (the write rate fixed), the history growing with ``events``.
+    """
+    if per_day is None:
+        return DAYS, scale_for(events)
+    return max(1, round(events / per_day)), scale_for(per_day * DAYS)
+
+
+def load(dsn: str, events: int, per_day: int | None = None) -> Load:
+    """load_demo at the (days, scale) of ``history``."""
+    days, scale = history(events, per_day)
     sampler = ActivitySampler(dsn)
     sampler.start()
     try:
-        summary = load_demo(dsn, days=DAYS, seed=SEED, scale=scale_for(events))
+        summary = load_demo(dsn, days=days, seed=SEED, scale=scale)
     finally:
         sampler.stop()
     rows = (
