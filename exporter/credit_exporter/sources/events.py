@@ -37,6 +37,7 @@ from credit_exporter.metric_state import LabelValues
 from credit_exporter.sources.checkpoint import Checkpoint
 from credit_exporter.sources.ordering import Horizon, Ordering, describe_stream
 from credit_exporter.sources.reconcile import Reconciler
+from credit_exporter.sources.rowpoll import GroupingSet, Kind, RowAggregate, Spec
 from credit_exporter.sources.state import last_failure, poll_forever, report_failure
 from credit_exporter.sources.totals import (
     Aggregates,
@@ -75,10 +76,10 @@ STEADY_POLL_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
     "max_parallel_workers_per_gather": "0",
 }
-# A prepared poll's result is fetched whole, so a poll is prepared only when the one
-# before returned at most this many groups; past it (a burst, an hour of live rows) the
-# aggregate goes through a server-side cursor in fetches of CHUNK_ROWS, unprepared.
-PREPARED_POLL_MAX_GROUPS = CHUNK_ROWS
+# A steady poll reads its rows whole and sums them in Python (rowpoll.py): only when the
+# poll before read at most this many rows. Past it (a burst, an hour of live rows) the
+# database aggregates them, through a server-side cursor in fetches of CHUNK_ROWS.
+STEADY_POLL_MAX_ROWS = CHUNK_ROWS
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,10 @@ class StreamPlan:
     aggregates: list[tuple[str, sql.Composable]] = field(init=False)
     # per non-finite column, the per-row column the aggregates read instead (see row_values)
     finite_values: dict[str, str] = field(init=False)
+    # per aggregate column (and __fp), how rowpoll computes it from one per-row input
+    specs: dict[str, Spec] = field(init=False)
+    # the per-row inputs a steady poll selects (rows_statement), by name
+    row_inputs: dict[str, sql.Composable] = field(init=False)
 
     def __post_init__(self) -> None:
         columns: list[str] = []
@@ -145,6 +150,8 @@ class StreamPlan:
             column: f"__v{i}" for i, column in enumerate(sorted(values & self.non_finite_columns))
         }
         self.aggregates = [("__rows", sql.SQL("count(*)"))]
+        self.specs = {"__rows": Spec(Kind.ROWS)}
+        self.row_inputs = {}
         self.metrics = []
         summed: dict[str, str] = {}
         for index, mapping in enumerate(self.config.metrics):
@@ -161,15 +168,37 @@ class StreamPlan:
                 assert mapping.value is not None
                 observed = self._value(mapping.value)
                 names = []
-                for b, bound in enumerate(metric.buckets):
+                bounds = [sql.Literal(Decimal(repr(bound))) for bound in metric.buckets]
+                assert list(metric.buckets) == sorted(metric.buckets)  # cumulative buckets
+                # per row, the first bucket it falls in (NULL: none); buckets ascend, so a
+                # row is in bucket b exactly when that first one is at most b
+                first = self._input(
+                    f"__h{index}_first",
+                    sql.SQL("CASE {} END").format(
+                        sql.SQL(" ").join(
+                            sql.SQL("WHEN {} <= {} THEN {}").format(observed, bound, sql.Literal(b))
+                            for b, bound in enumerate(bounds)
+                        )
+                    ),
+                )
+                for b, bound in enumerate(bounds):
                     name = f"__h{index}_b{b}"
-                    self.aggregates.append(
-                        (name, sql.SQL("count(*) FILTER (WHERE {} <= {})").format(
-                            observed, sql.Literal(Decimal(repr(bound))))),
-                    )  # fmt: skip
+                    self._add(
+                        name,
+                        sql.SQL("count(*) FILTER (WHERE {} <= {})").format(observed, bound),
+                        Spec(Kind.AT_MOST, first, b),
+                    )
                     names.append(name)
-                self.aggregates.append((f"__h{index}_count", sql.SQL("count({})").format(observed)))
-                self.aggregates.append((f"__h{index}_sum", self._sum(mapping.value)))
+                self._add(
+                    f"__h{index}_count",
+                    sql.SQL("count({})").format(observed),
+                    Spec(Kind.COUNT, self._input(f"__h{index}_count", observed)),
+                )
+                self._add(
+                    f"__h{index}_sum",
+                    self._sum(mapping.value),
+                    self._sum_spec(f"__h{index}_sum", mapping.value),
+                )
                 names += [f"__h{index}_count", f"__h{index}_sum"]
                 self.metrics.append(
                     _MetricPlan(mapping, metric, label_columns, mask, tuple(names),
@@ -196,13 +225,30 @@ class StreamPlan:
                                 (self._summed(mapping.value, summed),),
                                 non_finite=self._non_finite(mapping.value))
                 )  # fmt: skip
+        self.specs["__fp"] = Spec(Kind.SUM, "__fp_row")  # the checksum's sum(__fp_row)
 
     def _summed(self, column: str, summed: dict[str, str]) -> str:
         """The result column holding ``sum(column)``, added once however many metrics read it."""
         if column not in summed:
-            summed[column] = f"__s{len(summed)}"
-            self.aggregates.append((summed[column], self._sum(column)))
+            summed[column] = name = f"__s{len(summed)}"
+            self._add(name, self._sum(column), self._sum_spec(name, column))
         return summed[column]
+
+    def _add(self, name: str, expression: sql.Composable, spec: Spec) -> None:
+        """An aggregate column: its SQL, and how rowpoll computes it from a per-row input."""
+        self.aggregates.append((name, expression))
+        self.specs[name] = spec
+
+    def _input(self, name: str, expression: sql.Composable) -> str:
+        """A per-row input of the steady poll's rows (an expression over the aggregate's
+        FROM), named; the name."""
+        self.row_inputs[name] = expression
+        return name
+
+    def _sum_spec(self, name: str, column: str) -> Spec:
+        """``sum(column)`` from a per-row input: the value ``_sum`` adds up, cast alike."""
+        cast = sql.SQL("::numeric") if column in self.float_columns else sql.SQL("")
+        return Spec(Kind.SUM, self._input(name, sql.SQL("{}{}").format(self._value(column), cast)))
 
     def _non_finite(self, column: str) -> str | None:
         """The result column counting ``column``'s NaN and infinite values, added once;
@@ -216,7 +262,10 @@ class StreamPlan:
             counted = sql.SQL("count({}) - count({})").format(
                 sql.Identifier(column), sql.Identifier(alias)
             )
-            self.aggregates.append((name, counted))
+            dropped = sql.SQL("({} IS NOT NULL AND {} IS NULL)").format(
+                sql.Identifier(column), sql.Identifier(alias)
+            )
+            self._add(name, counted, Spec(Kind.TRUE, self._input(name, dropped)))
         return name
 
     def _value(self, column: str) -> sql.Identifier:
@@ -324,6 +373,15 @@ class StreamPlan:
                 *self._aggregate_list(sql.Identifier("__fp_row")),
             ]
         )
+        return sql.SQL(
+            "SELECT {select_list} FROM ({rows}) AS stream GROUP BY GROUPING SETS ({sets})"
+        ).format(select_list=select_list, rows=self._rows(ordering, branches, settled), sets=sets)
+
+    def _rows(
+        self, ordering: Ordering, branches: list[sql.Composable], settled: sql.Composable
+    ) -> sql.Composable:
+        """The rows an aggregate reads: the union of ``branches``, each row with its
+        settled flag, chunk, fingerprint and finite values."""
         branch = sql.SQL(
             "SELECT events.*, ({settled}) AS __settled, {chunk} AS __chunk,"
             " {fingerprint} AS __fp_row{values} FROM (\n{source}\n) AS events"
@@ -334,12 +392,49 @@ class StreamPlan:
             values=self.row_values,
             source=self.source,
         )
-        rows = sql.SQL(" UNION ALL ").join(
+        return sql.SQL(" UNION ALL ").join(
             [sql.SQL("{} WHERE {}").format(branch, where) for where in branches] or [branch]
         )
-        return sql.SQL(
-            "SELECT {select_list} FROM ({rows}) AS stream GROUP BY GROUPING SETS ({sets})"
-        ).format(select_list=select_list, rows=rows, sets=sets)
+
+    def rows_statement(
+        self, ordering: Ordering, since: Horizon | None, settle_at: Horizon | None
+    ) -> sql.Composed:
+        """``poll_statement``'s rows, not aggregated: per row, its settled flag, chunk,
+        fingerprint, label columns and the input of every aggregate (``row_inputs``),
+        for ``row_aggregate`` to sum in Python. Same parameters."""
+        select_list = sql.SQL(", ").join(
+            [
+                *(sql.Identifier(c) for c in ("__settled", "__chunk", "__fp_row")),
+                *(sql.Identifier(c) for c in self.columns),
+                *(sql.SQL("{} AS {}").format(expression, sql.Identifier(name))
+                  for name, expression in self.row_inputs.items()),
+            ]
+        )  # fmt: skip
+        rows = self._rows(
+            ordering, ordering.unsettled_branches(since, "since"), ordering.settled(settle_at, "at")
+        )
+        return sql.SQL("SELECT {} FROM ({}) AS stream").format(select_list, rows)
+
+    def row_aggregate(self, columns: tuple[str, ...], types: tuple[int, ...]) -> RowAggregate:
+        """Sums ``rows_statement``'s rows (``columns`` of type OIDs ``types``) into the
+        rows ``poll_statement`` would return."""
+        full = (1 << len(self.columns)) - 1 if self.columns else 0
+        sets = [
+            *(GroupingSet(mask, plan.label_columns, self._read_by(mask))
+              for mask, plan in ((p.grouping_mask, p) for p in self._distinct_sets())),
+            GroupingSet(full, (), tuple(self.specs), by_chunk=True),
+        ]  # fmt: skip
+        return RowAggregate(self.columns, self.specs, sets, columns, types)
+
+    def _read_by(self, mask: int) -> tuple[str, ...]:
+        """The aggregate columns the metrics of one grouping set read."""
+        read: dict[str, None] = {"__rows": None}
+        for plan in self.metrics:
+            if plan.grouping_mask == mask:
+                read.update(dict.fromkeys(plan.aggregate_columns))
+                if plan.non_finite is not None:
+                    read[plan.non_finite] = None
+        return tuple(read)
 
     def poll_statement(
         self, ordering: Ordering, since: Horizon | None, settle_at: Horizon | None
@@ -506,6 +601,7 @@ class Split:
     checksums: dict[int | None, Checksum] = field(default_factory=dict)
     whole_table: bool = False  # the poll read every row (nothing was settled before it)
     groups: int = 0  # result rows of the aggregate
+    rows: int = 0  # rows the aggregate read (the settled and live chunk rows' __rows)
 
 
 _Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
@@ -546,6 +642,7 @@ class PollSplit:
         for row in rows:
             settled = bool(row[index["__settled"]])
             if by_chunk is not None and row[by_chunk] == 0:
+                self.result.rows += int(row[index["__rows"]])
                 if settled:
                     chunk = row[index["__chunk"]]
                     self.result.checksums[chunk] = tuple(row[i] for i in checksum)
@@ -707,7 +804,7 @@ class EventStream:
         # per time chunk, the checksum of the rows settled into the base
         self.checksums: dict[int | None, Checksum] = {}
         self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
-        self.last_groups = 0  # result rows of the last poll's aggregate
+        self.last_rows = 0  # rows the last poll read
 
     def start_over(self, replaced: StartOver) -> None:
         """Forget every total and aggregate the whole table again at the next poll.
@@ -855,19 +952,20 @@ class EventStream:
         except StartOver as replaced:
             self.start_over(replaced)
             return await self.poll()  # cannot start over twice: nothing is settled now
-        statement = self.plan.poll_statement(ordering, self.horizon, horizon)
         params = self.params(self.horizon, horizon)
-        if big or self.last_groups > PREPARED_POLL_MAX_GROUPS:
+        if big or self.last_rows > STEADY_POLL_MAX_ROWS:
+            statement = self.plan.poll_statement(ordering, self.horizon, horizon)
             split = await self._read_big(statement, params, timeout, big)
         else:
-            # fetched whole: the previous poll's result was small, and so should this one be
+            # fetched whole: the previous poll read few rows, and so should this one
             async with self.database.read_only(
                 timeout, repeatable_read=True, settings=STEADY_POLL_SETTINGS
             ) as conn:
-                cur = await conn.execute(statement, params, prepare=True)
-                split = await self.read_split(cur)
+                rows = self.plan.rows_statement(ordering, self.horizon, horizon)
+                cur = await conn.execute(rows, params, prepare=True)
+                split = await self.read_rows(cur)
         split.whole_table = first
-        self.last_groups = split.groups
+        self.last_rows = split.rows
         return horizon, split
 
     async def _read_big(self, statement: sql.Composed, params: dict[str, Any],
@@ -891,6 +989,25 @@ class EventStream:
         ):
             await cur.execute(statement, params)
             return await self.read_split(cur)
+
+    async def read_rows(self, cur: Any) -> Split:
+        """A steady poll's rows (``rows_statement``), summed here into the aggregate's
+        rows and split into settled and live series."""
+        description = cur.description or []
+        aggregate = self.plan.row_aggregate(
+            tuple(c.name for c in description), tuple(c.type_code for c in description)
+        )
+        rows = await cur.fetchall()
+
+        def split() -> Split:
+            splitter = self.plan.splitter(aggregate.result_columns, self.admissions)
+            result = aggregate.aggregate(rows)
+            splitter.feed(result)
+            done = splitter.finish()
+            done.groups, done.rows = len(result), len(rows)
+            return done
+
+        return await asyncio.to_thread(split)  # off the event loop: scrapes must not wait
 
     async def read_split(self, cur: Any) -> Split:
         """An aggregate's rows, chunk by chunk, split into settled and live series."""

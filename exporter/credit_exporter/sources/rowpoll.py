@@ -1,0 +1,168 @@
+"""A steady poll's rows, aggregated here into the rows the GROUPING SETS aggregate returns.
+
+A steady poll reads a thousand rows or so. Measured at 10M events
+(docs/event-engine.md, "The steady poll"), PostgreSQL spends most of such a poll
+computing every aggregate for every grouping set; reading the rows themselves
+(one index range scan and the stream's joins) is a fraction of it. So a small
+poll selects each row's inputs once (its settled flag, chunk and fingerprint,
+its label columns, and per aggregate the one value it reads, computed by the
+same SQL expression the aggregate would apply) and this module sums them.
+
+The result is the aggregate's own result, row for row and column for column,
+fed to the same ``PollSplit``: the label policy, caps, NULL and unusable
+labels, non-finite values and checksums are handled by the one code path both
+ways. Sums are exact: ``Decimal`` under a context as wide as the type allows
+(PostgreSQL sums ``numeric`` exactly), ``int`` for integer columns, and the
+types PostgreSQL's ``sum`` and ``count`` return. A cell only this poll's
+metrics never read (an aggregate of another metric's grouping set) is left
+NULL; so is every chunk row of live rows, which nothing reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
+from enum import Enum
+from typing import Any
+
+# Additions this wide are never rounded: the sum of numerics is exact, as in PostgreSQL.
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+INT8_OID = 20  # sum(bigint) is numeric in PostgreSQL: a Decimal
+
+
+class Kind(Enum):
+    """How an aggregate column is computed from one per-row input."""
+
+    ROWS = "count(*)"
+    COUNT = "count(input)"  # rows whose input is not NULL
+    SUM = "sum(input)"  # NULL over no non-NULL input
+    AT_MOST = "count(*) FILTER (WHERE bucket <= n)"  # input: the row's first bucket
+    TRUE = "count(*) FILTER (WHERE input)"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One aggregate column: its kind, the per-row input it reads, and a bucket number."""
+
+    kind: Kind
+    input: str | None = None
+    bound: int = 0
+
+
+@dataclass(frozen=True)
+class GroupingSet:
+    """One grouping set of the aggregate: its GROUPING() value, the label columns it
+    groups by, the aggregate columns read from it, and whether it is the chunk set."""
+
+    grouping: int
+    labels: tuple[str, ...]
+    read: tuple[str, ...]
+    by_chunk: bool = False
+
+
+def _accumulate(
+    spec: Spec, position: int | None
+) -> tuple[Callable[[Sequence[Any], Any], Any], Callable[[], Any]]:
+    """The per-row step of one aggregate column (row, value so far -> new value) and its
+    start value."""
+    kind = spec.kind
+    if kind is Kind.ROWS:
+        return (lambda row, total: total + 1), int
+    assert position is not None
+    if kind is Kind.COUNT:
+        return (lambda row, total: total + (row[position] is not None)), int
+    if kind is Kind.TRUE:
+        return (lambda row, total: total + (row[position] is True)), int
+    if kind is Kind.AT_MOST:
+        bound = spec.bound
+
+        def at_most(row: Sequence[Any], total: int) -> int:
+            first = row[position]
+            return total + (first is not None and first <= bound)
+
+        return at_most, int
+
+    def add(row: Sequence[Any], total: Any) -> Any:
+        value = row[position]
+        if value is None:
+            return total
+        return value if total is None else total + value
+
+    return add, lambda: None
+
+
+class RowAggregate:
+    """Aggregates one poll's rows (the columns of ``StreamPlan.rows_statement``) into
+    the rows of ``StreamPlan.aggregate_statement`` (the columns ``result_columns``)."""
+
+    def __init__(
+        self,
+        label_columns: Sequence[str],
+        specs: dict[str, Spec],
+        sets: Sequence[GroupingSet],
+        input_columns: Sequence[str],
+        input_types: Sequence[int],
+    ) -> None:
+        index = {name: i for i, name in enumerate(input_columns)}
+        self.result_columns = (
+            "__settled", "__grouping", "__by_chunk", "__chunk", *label_columns, *specs,
+        )  # fmt: skip
+        self.width = len(self.result_columns)
+        where = {name: i for i, name in enumerate(self.result_columns)}
+        self.settled = index["__settled"]
+        self.chunk = index["__chunk"]
+        types = zip(input_columns, input_types, strict=True)
+        int8 = {name for name, oid in types if oid == INT8_OID}
+        self.sets = []
+        for grouping_set in sets:
+            steps = []
+            for name in grouping_set.read:
+                spec = specs[name]
+                position = None if spec.input is None else index[spec.input]
+                step, start = _accumulate(spec, position)
+                as_numeric = spec.kind is Kind.SUM and spec.input in int8
+                steps.append((where[name], step, start, as_numeric))
+            keys = tuple(index[c] for c in grouping_set.labels)
+            places = tuple(where[c] for c in grouping_set.labels)
+            self.sets.append((grouping_set, keys, places, steps))
+
+    def aggregate(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """The aggregate's result rows over ``rows`` (in no particular order)."""
+        result: list[tuple[Any, ...]] = []
+        with localcontext(EXACT):
+            for grouping_set, keys, places, steps in self.sets:
+                groups: dict[tuple[Any, ...], list[Any]] = {}
+                for row in rows:
+                    settled = row[self.settled]
+                    if grouping_set.by_chunk:
+                        if not settled:  # a live chunk's checksum is never read
+                            continue
+                        key: tuple[Any, ...] = (settled, row[self.chunk])
+                    else:
+                        key = (settled, *(row[k] for k in keys))
+                    totals = groups.get(key)
+                    if totals is None:
+                        totals = groups[key] = [start() for _, _, start, _ in steps]
+                    for n, (_, step, _, _) in enumerate(steps):
+                        totals[n] = step(row, totals[n])
+                result += self._rows(grouping_set, places, steps, groups)
+        return result
+
+    def _rows(self, grouping_set: GroupingSet, places: tuple[int, ...], steps: list[Any],
+              groups: dict[tuple[Any, ...], list[Any]]) -> list[tuple[Any, ...]]:  # fmt: skip
+        rows = []
+        for key, totals in groups.items():
+            cells: list[Any] = [None] * self.width
+            cells[0] = key[0]
+            cells[1] = grouping_set.grouping
+            cells[2] = 0 if grouping_set.by_chunk else 1
+            if grouping_set.by_chunk:
+                cells[3] = key[1]
+            else:
+                for place, value in zip(places, key[1:], strict=True):
+                    cells[place] = value
+            for (place, _, _, as_numeric), total in zip(steps, totals, strict=True):
+                cells[place] = Decimal(total) if as_numeric and total is not None else total
+            rows.append(tuple(cells))
+        return rows
