@@ -34,18 +34,21 @@ CREATE TABLE ev (
     org text,
     agent text,
     credits numeric,
-    latency double precision,
+    latency numeric,
+    voice double precision,
     tokens_in bigint,
     tokens_out integer
 );
 """
+# the project label: text (fingerprinted once per label set) or not (once per row)
 STREAM_SQL = (
-    "SELECT id, occurred_at, org, agent, 'p' AS project, 'chat' AS st, credits, latency,"
-    " latency AS voice, tokens_in, tokens_out FROM ev"
+    "SELECT id, occurred_at, org, agent, {project} AS project, 'chat' AS st, credits, latency,"
+    " voice, tokens_in, tokens_out FROM ev"
 )
 LABELS = {"organization": "org", "project": "project", "agent": "agent", "service_type": "st"}
 # every kind of aggregate column: sums of numeric, float, bigint and integer columns,
-# a row count, a histogram, ``values``, a capped metric, a hashed label, ``if_null``
+# a row count, a histogram, ``values``, a capped metric, a hashed label, ``if_null``;
+# numeric values are derived in Python, float ones in SQL
 METRICS = [
     {"metric": "credit_spent_credits_total", "value": "credits", "labels": LABELS,
      "limits": {"max_series_per_metric": 3}},
@@ -66,8 +69,12 @@ NUMERICS = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False, places=9,
                 min_value=Decimal("-1e12"), max_value=Decimal("1e12")).map(str),
 )  # fmt: skip
-# the bucket bounds themselves (float and decimal disagree just above them), their
-# neighbours, and the values floats alone have
+# the bucket bounds themselves, their neighbours, and the values numerics alone have
+LATENCIES = st.one_of(
+    NUMERICS,
+    st.sampled_from([repr(bound) for bound in LLM_LATENCY_BUCKETS]),
+    st.sampled_from(["0.0100000000000000000001", "0.00999999999999999999", "81.92", "81.93"]),
+)
 FLOATS = st.one_of(
     st.none(),
     st.sampled_from(LLM_LATENCY_BUCKETS),
@@ -79,6 +86,7 @@ ROWS = st.lists(
         st.sampled_from(["acme", "globex", "initech", "umbrella", None]),
         st.sampled_from(["a", "b", "c", None, "x" * 300]),
         NUMERICS,
+        LATENCIES,
         FLOATS,
         st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
         st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
@@ -91,24 +99,27 @@ ROWS = st.lists(
 class Usage(InProcessStream):
     """The ``usage`` stream over ``ev``, and the database's DSN."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, project: str = "'p'") -> None:
         self.dsn = dsn
         super().__init__(parse_config({
             "databases": {"billing": {"dsn": dsn}},
             "privacy": {"hmac_key_env": KEY_ENV},
             "streams": {"usage": {
                 "database": "billing", "time": "occurred_at", "key": "id", "settle": "1s",
-                "interval": "5s", "timeout": "5s", "sql": STREAM_SQL, "metrics": METRICS,
+                "interval": "5s", "timeout": "5s", "sql": STREAM_SQL.format(project=project),
+                "metrics": METRICS,
             }},
         }), "usage")  # fmt: skip
 
 
 @pytest.fixture
-def usage(empty_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Usage]:
+def usage(
+    empty_db: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Usage]:
     monkeypatch.setenv(KEY_ENV, "k" * 32)
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute(SCHEMA)
-    stream = Usage(empty_db)
+    stream = Usage(empty_db, getattr(request, "param", "'p'"))
     stream.poll()  # reads the column types: float columns summed as numeric
     yield stream
     stream.close()
@@ -119,8 +130,9 @@ def insert(dsn: str, rows: list[tuple[Any, ...]]) -> list[int]:
         conn.execute("TRUNCATE ev")
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO ev (occurred_at, org, agent, credits, latency, tokens_in, tokens_out)"
-                " VALUES (now() - random() * interval '3 hours', %s, %s, %s::numeric, %s, %s, %s)"
+                "INSERT INTO ev (occurred_at, org, agent, credits, latency, voice, tokens_in,"
+                " tokens_out) VALUES (now() - random() * interval '3 hours', %s, %s,"
+                " %s::numeric, %s::numeric, %s, %s, %s)"
                 " RETURNING id",
                 rows,
                 returning=True,
@@ -144,7 +156,7 @@ async def both_ways(stream: EventStream, since: Horizon, at: Horizon) -> tuple[S
         5.0, repeatable_read=True, settings=STEADY_POLL_SETTINGS
     ) as conn:
         rows = stream.plan.rows_statement(stream.ordering, since, at)
-        by_rows = await stream.read_rows(await conn.execute(rows, params, prepare=True))
+        by_rows = await stream.read_rows(conn, await conn.execute(rows, params, prepare=True))
     return by_database, by_rows
 
 
@@ -159,8 +171,9 @@ def assert_same_split(by_database: Split, by_rows: Split) -> None:
         assert same_checksum(by_rows.checksums[chunk], checksum), chunk
 
 
+@pytest.mark.parametrize("usage", ["'p'", "length(org)"], indirect=True)
 @settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -188,9 +201,9 @@ def test_a_steady_poll_after_one_that_read_many_rows_is_aggregated_by_the_databa
     read: list[str] = []
     read_rows, read_split = usage.stream.read_rows, usage.stream.read_split
 
-    async def rows(cur: Any) -> Split:
+    async def rows(conn: Any, cur: Any) -> Split:
         read.append("rows")
-        return await read_rows(cur)
+        return await read_rows(conn, cur)
 
     async def aggregate(cur: Any) -> Split:
         read.append("aggregate")

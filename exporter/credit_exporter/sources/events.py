@@ -37,7 +37,14 @@ from credit_exporter.metric_state import LabelValues
 from credit_exporter.sources.checkpoint import Checkpoint
 from credit_exporter.sources.ordering import Horizon, Ordering, describe_stream
 from credit_exporter.sources.reconcile import Reconciler
-from credit_exporter.sources.rowpoll import GroupingSet, Kind, RowAggregate, Spec
+from credit_exporter.sources.rowpoll import (
+    Derive,
+    Derived,
+    GroupingSet,
+    Kind,
+    RowAggregate,
+    Spec,
+)
 from credit_exporter.sources.state import last_failure, poll_forever, report_failure
 from credit_exporter.sources.totals import (
     Aggregates,
@@ -80,6 +87,10 @@ STEADY_POLL_SETTINGS = {
 # poll before read at most this many rows. Past it (a burst, an hour of live rows) the
 # database aggregates them, through a server-side cursor in fetches of CHUNK_ROWS.
 STEADY_POLL_MAX_ROWS = CHUNK_ROWS
+# Label sets whose fingerprint a stream keeps (StreamPlan.fingerprint_by_labels); past
+# it the cache starts again empty. A label set's fingerprint never changes.
+FINGERPRINT_CACHE_SIZE = 100_000
+INT4_OID = 23  # hashtext's type
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,9 @@ class StreamPlan:
     # value columns of a type that holds NaN and infinities (numeric, float): such a
     # value leaves its row out of that metric's aggregate, never its whole group
     non_finite_columns: frozenset[str] = frozenset()
+    # columns of a text type (text, varchar, char, name): the value psycopg reads is the
+    # text a row's fingerprint is made of
+    text_columns: frozenset[str] = frozenset()
     columns: list[str] = field(init=False)  # union of label columns, GROUPING() order
     metrics: list[_MetricPlan] = field(init=False)
     aggregates: list[tuple[str, sql.Composable]] = field(init=False)
@@ -134,6 +148,9 @@ class StreamPlan:
     specs: dict[str, Spec] = field(init=False)
     # the per-row inputs a steady poll selects (rows_statement), by name
     row_inputs: dict[str, sql.Composable] = field(init=False)
+    # the per-row inputs rowpoll derives from a numeric column itself, by name (their
+    # finiteness and buckets, which are exact in Decimal and cost the database most)
+    derived: dict[str, Derived] = field(init=False)
 
     def __post_init__(self) -> None:
         columns: list[str] = []
@@ -152,6 +169,7 @@ class StreamPlan:
         self.aggregates = [("__rows", sql.SQL("count(*)"))]
         self.specs = {"__rows": Spec(Kind.ROWS)}
         self.row_inputs = {}
+        self.derived = {}
         self.metrics = []
         summed: dict[str, str] = {}
         for index, mapping in enumerate(self.config.metrics):
@@ -180,7 +198,9 @@ class StreamPlan:
                             for b, bound in enumerate(bounds)
                         )
                     ),
-                )
+                    Derived(Derive.FIRST_BUCKET, mapping.value,
+                            tuple(Decimal(repr(bound)) for bound in metric.buckets)),
+                )  # fmt: skip
                 for b, bound in enumerate(bounds):
                     name = f"__h{index}_b{b}"
                     self._add(
@@ -192,7 +212,12 @@ class StreamPlan:
                 self._add(
                     f"__h{index}_count",
                     sql.SQL("count({})").format(observed),
-                    Spec(Kind.COUNT, self._input(f"__h{index}_count", observed)),
+                    Spec(
+                        Kind.COUNT,
+                        self._input(
+                            f"__h{index}_count", observed, Derived(Derive.FINITE, mapping.value)
+                        ),
+                    ),
                 )
                 self._add(
                     f"__h{index}_sum",
@@ -239,16 +264,30 @@ class StreamPlan:
         self.aggregates.append((name, expression))
         self.specs[name] = spec
 
-    def _input(self, name: str, expression: sql.Composable) -> str:
-        """A per-row input of the steady poll's rows (an expression over the aggregate's
-        FROM), named; the name."""
-        self.row_inputs[name] = expression
+    def _input(self, name: str, expression: sql.Composable, derived: Derived | None = None) -> str:
+        """A per-row input of the steady poll's rows, named; the name. ``expression`` is
+        over the aggregate's FROM; ``derived`` says how rowpoll computes the same value
+        from the column itself, used for a numeric column that can hold NaN or infinities
+        (the one kind of value column it derives)."""
+        if derived is not None and self._derives(derived.column):
+            self.derived[name] = derived
+        else:
+            self.row_inputs[name] = expression
         return name
+
+    def _derives(self, column: str) -> bool:
+        return column in self.non_finite_columns and column not in self.float_columns
+
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        """The value columns ``derived`` inputs are computed from."""
+        return tuple(dict.fromkeys(d.column for d in self.derived.values()))
 
     def _sum_spec(self, name: str, column: str) -> Spec:
         """``sum(column)`` from a per-row input: the value ``_sum`` adds up, cast alike."""
         cast = sql.SQL("::numeric") if column in self.float_columns else sql.SQL("")
-        return Spec(Kind.SUM, self._input(name, sql.SQL("{}{}").format(self._value(column), cast)))
+        added = sql.SQL("{}{}").format(self._value(column), cast)
+        return Spec(Kind.SUM, self._input(name, added, Derived(Derive.FINITE, column)))
 
     def _non_finite(self, column: str) -> str | None:
         """The result column counting ``column``'s NaN and infinite values, added once;
@@ -265,7 +304,8 @@ class StreamPlan:
             dropped = sql.SQL("({} IS NOT NULL AND {} IS NULL)").format(
                 sql.Identifier(column), sql.Identifier(alias)
             )
-            self._add(name, counted, Spec(Kind.TRUE, self._input(name, dropped)))
+            left_out = self._input(name, dropped, Derived(Derive.NOT_FINITE, column))
+            self._add(name, counted, Spec(Kind.TRUE, left_out))
         return name
 
     def _value(self, column: str) -> sql.Identifier:
@@ -316,6 +356,28 @@ class StreamPlan:
             return sql.SQL("0")
         return sql.SQL("hashtext(ROW({})::text)").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+        )
+
+    @property
+    def fingerprint_by_labels(self) -> bool:
+        """Whether a steady poll asks for the fingerprint once per label set (cached by the
+        stream), not once per row: when every label column is text, the label values
+        psycopg reads are the text the fingerprint hashes."""
+        return bool(self.columns) and all(c in self.text_columns for c in self.columns)
+
+    def fingerprint_statement(self) -> sql.Composed:
+        """The fingerprint of each label set given as one text array per label column
+        (parameters c0, c1, ... in ``columns`` order), in order: ``row_fingerprint`` of a row with
+        those labels."""
+        names = [sql.Identifier(f"c{i}") for i in range(len(self.columns))]
+        return sql.SQL(
+            "SELECT hashtext(ROW({columns})::text) FROM unnest({arrays})"
+            " WITH ORDINALITY AS labels({columns}, n) ORDER BY n"
+        ).format(
+            columns=sql.SQL(", ").join(names),
+            arrays=sql.SQL(", ").join(
+                sql.SQL("{}::text[]").format(sql.Placeholder(f"c{i}")) for i in range(len(names))
+            ),
         )
 
     @property
@@ -400,14 +462,18 @@ class StreamPlan:
         self, ordering: Ordering, since: Horizon | None, settle_at: Horizon | None
     ) -> sql.Composed:
         """``poll_statement``'s rows, not aggregated: per row, its settled flag, chunk,
-        fingerprint, label columns and the input of every aggregate (``row_inputs``),
-        for ``row_aggregate`` to sum in Python. Same parameters."""
+        fingerprint (unless ``fingerprint_by_labels``), label columns and the input of
+        every aggregate (``row_inputs``), for ``row_aggregate`` to sum in Python. Same
+        parameters."""
+        fingerprint = () if self.fingerprint_by_labels else ("__fp_row",)
         select_list = sql.SQL(", ").join(
             [
-                *(sql.Identifier(c) for c in ("__settled", "__chunk", "__fp_row")),
+                *(sql.Identifier(c) for c in ("__settled", "__chunk", *fingerprint)),
                 *(sql.Identifier(c) for c in self.columns),
                 *(sql.SQL("{} AS {}").format(expression, sql.Identifier(name))
                   for name, expression in self.row_inputs.items()),
+                *(sql.SQL("{} AS {}").format(sql.Identifier(c), sql.Identifier(f"__raw_{c}"))
+                  for c in self.raw_columns),
             ]
         )  # fmt: skip
         rows = self._rows(
@@ -424,7 +490,7 @@ class StreamPlan:
               for mask, plan in ((p.grouping_mask, p) for p in self._distinct_sets())),
             GroupingSet(full, (), tuple(self.specs), by_chunk=True),
         ]  # fmt: skip
-        return RowAggregate(self.columns, self.specs, sets, columns, types)
+        return RowAggregate(self.columns, self.specs, sets, columns, types, self.derived)
 
     def _read_by(self, mask: int) -> tuple[str, ...]:
         """The aggregate columns the metrics of one grouping set read."""
@@ -788,6 +854,8 @@ class EventStream:
         self.chunk_width = 0  # seconds, known once the time column's type is
         self._chunk = reconcile.chunk
         self.reconciler = Reconciler(self, config.reconcile) if config.reconcile else None
+        # label set -> its fingerprint (hashtext of the labels as a ROW's text)
+        self.fingerprints: dict[tuple[Any, ...], int] = {}
         # the settled state kept on disk between runs (sources/checkpoint.py)
         self.checkpoint = Checkpoint(self, checkpoint) if checkpoint is not None else None
 
@@ -843,7 +911,10 @@ class EventStream:
         is made again to sum its float columns exactly."""
         async with self.database.read_only(timeout) as conn:
             described = await describe_stream(conn, self.plan.shape_statement(), self.config)
-        self.plan = StreamPlan(self.config, described.float_columns, described.non_finite_columns)
+        self.plan = StreamPlan(
+            self.config, described.float_columns, described.non_finite_columns,
+            described.text_columns,
+        )  # fmt: skip
         self.chunk_width = described.ordering.time.chunk_seconds(self._chunk)
         return described.ordering
 
@@ -963,7 +1034,7 @@ class EventStream:
             ) as conn:
                 rows = self.plan.rows_statement(ordering, self.horizon, horizon)
                 cur = await conn.execute(rows, params, prepare=True)
-                split = await self.read_rows(cur)
+                split = await self.read_rows(conn, cur)
         split.whole_table = first
         self.last_rows = split.rows
         return horizon, split
@@ -990,14 +1061,17 @@ class EventStream:
             await cur.execute(statement, params)
             return await self.read_split(cur)
 
-    async def read_rows(self, cur: Any) -> Split:
-        """A steady poll's rows (``rows_statement``), summed here into the aggregate's
-        rows and split into settled and live series."""
+    async def read_rows(self, conn: Any, cur: Any) -> Split:
+        """A steady poll's rows (``rows_statement``, run on ``conn``), summed here into
+        the aggregate's rows and split into settled and live series."""
         description = cur.description or []
-        aggregate = self.plan.row_aggregate(
-            tuple(c.name for c in description), tuple(c.type_code for c in description)
-        )
+        columns = tuple(c.name for c in description)
+        types = tuple(c.type_code for c in description)
         rows = await cur.fetchall()
+        if self.plan.fingerprint_by_labels:
+            rows = await self._fingerprinted(conn, columns, rows)
+            columns, types = (*columns, "__fp_row"), (*types, INT4_OID)
+        aggregate = self.plan.row_aggregate(columns, types)
 
         def split() -> Split:
             splitter = self.plan.splitter(aggregate.result_columns, self.admissions)
@@ -1008,6 +1082,24 @@ class EventStream:
             return done
 
         return await asyncio.to_thread(split)  # off the event loop: scrapes must not wait
+
+    async def _fingerprinted(
+        self, conn: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """``rows``, each with its fingerprint appended: from the cache, or for label sets
+        not in it, computed by PostgreSQL (the same ``hashtext``) in one statement."""
+        positions = [columns.index(c) for c in self.plan.columns]
+        keys = [tuple(row[i] for i in positions) for row in rows]
+        known = self.fingerprints
+        missing = list(dict.fromkeys(key for key in keys if key not in known))
+        if missing:
+            if len(known) + len(missing) > FINGERPRINT_CACHE_SIZE:
+                known.clear()
+            arrays = {f"c{i}": list(values) for i, values in enumerate(zip(*missing, strict=True))}
+            cur = await conn.execute(self.plan.fingerprint_statement(), arrays)
+            for key, (fingerprint,) in zip(missing, await cur.fetchall(), strict=True):
+                known[key] = fingerprint
+        return [(*row, known[key]) for row, key in zip(rows, keys, strict=True)]
 
     async def read_split(self, cur: Any) -> Split:
         """An aggregate's rows, chunk by chunk, split into settled and live series."""

@@ -20,7 +20,8 @@ NULL; so is every chunk row of live rows, which nothing reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
 from enum import Enum
@@ -48,6 +49,40 @@ class Spec:
     kind: Kind
     input: str | None = None
     bound: int = 0
+
+
+class Derive(Enum):
+    """A per-row input computed here from a numeric column's own value, as the database
+    would compute it (``row_values``, the histogram's first bucket): exactly, in Decimal."""
+
+    FINITE = "the value, NULL when NaN or infinite"
+    NOT_FINITE = "whether the value is NaN or infinite"
+    FIRST_BUCKET = "the first bucket whose bound the finite value is at most"
+
+
+@dataclass(frozen=True)
+class Derived:
+    """One derived input: how, from which column (selected as ``__raw_<column>``), and the
+    histogram's bucket bounds (ascending)."""
+
+    derive: Derive
+    column: str
+    bounds: tuple[Decimal, ...] = ()
+
+    def function(self) -> Callable[[Any], Any]:
+        if self.derive is Derive.FINITE:
+            return lambda value: value if value is None or value.is_finite() else None
+        if self.derive is Derive.NOT_FINITE:
+            return lambda value: value is not None and not value.is_finite()
+        bounds = self.bounds
+
+        def first_bucket(value: Any) -> int | None:
+            if value is None or not value.is_finite():
+                return None
+            first = bisect_left(bounds, value)  # bounds[first - 1] < value <= bounds[first]
+            return first if first < len(bounds) else None
+
+        return first_bucket
 
 
 @dataclass(frozen=True)
@@ -103,7 +138,14 @@ class RowAggregate:
         sets: Sequence[GroupingSet],
         input_columns: Sequence[str],
         input_types: Sequence[int],
+        derived: Mapping[str, Derived] | None = None,
     ) -> None:
+        derived = derived or {}
+        self.derivations = [
+            (input_columns.index(f"__raw_{d.column}"), d.function()) for d in derived.values()
+        ]
+        input_columns = (*input_columns, *derived)
+        input_types = (*input_types, *(0 for _ in derived))
         index = {name: i for i, name in enumerate(input_columns)}
         self.result_columns = (
             "__settled", "__grouping", "__by_chunk", "__chunk", *label_columns, *specs,
@@ -130,6 +172,9 @@ class RowAggregate:
     def aggregate(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """The aggregate's result rows over ``rows`` (in no particular order)."""
         result: list[tuple[Any, ...]] = []
+        if self.derivations:
+            derivations = self.derivations
+            rows = [(*row, *(f(row[i]) for i, f in derivations)) for row in rows]
         with localcontext(EXACT):
             for grouping_set, keys, places, steps in self.sets:
                 groups: dict[tuple[Any, ...], list[Any]] = {}
