@@ -887,6 +887,7 @@ class EventStream:
             self.name, replaced,
         )  # fmt: skip
         self.health.recomputes.labels(self.name, replaced.reason).inc()
+        self.fingerprints.clear()  # another server may encode the same labels otherwise
         self.generation += 1
         self.floor = None
         self.admissions = self.plan.admissions()

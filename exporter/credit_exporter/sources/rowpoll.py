@@ -96,35 +96,34 @@ class GroupingSet:
     by_chunk: bool = False
 
 
-def _accumulate(
-    spec: Spec, position: int | None
-) -> tuple[Callable[[Sequence[Any], Any], Any], Callable[[], Any]]:
-    """The per-row step of one aggregate column (row, value so far -> new value) and its
-    start value."""
-    kind = spec.kind
-    if kind is Kind.ROWS:
-        return (lambda row, total: total + 1), int
-    assert position is not None
-    if kind is Kind.COUNT:
-        return (lambda row, total: total + (row[position] is not None)), int
-    if kind is Kind.TRUE:
-        return (lambda row, total: total + (row[position] is True)), int
-    if kind is Kind.AT_MOST:
-        bound = spec.bound
+@dataclass(frozen=True)
+class _Column:
+    """One aggregate column of a grouping set: where it goes in a result row, and what
+    it reads (the input's position in a row, a bucket number)."""
 
-        def at_most(row: Sequence[Any], total: int) -> int:
-            first = row[position]
-            return total + (first is not None and first <= bound)
+    place: int
+    kind: Kind
+    position: int
+    bound: int
+    as_numeric: bool  # sum(bigint) is numeric in PostgreSQL
 
-        return at_most, int
-
-    def add(row: Sequence[Any], total: Any) -> Any:
-        value = row[position]
-        if value is None:
-            return total
-        return value if total is None else total + value
-
-    return add, lambda: None
+    def over(self, group: list[Sequence[Any]]) -> Any:
+        """The column's value over one group's rows."""
+        kind, position = self.kind, self.position
+        if kind is Kind.ROWS:
+            return len(group)
+        if kind is Kind.SUM:
+            values = [row[position] for row in group if row[position] is not None]
+            if not values:
+                return None
+            total = sum(values[1:], values[0])
+            return Decimal(total) if self.as_numeric else total
+        if kind is Kind.COUNT:
+            return sum(1 for row in group if row[position] is not None)
+        if kind is Kind.AT_MOST:
+            bound = self.bound
+            return sum(1 for row in group if row[position] is not None and row[position] <= bound)
+        return sum(1 for row in group if row[position] is True)
 
 
 class RowAggregate:
@@ -156,18 +155,17 @@ class RowAggregate:
         self.chunk = index["__chunk"]
         types = zip(input_columns, input_types, strict=True)
         int8 = {name for name, oid in types if oid == INT8_OID}
-        self.sets = []
+        self.sets: list[tuple[GroupingSet, tuple[int, ...], tuple[int, ...], list[_Column]]] = []
         for grouping_set in sets:
-            steps = []
+            columns = []
             for name in grouping_set.read:
                 spec = specs[name]
-                position = None if spec.input is None else index[spec.input]
-                step, start = _accumulate(spec, position)
+                position = -1 if spec.input is None else index[spec.input]
                 as_numeric = spec.kind is Kind.SUM and spec.input in int8
-                steps.append((where[name], step, start, as_numeric))
+                columns.append(_Column(where[name], spec.kind, position, spec.bound, as_numeric))
             keys = tuple(index[c] for c in grouping_set.labels)
             places = tuple(where[c] for c in grouping_set.labels)
-            self.sets.append((grouping_set, keys, places, steps))
+            self.sets.append((grouping_set, keys, places, columns))
 
     def aggregate(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """The aggregate's result rows over ``rows`` (in no particular order)."""
@@ -175,39 +173,29 @@ class RowAggregate:
         if self.derivations:
             derivations = self.derivations
             rows = [(*row, *(f(row[i]) for i, f in derivations)) for row in rows]
+        settled, chunk = self.settled, self.chunk
         with localcontext(EXACT):
-            for grouping_set, keys, places, steps in self.sets:
-                groups: dict[tuple[Any, ...], list[Any]] = {}
-                for row in rows:
-                    settled = row[self.settled]
+            for grouping_set, keys, places, columns in self.sets:
+                groups: dict[tuple[Any, ...], list[Sequence[Any]]] = {}
+                if grouping_set.by_chunk:  # a live chunk's checksum is never read
+                    for row in rows:
+                        if row[settled]:
+                            groups.setdefault((row[settled], row[chunk]), []).append(row)
+                else:
+                    for row in rows:
+                        key = (row[settled], *[row[k] for k in keys])
+                        groups.setdefault(key, []).append(row)
+                for key, group in groups.items():
+                    cells: list[Any] = [None] * self.width
+                    cells[0] = key[0]
+                    cells[1] = grouping_set.grouping
+                    cells[2] = 0 if grouping_set.by_chunk else 1
                     if grouping_set.by_chunk:
-                        if not settled:  # a live chunk's checksum is never read
-                            continue
-                        key: tuple[Any, ...] = (settled, row[self.chunk])
+                        cells[3] = key[1]
                     else:
-                        key = (settled, *(row[k] for k in keys))
-                    totals = groups.get(key)
-                    if totals is None:
-                        totals = groups[key] = [start() for _, _, start, _ in steps]
-                    for n, (_, step, _, _) in enumerate(steps):
-                        totals[n] = step(row, totals[n])
-                result += self._rows(grouping_set, places, steps, groups)
+                        for place, value in zip(places, key[1:], strict=True):
+                            cells[place] = value
+                    for column in columns:
+                        cells[column.place] = column.over(group)
+                    result.append(tuple(cells))
         return result
-
-    def _rows(self, grouping_set: GroupingSet, places: tuple[int, ...], steps: list[Any],
-              groups: dict[tuple[Any, ...], list[Any]]) -> list[tuple[Any, ...]]:  # fmt: skip
-        rows = []
-        for key, totals in groups.items():
-            cells: list[Any] = [None] * self.width
-            cells[0] = key[0]
-            cells[1] = grouping_set.grouping
-            cells[2] = 0 if grouping_set.by_chunk else 1
-            if grouping_set.by_chunk:
-                cells[3] = key[1]
-            else:
-                for place, value in zip(places, key[1:], strict=True):
-                    cells[place] = value
-            for (place, _, _, as_numeric), total in zip(steps, totals, strict=True):
-                cells[place] = Decimal(total) if as_numeric and total is not None else total
-            rows.append(tuple(cells))
-        return rows
