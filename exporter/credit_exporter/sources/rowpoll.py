@@ -6,7 +6,9 @@ computing every aggregate for every grouping set; reading the rows themselves
 (one index range scan and the stream's joins) is a fraction of it. So a small
 poll selects each row's inputs once (its settled flag, chunk and fingerprint,
 its label columns, and per aggregate the one value it reads, computed by the
-same SQL expression the aggregate would apply) and this module sums them.
+same SQL expression the aggregate would apply, or for a numeric column derived
+here from the value: ``Derived``) and this module sums them, one grouping set
+at a time, one column at a time (about 9 ms of CPU per 1,000 rows at 10M).
 
 The result is the aggregate's own result, row for row and column for column,
 fed to the same ``PollSplit``: the label policy, caps, NULL and unusable
