@@ -98,8 +98,8 @@ class InProcessStream:
         assert value is not None, (name, labels)
         return value
 
-    def prepared_aggregate(self) -> PreparedAggregate | None:
-        return self.loop.run_until_complete(prepared_aggregate(self.stream))
+    def prepared_poll(self) -> PreparedPoll | None:
+        return self.loop.run_until_complete(prepared_poll(self.stream))
 
     def explain_steady_poll(self, dsn: str, seqscan: bool = True) -> str:
         """EXPLAIN of the poll the stream would run next (its horizon unchanged).
@@ -110,7 +110,7 @@ class InProcessStream:
         """
         stream = self.stream
         assert stream.ordering is not None and stream.horizon is not None
-        statement = stream.plan.poll_statement(stream.ordering, stream.horizon, stream.horizon)
+        statement = stream.plan.rows_statement(stream.ordering, stream.horizon, stream.horizon)
         with psycopg.connect(dsn) as conn:
             if not seqscan:
                 conn.execute("SET enable_seqscan = off")
@@ -121,27 +121,28 @@ class InProcessStream:
 
 
 @dataclass(frozen=True)
-class PreparedAggregate:
-    """The steady poll's aggregate as prepared on the stream's own pooled connection."""
+class PreparedPoll:
+    """The steady poll's statement (its rows) as prepared on the stream's own pooled
+    connection."""
 
     executions: int  # generic plus custom plans so far
     generic_plans: int
     plan: str  # EXPLAIN of its next execution, with the stream's horizon
 
 
-async def prepared_aggregate(stream: EventStream) -> PreparedAggregate | None:
-    """The stream's prepared aggregate and the plan of its next execution, None when the
+async def prepared_poll(stream: EventStream) -> PreparedPoll | None:
+    """The stream's prepared steady poll and the plan of its next execution, None when the
     stream's connection has not prepared it. Read on the stream's own pool, which hands
     back its one connection to sequential polls."""
     assert stream.ordering is not None and stream.horizon is not None
-    statement = stream.plan.poll_statement(stream.ordering, stream.horizon, stream.horizon)
+    statement = stream.plan.rows_statement(stream.ordering, stream.horizon, stream.horizon)
     params = stream.params(stream.horizon, stream.horizon)
     async with stream.database.read_only(
         5.0, repeatable_read=True, settings=STEADY_POLL_SETTINGS
     ) as conn:
         cur = await conn.execute(
             "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
-            " WHERE statement LIKE '%__settled%'"
+            " WHERE statement LIKE '%__fp_row%' AND statement NOT LIKE '%GROUPING SETS%'"
         )
         found = await cur.fetchall()
         if not found:
@@ -153,7 +154,7 @@ async def prepared_aggregate(stream: EventStream) -> PreparedAggregate | None:
             sql.Identifier(name), sql.SQL(", ").join(sql.Literal(params[n]) for n in names)
         )
         rows = await (await conn.execute(explain)).fetchall()
-    return PreparedAggregate(generic + custom, generic, "\n".join(row[0] for row in rows))
+    return PreparedPoll(generic + custom, generic, "\n".join(row[0] for row in rows))
 
 
 def sql_value(dsn: str, query: str, params: Any = None) -> Any:

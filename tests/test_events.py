@@ -357,7 +357,7 @@ def test_steady_state_poll_range_scans_an_index(ev_db, harness, key, index) -> N
 
 
 @pytest.mark.parametrize(("key", "index"), [(None, "ev_occurred_at"), ("id", "ev_pkey")])
-def test_a_steady_polls_aggregate_is_prepared_and_keeps_the_index_scan_past_its_fifth_run(
+def test_a_steady_polls_statement_is_prepared_and_keeps_the_index_scan_past_its_fifth_run(
     ev_db, harness, key, index
 ) -> None:
     """PostgreSQL plans a prepared statement once for all parameters after five runs: that
@@ -373,7 +373,7 @@ def test_a_steady_polls_aggregate_is_prepared_and_keeps_the_index_scan_past_its_
     for _ in range(8):
         insert(ev_db, [("acme", "bot", "2")])
         h.poll()
-    prepared = h.prepared_aggregate()
+    prepared = h.prepared_poll()
     assert prepared is not None
     assert prepared.executions >= 6
     assert prepared.generic_plans >= 1
@@ -382,17 +382,17 @@ def test_a_steady_polls_aggregate_is_prepared_and_keeps_the_index_scan_past_its_
     assert h.spent_by_org() == sql_spent_by_org(ev_db)
 
 
-def test_a_poll_after_a_large_result_reads_through_the_server_side_cursor_unprepared(
+def test_a_poll_after_one_that_read_many_rows_reads_through_the_server_side_cursor_unprepared(
     ev_db, harness, monkeypatch
 ) -> None:
-    """A prepared poll's result is fetched whole: after a result over the limit, polls go
-    back to the server-side cursor."""
-    monkeypatch.setattr(events, "PREPARED_POLL_MAX_GROUPS", 1)
+    """A steady poll's rows are fetched whole: after a poll that read more rows than the
+    limit, polls go back to the database's aggregate through the server-side cursor."""
+    monkeypatch.setattr(events, "STEADY_POLL_MAX_ROWS", 1)
     h = harness(settle="1m", key="id")
     for _ in range(7):
         insert(ev_db, [("acme", "bot", "2"), ("globex", "x", "1")])
         h.poll()
-    assert h.prepared_aggregate() is None
+    assert h.prepared_poll() is None
     assert h.spent_by_org() == sql_spent_by_org(ev_db)
 
 

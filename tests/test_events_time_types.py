@@ -116,7 +116,7 @@ def test_a_naive_time_streams_prepared_steady_poll_keeps_the_time_index_past_its
     s = streams(empty_db, stream("t", arrives_within="1m"))
     for _ in range(8):
         s.poll()
-    prepared = s.prepared_aggregate()
+    prepared = s.prepared_poll()
     assert prepared is not None
     assert prepared.generic_plans >= 1
     assert "spend_log_t" in prepared.plan, prepared.plan

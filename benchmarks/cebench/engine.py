@@ -198,10 +198,18 @@ class StreamHarness:
         await self.database.inner.close()
 
 
+# The kinds of statement that read a poll's rows: the aggregate, or a steady poll's rows.
+READS = ("aggregate", "rows")
+
+
 def statement_kind(text: str) -> str:
     """A short name for one statement of a poll or of a reconcile pass."""
     if "GROUPING SETS" in text:
         return "aggregate"
+    if "__settled" in text:
+        return "rows"  # a steady poll's rows, summed by the exporter
+    if "AS labels(" in text:
+        return "fingerprints"  # of the label sets a steady poll saw first
     if "pg_stat_activity" in text:
         return "horizon: open transactions"
     if "DESC LIMIT 1" in text:

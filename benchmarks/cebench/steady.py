@@ -1,9 +1,9 @@
 """The steady poll alone (``run.py --steady-only``): DB time, wall and CPU per poll after
-1,000 new events, the way the engine runs it now (prepared, one generic plan per pooled
-connection) and the old way (the same statement unprepared through a server-side cursor,
-the path start-up and backlog polls take), against one index range scan of the same rows
-and against the stream's own SQL over them (prepared, no aggregate: the floor of a poll
-that leaves the joins to the database).
+1,000 new events, the way the engine runs it now (the new rows read once by a prepared
+statement on its generic plan, summed in Python: ``sources/rowpoll.py``) and the old way
+(the GROUPING SETS aggregate unprepared through a server-side cursor, the path start-up
+and backlog polls take), against one index range scan of the same rows, and, in the
+same run, the previous steady poll: that aggregate prepared (its DB time only).
 
 DB time is EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) on a warm connection, planning plus
 execution. A prepared statement is measured as ``EXPLAIN ... EXECUTE`` after six runs
@@ -17,8 +17,10 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -27,10 +29,11 @@ from psycopg import sql
 from cebench import dataset, engine, pg, suite
 from cebench.machine import Machine
 from cebench.stats import Repeated
-from credit_exporter.sources.events import STEADY_POLL_SETTINGS, StreamPlan
+from credit_exporter.sources.events import STEADY_POLL_SETTINGS
+from credit_exporter.sources.ordering import Horizon
 
 WARM_RUNS = 6  # PostgreSQL makes its generic plan at the sixth run of a prepared statement
-MODES = ("prepared", "old")
+MODES = ("rows", "old")
 STARTUP_TIMEOUT = 1800.0  # seconds
 
 
@@ -40,21 +43,12 @@ class ModeResult:
 
     db_ms: list[float] = field(default_factory=list)  # every statement of the poll
     planning_ms: list[float] = field(default_factory=list)
-    aggregate_ms: list[float] = field(default_factory=list)  # the aggregate alone
-    aggregate_planning_ms: list[float] = field(default_factory=list)
+    main_ms: list[float] = field(default_factory=list)  # the rows statement or the aggregate
     wall: list[float] = field(default_factory=list)  # seconds, run_once
     cpu: list[float] = field(default_factory=list)  # seconds of this process's CPU
-    scans: set[str] = field(default_factory=set)  # how the aggregate read usage_events
-
-
-@dataclass
-class FinestResult:
-    """The alternative not taken: one GROUP BY at the finest grain (every label column,
-    settled flag and chunk), rolled up to each metric's label set in Python."""
-
-    db_ms: list[float] = field(default_factory=list)  # prepared, generic plan
-    groups: list[int] = field(default_factory=list)  # rows it returns
-    rollup_cpu_ms: list[float] = field(default_factory=list)  # the roll-up alone, in Python
+    scans: set[str] = field(default_factory=set)  # how the main statement read usage_events
+    statements: list[int] = field(default_factory=list)  # statements per poll
+    table_rows: list[int] = field(default_factory=list)  # usage_events rows the poll read
 
 
 @dataclass
@@ -62,11 +56,9 @@ class SteadyResult:
     events: int
     rows_read: int = 0
     range_scan_ms: list[float] = field(default_factory=list)  # the plain index range scan
-    # the stream's own SQL over the same rows, prepared, no aggregate: the floor of any
-    # poll that leaves the joins to the database
-    stream_sql_ms: list[float] = field(default_factory=list)
+    # the previous steady poll's GROUPING SETS aggregate over the same rows, prepared
+    aggregate_prepared_ms: list[float] = field(default_factory=list)
     modes: dict[str, ModeResult] = field(default_factory=lambda: {m: ModeResult() for m in MODES})
-    finest: FinestResult = field(default_factory=FinestResult)
     totals_match: bool = True  # exported spend == SQL SUM after every poll
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -121,72 +113,11 @@ class PreparedExplainer:
         return pg.explained(row[0][0], "usage_events")
 
 
-_GROUPING_SETS = re.compile(r"GROUP BY GROUPING SETS \(.*\)\s*$", re.DOTALL)
-
-
-def finest_statement(text: str, columns: list[str]) -> str:
-    """The poll's GROUPING SETS aggregate (as text) grouped once at the finest grain."""
-    quoted = ", ".join(f'"{c}"' for c in columns)
-    text = text.replace(f"GROUPING({quoted}) AS __grouping", "0 AS __grouping")
-    text = text.replace("GROUPING(__chunk) AS __by_chunk", "1 AS __by_chunk")
-    finest, replaced = _GROUPING_SETS.subn(f'GROUP BY "__settled", "__chunk", {quoted}', text)
-    assert replaced == 1
-    return finest
-
-
-def rollup_seconds(plan: StreamPlan, names: list[str], rows: list[tuple[Any, ...]]) -> float:
-    """CPU seconds to roll finest-grain rows up to every metric's label set and to the
-    per-chunk checksums, summing exactly what each set's metrics read."""
-    index = {name: i for i, name in enumerate(names)}
-    needed: dict[int, tuple[tuple[int, ...], set[int]]] = {}
-    for metric in plan.metrics:
-        labels = tuple(index[c] for c in metric.label_columns)
-        read = {index[c] for c in (*metric.aggregate_columns, "__rows")}
-        if metric.non_finite is not None:
-            read.add(index[metric.non_finite])
-        needed.setdefault(metric.grouping_mask, (labels, set()))[1].update(read)
-    sets = [(labels, sorted(read)) for labels, read in needed.values()]
-    settled, chunk = index["__settled"], index["__chunk"]
-    checksum = [index[c] for c in plan.checksum_columns]
-    started = time.process_time()
-    with localcontext(Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)):
-        for labels, read in [*sets, ((chunk,), checksum)]:
-            groups: dict[tuple[Any, ...], list[Any]] = {}
-            for row in rows:
-                if labels == (chunk,) and not row[settled]:
-                    continue
-                key = (row[settled], *(row[i] for i in labels))
-                values = [row[i] for i in read]
-                before = groups.get(key)
-                groups[key] = values if before is None else [
-                    b if v is None else v if b is None else b + v
-                    for b, v in zip(before, values, strict=True)
-                ]  # fmt: skip
-    return time.process_time() - started
-
-
-def _finest(dsn: str, prepared: PreparedExplainer, stream_plan: StreamPlan, poll: engine.Poll,
-            into: FinestResult) -> None:  # fmt: skip
-    for item in poll.executed:
-        statement = item.statement
-        rendered = statement if isinstance(statement, str) else statement.as_string(prepared.conn)
-        if "GROUPING SETS" not in rendered:
-            continue
-        finest = finest_statement(rendered, stream_plan.columns)
-        into.db_ms.append(prepared.explain(finest, item.params, STEADY_POLL_SETTINGS).database_ms)
-        with psycopg.connect(dsn) as conn:
-            cur = conn.execute(finest, item.params)  # type: ignore[arg-type]
-            names = [c.name for c in cur.description or []]
-            rows = cur.fetchall()
-        into.groups.append(len(rows))
-        into.rollup_cpu_ms.append(rollup_seconds(stream_plan, names, rows) * 1000)
-
-
 async def _poll(harness: engine.StreamHarness, old: bool) -> tuple[engine.Poll, float]:
-    # the old way: the statement through a server-side cursor, unprepared (a backlog poll);
-    # the new one as after an earlier steady poll (the start-up returned many groups)
+    # the old way: the aggregate through a server-side cursor, unprepared (a backlog poll);
+    # the new one as after an earlier steady poll (the start-up read every row)
     harness.stream.backlog = old
-    harness.stream.last_groups = 0
+    harness.stream.last_rows = 0
     cpu = time.process_time()
     poll = await harness.poll()
     return poll, time.process_time() - cpu
@@ -214,12 +145,6 @@ async def _run(dsn: str, reps: int, new_events: int, result: SteadyResult, log: 
             last_id = dataset.insert_new_events(dsn, new_events)
             range_scan = explainer.explain(f"SELECT * FROM usage_events WHERE id > {last_id}")
             result.range_scan_ms.append(range_scan.database_ms)
-            rows_after = sql.SQL("SELECT * FROM (\n{}\n) AS events WHERE events.id > %(since)s")
-            joined = prepared.explain(
-                rows_after.format(harness.stream.plan.source), {"since": last_id},
-                STEADY_POLL_SETTINGS,
-            )  # fmt: skip
-            result.stream_sql_ms.append(joined.database_ms)
             order = MODES if rep % 2 == 0 else MODES[::-1]
             for mode in order:
                 harness.restore(state)
@@ -227,14 +152,16 @@ async def _run(dsn: str, reps: int, new_events: int, result: SteadyResult, log: 
                 spent = Decimal(pg.execute(dsn, suite.SPENT_SQL)[0][0])
                 result.totals_match &= harness.exported_total(suite.SPENT) == spent
                 _explain(explainer, prepared, poll, mode, cpu, result.modes[mode])
-                if mode == "prepared":
-                    _finest(dsn, prepared, harness.stream.plan, poll, result.finest)
-                rows.append(range_scan.table_rows)
+                if mode == "rows":
+                    aggregate = _aggregate_prepared(harness, prepared, poll)
+                    result.aggregate_prepared_ms.append(aggregate)
+                    rows.append(result.modes[mode].table_rows[-1])
             dataset.delete_events_after(dsn, last_id)
             measured = {m: f"{result.modes[m].db_ms[-1]:.1f}" for m in MODES}
             log(
-                f"  rep {rep + 1}/{reps}: DB ms {measured}, range scan {range_scan.database_ms:.2f}"
-                " ms"
+                f"  rep {rep + 1}/{reps}: DB ms {measured}, aggregate prepared"
+                f" {result.aggregate_prepared_ms[-1]:.1f}, range scan"
+                f" {range_scan.database_ms:.2f} ms"
             )
         result.rows_read = sorted(rows)[len(rows) // 2]
         harness.restore(state)
@@ -244,40 +171,80 @@ async def _run(dsn: str, reps: int, new_events: int, result: SteadyResult, log: 
         await harness.close()
 
 
+def _aggregate_prepared(harness: engine.StreamHarness, prepared: PreparedExplainer,
+                        poll: engine.Poll) -> float:  # fmt: skip
+    """DB ms of the previous steady poll over the same rows: the GROUPING SETS aggregate
+    with the rows statement's horizons, prepared on its generic plan."""
+    stream = harness.stream
+    assert stream.ordering is not None
+    (item,) = [i for i in poll.executed if _kind(prepared.conn, i.statement) == "rows"]
+    since = Horizon(key=item.params.get("since_key"), time=item.params.get("since_time"))
+    at = Horizon(key=item.params.get("at_key"), time=item.params.get("at_time"))
+    aggregate = stream.plan.poll_statement(stream.ordering, since, at)
+    return prepared.explain(aggregate, item.params, STEADY_POLL_SETTINGS).database_ms
+
+
+def _kind(conn: psycopg.Connection[Any], statement: pg.Statement) -> str:
+    text = statement if isinstance(statement, str) else statement.as_string(conn)
+    return engine.statement_kind(text)
+
+
 def _explain(explainer: pg.Explainer, prepared: PreparedExplainer, poll: engine.Poll, mode: str,
              cpu: float, into: ModeResult) -> None:  # fmt: skip
     total = pg.Explained(0.0, 0.0, 0, 0)
     for item in poll.executed:
         text = explainer.literal(item.statement, item.params)
         kind = engine.statement_kind(text)
-        if kind == "aggregate" and mode == "old":
+        if kind == "aggregate":  # unprepared, through the cursor: planned every time
             explained = explainer.explain(text)
-        elif kind == "aggregate":
+        elif kind == "rows":
             explained = prepared.explain(item.statement, item.params, STEADY_POLL_SETTINGS)
         else:  # psycopg prepares a statement it has run five times on a connection
             explained = prepared.explain(item.statement, item.params, {})
-        if kind == "aggregate":
-            into.aggregate_ms.append(explained.database_ms)
-            into.aggregate_planning_ms.append(explained.planning_ms)
+        if kind in engine.READS:
+            into.main_ms.append(explained.database_ms)
+            into.table_rows.append(explained.table_rows)
             into.scans |= explained.scans
         total = total + explained
     into.db_ms.append(total.database_ms)
     into.planning_ms.append(total.planning_ms)
     into.wall.append(poll.seconds)
     into.cpu.append(cpu)
+    into.statements.append(len(poll.executed))
+
+
+# A database already loaded by an earlier run (its name), reused instead of loading one:
+# a 10M load takes minutes. The polls delete the events they add, so it stays as loaded.
+REUSE_ENV = "CE_BENCH_STEADY_DATABASE"
 
 
 def measure(admin_dsn: str, events: int, reps: int, new_events: int, log: Any) -> SteadyResult:
     result = SteadyResult(events)
-    with pg.bench_database(admin_dsn, f"steady{events // 1000}k") as dsn:
+    reuse = os.environ.get(REUSE_ENV)
+    with _database(admin_dsn, events, reuse) as dsn:
         log(f"{events:,} usage events:")
-        loaded = dataset.load(dsn, events)
-        result.events = loaded.summary.usage_events
-        log(f"  loaded {result.events:,} usage events in {loaded.summary.seconds:.1f}s")
+        if reuse:
+            rows = pg.execute(dsn, "SELECT count(*) FROM usage_events")
+            result.events = int(rows[0][0])
+            log(f"  reusing {reuse}: {result.events:,} usage events")
+        else:
+            loaded = dataset.load(dsn, events)
+            result.events = loaded.summary.usage_events
+            log(f"  loaded {result.events:,} usage events in {loaded.summary.seconds:.1f}s")
         result.load_before = os.getloadavg()
         asyncio.run(_run(dsn, reps, new_events, result, log))
         result.load_after = os.getloadavg()
     return result
+
+
+@contextmanager
+def _database(admin_dsn: str, events: int, reuse: str | None) -> Iterator[str]:
+    """The named database, left in place, or a fresh one dropped on the way out."""
+    if reuse:
+        yield pg.with_dbname(admin_dsn, reuse)
+        return
+    with pg.bench_database(admin_dsn, f"steady{events // 1000}k") as dsn:
+        yield dsn
 
 
 def _med(values: list[float]) -> float:
@@ -286,22 +253,25 @@ def _med(values: list[float]) -> float:
 
 def table(results: list[SteadyResult]) -> str:
     header = (
-        "| usage_events | rows read | index range scan (DB) | the stream's SQL alone (DB)"
-        " | poll DB time, prepared"
-        " (planning) | poll DB time, old (planning) | aggregate alone, prepared / old |"
-        " prepared / range scan | prepared / old | wall, prepared / old |"
-        " exporter CPU, prepared / old | aggregate reads usage_events by |"
+        "| usage_events | rows read | index range scan (DB) | poll DB time, rows"
+        " (planning) | per 1,000 new events | rows / range scan | statements per poll |"
+        " rows statement alone | previous: aggregate prepared (DB) | poll DB time, old"
+        " (planning) | rows / aggregate prepared | rows / old | wall, rows / old |"
+        " exporter CPU, rows / old | rows statement reads usage_events by |"
     )
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 15]
     for r in results:
-        new, old = r.modes["prepared"], r.modes["old"]
-        scan = _med(r.range_scan_ms)
+        new, old = r.modes["rows"], r.modes["old"]
+        scan, db = _med(r.range_scan_ms), _med(new.db_ms)
+        aggregate = _med(r.aggregate_prepared_ms)
+        per_thousand = db * 1000 / r.rows_read if r.rows_read else float("nan")
         lines.append(
-            f"| {r.events:,} | {r.rows_read:,} | {scan:.2f} ms | {_med(r.stream_sql_ms):.1f} ms"
-            f" | {_med(new.db_ms):.1f} ms ({_med(new.planning_ms):.1f} ms)"
+            f"| {r.events:,} | {r.rows_read:,} | {scan:.2f} ms"
+            f" | {db:.2f} ms ({_med(new.planning_ms):.2f} ms) | {per_thousand:.2f} ms"
+            f" | {db / scan:.1f}x | {int(_med([float(n) for n in new.statements]))}"
+            f" | {_med(new.main_ms):.2f} ms | {aggregate:.1f} ms"
             f" | {_med(old.db_ms):.1f} ms ({_med(old.planning_ms):.1f} ms)"
-            f" | {_med(new.aggregate_ms):.1f} / {_med(old.aggregate_ms):.1f} ms"
-            f" | {_med(new.db_ms) / scan:.1f}x | {_med(new.db_ms) / _med(old.db_ms):.2f}x"
+            f" | {db / aggregate:.2f}x | {db / _med(old.db_ms):.2f}x"
             f" | {_med(new.wall) * 1000:.1f} / {_med(old.wall) * 1000:.1f} ms"
             f" | {_med(new.cpu) * 1000:.1f} / {_med(old.cpu) * 1000:.1f} ms"
             f" | {'; '.join(sorted(new.scans))} |"
@@ -309,25 +279,18 @@ def table(results: list[SteadyResult]) -> str:
     return "\n".join(lines)
 
 
-def finest_table(results: list[SteadyResult]) -> str:
-    lines = [
-        "| usage_events | GROUPING SETS aggregate, prepared (DB) | finest-grain GROUP BY,"
-        " prepared (DB) | its groups | Python roll-up of them (CPU) | finest + roll-up |",
-        "|---|---|---|---|---|---|",
-    ]
+def raw(results: list[SteadyResult]) -> str:
+    """Every repetition's figures, for the medians above."""
+    lines = []
     for r in results:
-        grouping_sets, finest = _med(r.modes["prepared"].aggregate_ms), r.finest
-        both = _med(finest.db_ms) + _med(finest.rollup_cpu_ms)
-        lines.append(
-            f"| {r.events:,} | {grouping_sets:.1f} ms | {_med(finest.db_ms):.1f} ms"
-            f" | {int(_med([float(g) for g in finest.groups])):,}"
-            f" | {_med(finest.rollup_cpu_ms):.1f} ms | {both:.1f} ms |"
-        )
+        for mode in MODES:
+            m = r.modes[mode]
+            lines.append(f"- {r.events:,}, {mode}: DB ms {[round(v, 2) for v in m.db_ms]},"
+                         f" CPU ms {[round(v * 1000, 1) for v in m.cpu]}")  # fmt: skip
+        lines.append(f"- {r.events:,}, aggregate prepared: DB ms"
+                     f" {[round(v, 2) for v in r.aggregate_prepared_ms]}")  # fmt: skip
+        lines.append(f"- {r.events:,}, range scan: DB ms {[round(v, 3) for v in r.range_scan_ms]}")
     return "\n".join(lines)
-
-
-def _alternative() -> str:
-    return " ".join((FinestResult.__doc__ or "").split()).split(": ", 1)[1]
 
 
 def document(machine: Machine, command: str, reps: int, results: list[SteadyResult]) -> str:
@@ -352,8 +315,5 @@ Generated by `{command}` on {machine.date}.
 
 Exported spend equal to SQL SUM after every poll: {"yes" if exact else "NO"}.
 
-The alternative measured in the same run, not taken: {_alternative()}
-The roll-up figure is a prototype's (sums only, no label policy or series caps).
-
-{finest_table(results)}
+{raw(results)}
 """

@@ -169,7 +169,7 @@ async def steady_polls(
             walls.append(poll.seconds)
             db.append(total.database_ms)
             planning.append(total.planning_ms)
-            rows.append(sum(e.table_rows for kind, e in statements if kind == "aggregate"))
+            rows.append(sum(e.table_rows for kind, e in statements if kind in engine.READS))
             for kind, explained in statements:
                 by_kind.setdefault(kind, []).append(explained.database_ms)
     harness.restore(state)  # the last poll counted rows that are deleted now
@@ -206,7 +206,7 @@ async def burst_polls(
             dataset.delete_events_after(dsn, last_id)
             walls.append(poll.seconds)
             db.append(sum(e.database_ms for _, e in statements))
-            rows.append(sum(e.table_rows for kind, e in statements if kind == "aggregate"))
+            rows.append(sum(e.table_rows for kind, e in statements if kind in engine.READS))
     harness.restore(state)  # the last poll counted rows that are deleted now
     result.burst_wall = Repeated.of(walls)
     result.burst_db = Repeated.of(db)

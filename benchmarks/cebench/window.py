@@ -230,7 +230,7 @@ async def _steady(dsn: str, harness: engine.StreamHarness, keys: spendlog.Keys,
                 walls.append(poll.seconds)
                 db.append(total.database_ms)
                 planning.append(total.planning_ms)
-                rows.append(sum(e.table_rows for kind, e in statements if kind == "aggregate"))
+                rows.append(sum(e.table_rows for kind, e in statements if kind in engine.READS))
                 scans |= total.scans
                 for kind, explained in statements:
                     by_kind.setdefault(kind, []).append(explained.database_ms)

@@ -37,6 +37,14 @@ from credit_exporter.metric_state import LabelValues
 from credit_exporter.sources.checkpoint import Checkpoint
 from credit_exporter.sources.ordering import Horizon, Ordering, describe_stream
 from credit_exporter.sources.reconcile import Reconciler
+from credit_exporter.sources.rowpoll import (
+    Derive,
+    Derived,
+    GroupingSet,
+    Kind,
+    RowAggregate,
+    Spec,
+)
 from credit_exporter.sources.state import last_failure, poll_forever, report_failure
 from credit_exporter.sources.totals import (
     Aggregates,
@@ -75,10 +83,14 @@ STEADY_POLL_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
     "max_parallel_workers_per_gather": "0",
 }
-# A prepared poll's result is fetched whole, so a poll is prepared only when the one
-# before returned at most this many groups; past it (a burst, an hour of live rows) the
-# aggregate goes through a server-side cursor in fetches of CHUNK_ROWS, unprepared.
-PREPARED_POLL_MAX_GROUPS = CHUNK_ROWS
+# A steady poll reads its rows whole and sums them in Python (rowpoll.py): only when the
+# poll before read at most this many rows. Past it (a burst, an hour of live rows) the
+# database aggregates them, through a server-side cursor in fetches of CHUNK_ROWS.
+STEADY_POLL_MAX_ROWS = CHUNK_ROWS
+# Label sets whose fingerprint a stream keeps (StreamPlan.fingerprint_by_labels); past
+# it the cache starts again empty. A label set's fingerprint never changes.
+FINGERPRINT_CACHE_SIZE = 100_000
+INT4_OID = 23  # hashtext's type
 
 
 @dataclass(frozen=True)
@@ -124,11 +136,21 @@ class StreamPlan:
     # value columns of a type that holds NaN and infinities (numeric, float): such a
     # value leaves its row out of that metric's aggregate, never its whole group
     non_finite_columns: frozenset[str] = frozenset()
+    # columns of a text type (text, varchar, char, name): the value psycopg reads is the
+    # text a row's fingerprint is made of
+    text_columns: frozenset[str] = frozenset()
     columns: list[str] = field(init=False)  # union of label columns, GROUPING() order
     metrics: list[_MetricPlan] = field(init=False)
     aggregates: list[tuple[str, sql.Composable]] = field(init=False)
     # per non-finite column, the per-row column the aggregates read instead (see row_values)
     finite_values: dict[str, str] = field(init=False)
+    # per aggregate column (and __fp), how rowpoll computes it from one per-row input
+    specs: dict[str, Spec] = field(init=False)
+    # the per-row inputs a steady poll selects (rows_statement), by name
+    row_inputs: dict[str, sql.Composable] = field(init=False)
+    # the per-row inputs rowpoll derives from a numeric column itself, by name (their
+    # finiteness and buckets, which are exact in Decimal and cost the database most)
+    derived: dict[str, Derived] = field(init=False)
 
     def __post_init__(self) -> None:
         columns: list[str] = []
@@ -145,6 +167,9 @@ class StreamPlan:
             column: f"__v{i}" for i, column in enumerate(sorted(values & self.non_finite_columns))
         }
         self.aggregates = [("__rows", sql.SQL("count(*)"))]
+        self.specs = {"__rows": Spec(Kind.ROWS)}
+        self.row_inputs = {}
+        self.derived = {}
         self.metrics = []
         summed: dict[str, str] = {}
         for index, mapping in enumerate(self.config.metrics):
@@ -161,15 +186,44 @@ class StreamPlan:
                 assert mapping.value is not None
                 observed = self._value(mapping.value)
                 names = []
-                for b, bound in enumerate(metric.buckets):
+                bounds = [sql.Literal(Decimal(repr(bound))) for bound in metric.buckets]
+                assert list(metric.buckets) == sorted(metric.buckets)  # cumulative buckets
+                # per row, the first bucket it falls in (NULL: none); buckets ascend, so a
+                # row is in bucket b exactly when that first one is at most b
+                first = self._input(
+                    f"__h{index}_first",
+                    sql.SQL("CASE {} END").format(
+                        sql.SQL(" ").join(
+                            sql.SQL("WHEN {} <= {} THEN {}").format(observed, bound, sql.Literal(b))
+                            for b, bound in enumerate(bounds)
+                        )
+                    ),
+                    Derived(Derive.FIRST_BUCKET, mapping.value,
+                            tuple(Decimal(repr(bound)) for bound in metric.buckets)),
+                )  # fmt: skip
+                for b, bound in enumerate(bounds):
                     name = f"__h{index}_b{b}"
-                    self.aggregates.append(
-                        (name, sql.SQL("count(*) FILTER (WHERE {} <= {})").format(
-                            observed, sql.Literal(Decimal(repr(bound))))),
-                    )  # fmt: skip
+                    self._add(
+                        name,
+                        sql.SQL("count(*) FILTER (WHERE {} <= {})").format(observed, bound),
+                        Spec(Kind.AT_MOST, first, b),
+                    )
                     names.append(name)
-                self.aggregates.append((f"__h{index}_count", sql.SQL("count({})").format(observed)))
-                self.aggregates.append((f"__h{index}_sum", self._sum(mapping.value)))
+                self._add(
+                    f"__h{index}_count",
+                    sql.SQL("count({})").format(observed),
+                    Spec(
+                        Kind.COUNT,
+                        self._input(
+                            f"__h{index}_count", observed, Derived(Derive.FINITE, mapping.value)
+                        ),
+                    ),
+                )
+                self._add(
+                    f"__h{index}_sum",
+                    self._sum(mapping.value),
+                    self._sum_spec(f"__h{index}_sum", mapping.value),
+                )
                 names += [f"__h{index}_count", f"__h{index}_sum"]
                 self.metrics.append(
                     _MetricPlan(mapping, metric, label_columns, mask, tuple(names),
@@ -196,13 +250,44 @@ class StreamPlan:
                                 (self._summed(mapping.value, summed),),
                                 non_finite=self._non_finite(mapping.value))
                 )  # fmt: skip
+        self.specs["__fp"] = Spec(Kind.SUM, "__fp_row")  # the checksum's sum(__fp_row)
 
     def _summed(self, column: str, summed: dict[str, str]) -> str:
         """The result column holding ``sum(column)``, added once however many metrics read it."""
         if column not in summed:
-            summed[column] = f"__s{len(summed)}"
-            self.aggregates.append((summed[column], self._sum(column)))
+            summed[column] = name = f"__s{len(summed)}"
+            self._add(name, self._sum(column), self._sum_spec(name, column))
         return summed[column]
+
+    def _add(self, name: str, expression: sql.Composable, spec: Spec) -> None:
+        """An aggregate column: its SQL, and how rowpoll computes it from a per-row input."""
+        self.aggregates.append((name, expression))
+        self.specs[name] = spec
+
+    def _input(self, name: str, expression: sql.Composable, derived: Derived | None = None) -> str:
+        """A per-row input of the steady poll's rows, named; the name. ``expression`` is
+        over the aggregate's FROM; ``derived`` says how rowpoll computes the same value
+        from the column itself, used for a numeric column that can hold NaN or infinities
+        (the one kind of value column it derives)."""
+        if derived is not None and self._derives(derived.column):
+            self.derived[name] = derived
+        else:
+            self.row_inputs[name] = expression
+        return name
+
+    def _derives(self, column: str) -> bool:
+        return column in self.non_finite_columns and column not in self.float_columns
+
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        """The value columns ``derived`` inputs are computed from."""
+        return tuple(dict.fromkeys(d.column for d in self.derived.values()))
+
+    def _sum_spec(self, name: str, column: str) -> Spec:
+        """``sum(column)`` from a per-row input: the value ``_sum`` adds up, cast alike."""
+        cast = sql.SQL("::numeric") if column in self.float_columns else sql.SQL("")
+        added = sql.SQL("{}{}").format(self._value(column), cast)
+        return Spec(Kind.SUM, self._input(name, added, Derived(Derive.FINITE, column)))
 
     def _non_finite(self, column: str) -> str | None:
         """The result column counting ``column``'s NaN and infinite values, added once;
@@ -216,7 +301,11 @@ class StreamPlan:
             counted = sql.SQL("count({}) - count({})").format(
                 sql.Identifier(column), sql.Identifier(alias)
             )
-            self.aggregates.append((name, counted))
+            dropped = sql.SQL("({} IS NOT NULL AND {} IS NULL)").format(
+                sql.Identifier(column), sql.Identifier(alias)
+            )
+            left_out = self._input(name, dropped, Derived(Derive.NOT_FINITE, column))
+            self._add(name, counted, Spec(Kind.TRUE, left_out))
         return name
 
     def _value(self, column: str) -> sql.Identifier:
@@ -267,6 +356,28 @@ class StreamPlan:
             return sql.SQL("0")
         return sql.SQL("hashtext(ROW({})::text)").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+        )
+
+    @property
+    def fingerprint_by_labels(self) -> bool:
+        """Whether a steady poll asks for the fingerprint once per label set (cached by the
+        stream), not once per row: when every label column is text, the label values
+        psycopg reads are the text the fingerprint hashes."""
+        return bool(self.columns) and all(c in self.text_columns for c in self.columns)
+
+    def fingerprint_statement(self) -> sql.Composed:
+        """The fingerprint of each label set given as one text array per label column
+        (parameters c0, c1, ... in ``columns`` order), in order: ``row_fingerprint`` of a row with
+        those labels."""
+        names = [sql.Identifier(f"c{i}") for i in range(len(self.columns))]
+        return sql.SQL(
+            "SELECT hashtext(ROW({columns})::text) FROM unnest({arrays})"
+            " WITH ORDINALITY AS labels({columns}, n) ORDER BY n"
+        ).format(
+            columns=sql.SQL(", ").join(names),
+            arrays=sql.SQL(", ").join(
+                sql.SQL("{}::text[]").format(sql.Placeholder(f"c{i}")) for i in range(len(names))
+            ),
         )
 
     @property
@@ -324,6 +435,15 @@ class StreamPlan:
                 *self._aggregate_list(sql.Identifier("__fp_row")),
             ]
         )
+        return sql.SQL(
+            "SELECT {select_list} FROM ({rows}) AS stream GROUP BY GROUPING SETS ({sets})"
+        ).format(select_list=select_list, rows=self._rows(ordering, branches, settled), sets=sets)
+
+    def _rows(
+        self, ordering: Ordering, branches: list[sql.Composable], settled: sql.Composable
+    ) -> sql.Composable:
+        """The rows an aggregate reads: the union of ``branches``, each row with its
+        settled flag, chunk, fingerprint and finite values."""
         branch = sql.SQL(
             "SELECT events.*, ({settled}) AS __settled, {chunk} AS __chunk,"
             " {fingerprint} AS __fp_row{values} FROM (\n{source}\n) AS events"
@@ -334,12 +454,53 @@ class StreamPlan:
             values=self.row_values,
             source=self.source,
         )
-        rows = sql.SQL(" UNION ALL ").join(
+        return sql.SQL(" UNION ALL ").join(
             [sql.SQL("{} WHERE {}").format(branch, where) for where in branches] or [branch]
         )
-        return sql.SQL(
-            "SELECT {select_list} FROM ({rows}) AS stream GROUP BY GROUPING SETS ({sets})"
-        ).format(select_list=select_list, rows=rows, sets=sets)
+
+    def rows_statement(
+        self, ordering: Ordering, since: Horizon | None, settle_at: Horizon | None
+    ) -> sql.Composed:
+        """``poll_statement``'s rows, not aggregated: per row, its settled flag, chunk,
+        fingerprint (unless ``fingerprint_by_labels``), label columns and the input of
+        every aggregate (``row_inputs``), for ``row_aggregate`` to sum in Python. Same
+        parameters."""
+        fingerprint = () if self.fingerprint_by_labels else ("__fp_row",)
+        select_list = sql.SQL(", ").join(
+            [
+                *(sql.Identifier(c) for c in ("__settled", "__chunk", *fingerprint)),
+                *(sql.Identifier(c) for c in self.columns),
+                *(sql.SQL("{} AS {}").format(expression, sql.Identifier(name))
+                  for name, expression in self.row_inputs.items()),
+                *(sql.SQL("{} AS {}").format(sql.Identifier(c), sql.Identifier(f"__raw_{c}"))
+                  for c in self.raw_columns),
+            ]
+        )  # fmt: skip
+        rows = self._rows(
+            ordering, ordering.unsettled_branches(since, "since"), ordering.settled(settle_at, "at")
+        )
+        return sql.SQL("SELECT {} FROM ({}) AS stream").format(select_list, rows)
+
+    def row_aggregate(self, columns: tuple[str, ...], types: tuple[int, ...]) -> RowAggregate:
+        """Sums ``rows_statement``'s rows (``columns`` of type OIDs ``types``) into the
+        rows ``poll_statement`` would return."""
+        full = (1 << len(self.columns)) - 1 if self.columns else 0
+        sets = [
+            *(GroupingSet(mask, plan.label_columns, self._read_by(mask))
+              for mask, plan in ((p.grouping_mask, p) for p in self._distinct_sets())),
+            GroupingSet(full, (), tuple(self.specs), by_chunk=True),
+        ]  # fmt: skip
+        return RowAggregate(self.columns, self.specs, sets, columns, types, self.derived)
+
+    def _read_by(self, mask: int) -> tuple[str, ...]:
+        """The aggregate columns the metrics of one grouping set read."""
+        read: dict[str, None] = {"__rows": None}
+        for plan in self.metrics:
+            if plan.grouping_mask == mask:
+                read.update(dict.fromkeys(plan.aggregate_columns))
+                if plan.non_finite is not None:
+                    read[plan.non_finite] = None
+        return tuple(read)
 
     def poll_statement(
         self, ordering: Ordering, since: Horizon | None, settle_at: Horizon | None
@@ -506,6 +667,7 @@ class Split:
     checksums: dict[int | None, Checksum] = field(default_factory=dict)
     whole_table: bool = False  # the poll read every row (nothing was settled before it)
     groups: int = 0  # result rows of the aggregate
+    rows: int = 0  # rows the aggregate read (the settled and live chunk rows' __rows)
 
 
 _Slots = tuple[tuple[str, int | None], ...]  # (label, result column index or None)
@@ -546,6 +708,7 @@ class PollSplit:
         for row in rows:
             settled = bool(row[index["__settled"]])
             if by_chunk is not None and row[by_chunk] == 0:
+                self.result.rows += int(row[index["__rows"]])
                 if settled:
                     chunk = row[index["__chunk"]]
                     self.result.checksums[chunk] = tuple(row[i] for i in checksum)
@@ -691,6 +854,8 @@ class EventStream:
         self.chunk_width = 0  # seconds, known once the time column's type is
         self._chunk = reconcile.chunk
         self.reconciler = Reconciler(self, config.reconcile) if config.reconcile else None
+        # label set -> its fingerprint (hashtext of the labels as a ROW's text)
+        self.fingerprints: dict[tuple[Any, ...], int] = {}
         # the settled state kept on disk between runs (sources/checkpoint.py)
         self.checkpoint = Checkpoint(self, checkpoint) if checkpoint is not None else None
 
@@ -707,7 +872,7 @@ class EventStream:
         # per time chunk, the checksum of the rows settled into the base
         self.checksums: dict[int | None, Checksum] = {}
         self.held: set[tuple[str, LabelValues]] = set()  # series held above the database's total
-        self.last_groups = 0  # result rows of the last poll's aggregate
+        self.last_rows = 0  # rows the last poll read
 
     def start_over(self, replaced: StartOver) -> None:
         """Forget every total and aggregate the whole table again at the next poll.
@@ -722,6 +887,7 @@ class EventStream:
             self.name, replaced,
         )  # fmt: skip
         self.health.recomputes.labels(self.name, replaced.reason).inc()
+        self.fingerprints.clear()  # another server may encode the same labels otherwise
         self.generation += 1
         self.floor = None
         self.admissions = self.plan.admissions()
@@ -746,7 +912,10 @@ class EventStream:
         is made again to sum its float columns exactly."""
         async with self.database.read_only(timeout) as conn:
             described = await describe_stream(conn, self.plan.shape_statement(), self.config)
-        self.plan = StreamPlan(self.config, described.float_columns, described.non_finite_columns)
+        self.plan = StreamPlan(
+            self.config, described.float_columns, described.non_finite_columns,
+            described.text_columns,
+        )  # fmt: skip
         self.chunk_width = described.ordering.time.chunk_seconds(self._chunk)
         return described.ordering
 
@@ -855,19 +1024,20 @@ class EventStream:
         except StartOver as replaced:
             self.start_over(replaced)
             return await self.poll()  # cannot start over twice: nothing is settled now
-        statement = self.plan.poll_statement(ordering, self.horizon, horizon)
         params = self.params(self.horizon, horizon)
-        if big or self.last_groups > PREPARED_POLL_MAX_GROUPS:
+        if big or self.last_rows > STEADY_POLL_MAX_ROWS:
+            statement = self.plan.poll_statement(ordering, self.horizon, horizon)
             split = await self._read_big(statement, params, timeout, big)
         else:
-            # fetched whole: the previous poll's result was small, and so should this one be
+            # fetched whole: the previous poll read few rows, and so should this one
             async with self.database.read_only(
                 timeout, repeatable_read=True, settings=STEADY_POLL_SETTINGS
             ) as conn:
-                cur = await conn.execute(statement, params, prepare=True)
-                split = await self.read_split(cur)
+                rows = self.plan.rows_statement(ordering, self.horizon, horizon)
+                cur = await conn.execute(rows, params, prepare=True)
+                split = await self.read_rows(conn, cur)
         split.whole_table = first
-        self.last_groups = split.groups
+        self.last_rows = split.rows
         return horizon, split
 
     async def _read_big(self, statement: sql.Composed, params: dict[str, Any],
@@ -891,6 +1061,46 @@ class EventStream:
         ):
             await cur.execute(statement, params)
             return await self.read_split(cur)
+
+    async def read_rows(self, conn: Any, cur: Any) -> Split:
+        """A steady poll's rows (``rows_statement``, run on ``conn``), summed here into
+        the aggregate's rows and split into settled and live series."""
+        description = cur.description or []
+        columns = tuple(c.name for c in description)
+        types = tuple(c.type_code for c in description)
+        rows = await cur.fetchall()
+        if self.plan.fingerprint_by_labels:
+            rows = await self._fingerprinted(conn, columns, rows)
+            columns, types = (*columns, "__fp_row"), (*types, INT4_OID)
+        aggregate = self.plan.row_aggregate(columns, types)
+
+        def split() -> Split:
+            splitter = self.plan.splitter(aggregate.result_columns, self.admissions)
+            result = aggregate.aggregate(rows)
+            splitter.feed(result)
+            done = splitter.finish()
+            done.groups, done.rows = len(result), len(rows)
+            return done
+
+        return await asyncio.to_thread(split)  # off the event loop: scrapes must not wait
+
+    async def _fingerprinted(
+        self, conn: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """``rows``, each with its fingerprint appended: from the cache, or for label sets
+        not in it, computed by PostgreSQL (the same ``hashtext``) in one statement."""
+        positions = [columns.index(c) for c in self.plan.columns]
+        keys = [tuple(row[i] for i in positions) for row in rows]
+        known = self.fingerprints
+        missing = list(dict.fromkeys(key for key in keys if key not in known))
+        if missing:
+            if len(known) + len(missing) > FINGERPRINT_CACHE_SIZE:
+                known.clear()
+            arrays = {f"c{i}": list(values) for i, values in enumerate(zip(*missing, strict=True))}
+            cur = await conn.execute(self.plan.fingerprint_statement(), arrays)
+            for key, (fingerprint,) in zip(missing, await cur.fetchall(), strict=True):
+                known[key] = fingerprint
+        return [(*row, known[key]) for row, key in zip(rows, keys, strict=True)]
 
     async def read_split(self, cur: Any) -> Split:
         """An aggregate's rows, chunk by chunk, split into settled and live series."""

@@ -12,7 +12,7 @@ so Python never compares a naive value with an aware one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -293,6 +293,8 @@ def ordering_for(
 
 
 FLOAT_OIDS = {700, 701}  # real, double precision
+# text, varchar, char(n), name: a value's text output is the string psycopg reads
+TEXT_OIDS = {25, 1043, 1042, 19}
 NON_FINITE_OIDS = {*FLOAT_OIDS, 1700}  # the types that hold NaN and infinities (numeric too)
 
 
@@ -304,6 +306,7 @@ class Described:
     ordering: Ordering
     float_columns: frozenset[str]
     non_finite_columns: frozenset[str] = frozenset()
+    text_columns: frozenset[str] = frozenset()
 
 
 def _described(
@@ -311,7 +314,8 @@ def _described(
 ) -> Described:
     floats = frozenset(name for name, oid in column_types.items() if oid in FLOAT_OIDS)
     non_finite = frozenset(name for name, oid in column_types.items() if oid in NON_FINITE_OIDS)
-    return Described(ordering_for(config, column_types, type_names), floats, non_finite)
+    texts = frozenset(name for name, oid in column_types.items() if oid in TEXT_OIDS)
+    return Described(ordering_for(config, column_types, type_names), floats, non_finite, texts)
 
 
 async def describe_stream(
@@ -321,7 +325,11 @@ async def describe_stream(
     cur = await conn.execute(shape)
     column_types = {d.name: d.type_code for d in cur.description or []}
     names = await conn.execute(TYPE_NAMES_SQL, [list(set(column_types.values()))])
-    return _described(config, column_types, dict(await names.fetchall()))
+    described = _described(config, column_types, dict(await names.fetchall()))
+    if conn.pgconn.parameter_status(b"client_encoding") == b"SQL_ASCII":
+        # psycopg reads text as bytes then: not the strings a fingerprint is made of
+        described = replace(described, text_columns=frozenset())
+    return described
 
 
 def describe_stream_sync(
