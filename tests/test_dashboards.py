@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from alerting_support import recorded_names, recording_rules_only
 from conftest import require_binary, skip_or_fail
 from dashboard_support import (
     ALL,
@@ -76,10 +77,9 @@ BUDGET_STEPS = [(step["color"], step["value"]) for step in config.budget_thresho
 RATE_FUNCTIONS = {"rate", "irate", "increase"}
 # Which Grafana interval a range function may use (no literal windows anywhere).
 ALLOWED_RANGES = {
-    "rate": {"$__rate_interval", "$burn_window"},
+    "rate": {"$__rate_interval"},
     "irate": {"$__rate_interval"},
     "increase": {"$__range", "$__interval", "$__rate_interval"},
-    "deriv": {"$burn_window"},
     "sum_over_time": {"$__range", "$__interval"},
 }
 # A counter's growth between the samples at a bucket's two ends (daily bars):
@@ -126,7 +126,7 @@ def _paid_only() -> set[tuple[str, str]]:
 
 
 def _known_names() -> set[str]:
-    return catalog.all_series_names() | _rule_names()
+    return catalog.all_series_names() | _rule_names() | recorded_names()
 
 
 def _rule_names() -> set[str]:
@@ -398,7 +398,7 @@ def test_range_selectors_use_grafana_intervals() -> None:
                 bad.append((str(panel), selector.function, used))
     assert not bad, bad
     rates = [t["expr"] for _, t in PROM_TARGETS if "rate(" in t["expr"]]
-    assert rates and all("$__rate_interval" in e or "$burn_window" in e for e in rates)
+    assert rates and all("$__rate_interval" in e for e in rates)
 
 
 def test_recording_rules_pass_promtool_and_use_catalogue_metrics() -> None:
@@ -513,6 +513,8 @@ TEST_ALERT_RULES = {
         }],
     }],
 }  # fmt: skip
+# The recorded time to exhaustion that the Budgets dashboard reads (alert_rules/).
+EXHAUSTION = [config.rule_names().BUDGET_EXHAUSTION, config.rule_names().POOL_EXHAUSTION]
 # After new usage is written every counter must have moved before queries run.
 MOVED = ["organization_agent:credit_spent_credits:increase1m", "credit_conversations_total",
          "credit_messages_total", "credit_visitors_total", "credit_ratings_total",
@@ -617,14 +619,17 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                        "exporter ready")  # fmt: skip
         alerts = work / "test_alerts.yml"
         alerts.write_text(yaml.safe_dump(TEST_ALERT_RULES))
-        # the recorded increases evaluated every second, like the scrapes here
+        # the recorded increases evaluated every second, like the scrapes here, and the
+        # alert rules' records (time to exhaustion) that the Budgets dashboard reads
         recording_rules = work / "recording_rules.yml"
         recording_rules.write_text(recording.render(interval="1s"))
+        alert_records = work / "alert_records.yml"
+        alert_records.write_text(recording_rules_only(interval="1s"))
         target = exporter.url.removeprefix("http://")
         history = backfill_history(exporter.config_path, dsn, work / "prometheus" / "data", target)
         prometheus = start_prometheus(
             work / "prometheus", [target, gateway_exporter.url.removeprefix("http://")],
-            rule_files=[recording_rules, alerts],
+            rule_files=[recording_rules, alert_records, alerts],
             extra_args=["--storage.tsdb.retention.time=3650d"],
         )  # fmt: skip
         try:
@@ -642,6 +647,9 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 f"sum({'sum_over_time' if ':' in m else 'increase'}({m}[1m])) > 0" for m in MOVED
             ]
             probes.append("max(deriv(credit_budget_used_credits[1m])) > 0")
+            # the time to exhaustion of budgets and pools: recorded by a rule evaluation
+            # after the scrapes above
+            probes += [f"count({name})" for name in EXHAUSTION]
             try:
                 wait_until(lambda: all(prometheus.query(p) for p in probes), 90,
                            "the new usage in every counter")  # fmt: skip
