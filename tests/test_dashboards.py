@@ -864,6 +864,39 @@ def test_budget_table_lists_team_and_api_key_budgets_with_their_limits(stack: St
     assert (scope, scope_id) not in limit and (scope, scope_id) not in share
 
 
+def _recorded_at(prometheus: PrometheusProcess, query: str, at: float) -> list[dict[str, Any]]:
+    params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
+    return list(prometheus.api(f"/api/v1/query?{params}")["result"])
+
+
+def test_hours_until_exhaustion_panels_are_the_recorded_series_the_alerts_read(
+    stack: Stack,
+) -> None:
+    """The bars, the table column and the pools stat show the alert rules' time to
+    exhaustion in hours, basis included, for the same instant: one number everywhere."""
+    at = time.time()
+    org = '{organization="acme"}'
+
+    def hours(rows: list[dict[str, Any]], *key: str) -> dict[tuple[str, ...], float]:
+        return {tuple(r["metric"].get(k, "") for k in key): float(r["value"][1]) for r in rows}
+
+    key = ("scope", "scope_id", "burn")
+    budgets = hours(_recorded_at(stack.prometheus, EXHAUSTION[0] + org, at), *key)
+    assert budgets
+    expected = {k: v / 3600 for k, v in budgets.items()}
+    bars = _panel("credit-budgets", "Hours until budget limit by scope")
+    assert hours(_instant(stack.prometheus, bars, "A", at), *key) == pytest.approx(expected)
+    table = _panel("credit-budgets", "Budgets by scope")
+    column = hours(_instant(stack.prometheus, table, "E", at), "scope", "scope_id")
+    assert column == pytest.approx({k[:2]: v for k, v in expected.items()})
+    pools = hours(_recorded_at(stack.prometheus, EXHAUSTION[1] + org, at), "pool", "burn")
+    assert pools
+    stat = _panel("credit-budgets", "Hours until credits run out")
+    assert hours(_instant(stack.prometheus, stat, "A", at), "pool", "burn") == pytest.approx(
+        {k: v / 3600 for k, v in pools.items()}
+    )
+
+
 def test_scope_variable_narrows_the_budget_panels_to_one_gateway_scope(stack: Stack) -> None:
     dashboard = DASHBOARDS["credit-budgets"]
     panel = _panel("credit-budgets", "Budget used by scope")
