@@ -14,13 +14,20 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
     sel = selector(POOL_KEY)
     balance = q(f"max(credit_balance_credits{sel})", POOL_KEY)
     allocation = q(f"max(credit_allocation_credits{sel})", POOL_KEY)
-    spend = q(
-        f"3600 * sum(max by (pool) (rate(credit_spent_by_pool_credits_total{sel}[1d])))",
-        POOL_KEY,
-        unit=" credits/hour",
-        missing="unknown (no credit_spent_by_pool_credits_total)",
-    )
     window = settings["projection"]["window"]
+    # the spend rate the time to exhaustion assumes (POOL_EXHAUSTION's two bases)
+    spent_sel = f"credit_spent_by_pool_credits_total{sel}"
+    spend = q(
+        f"3600 * max(rate({spent_sel}[{window}])) and max({spent_sel} offset {window})",
+        [*POOL_KEY, *POOL_KEY],
+        unit=f" credits/hour over the last {window}",
+        missing=q(
+            f"3600 * max(deriv({spent_sel}[{window}]))",
+            POOL_KEY,
+            unit=f" credits/hour since Prometheus has data (less than {window})",
+            missing="unknown (no credit_spent_by_pool_credits_total)",
+        ),
+    )
     spend_rate = f"max by ({key}) (rate(credit_spent_by_pool_credits_total[{window}]))"
     runs_out_text = runs_out(
         f"{POOL_EXHAUSTION}{sel}",
@@ -98,7 +105,7 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
         lambda threshold: (
             f"{who_capital} has {balance} of its {allocation} credits left "
             f"({{{{ $value | humanizePercentage }}}} used; alert threshold "
-            f"{percent(threshold)}%). Spend from this pool over the last day: "
+            f"{percent(threshold)}%). Spend from this pool: "
             f"{spend}. Runs out: {runs_out_text}. Auto-recharge is {recharge}."
         ),
         links.dashboard("budgets", "organization"), links,
