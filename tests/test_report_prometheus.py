@@ -167,6 +167,14 @@ def test_pools_of_every_organization_together_have_no_single_runs_out(
     assert pools and {row["runs_out_status"] for row in pools} == {"per_organization"}
 
 
+def test_a_range_to_now_reads_runs_out(stack: Stack, tmp_path: Path) -> None:
+    config = config_for(stack.dsn, tmp_path)
+    document = report_json(config, tmp_path, "--from", "now-2d", "--prometheus",
+                           stack.prometheus.url)  # fmt: skip
+    assert document["time_to_exhaustion"]["read_at"] == document["generated_at"]
+    assert any(r["runs_out_status"] == "runs_out" for r in document["tables"]["budgets"])
+
+
 def test_past_period_says_runs_out_does_not_apply_without_asking_prometheus(
     demo_db: str, tmp_path: Path
 ) -> None:

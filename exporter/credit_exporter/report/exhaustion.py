@@ -135,7 +135,8 @@ def _pool(row: BalanceRow, organization: str | None, recorded: Recorded) -> Bala
 
 
 def is_current(report: Report) -> bool:
-    return report.period_start <= report.generated_at < report.period_end
+    """The report's period contains the moment it is made (``--to now`` included)."""
+    return report.period_start <= report.generated_at <= report.period_end
 
 
 def attach(report: Report, url: str, recorded: Recorded | None) -> None:
@@ -171,7 +172,7 @@ BASIS_TEXT = {"period_average": "period avg.", "partial_window": "data held"}
 STATUS_TEXT = {
     NOT_BURNING: "not burning",
     UNKNOWN: "unknown (not in Prometheus)",
-    NOT_CURRENT_PERIOD: "does not apply (past period)",
+    NOT_CURRENT_PERIOD: "does not apply (not the current period)",
     PER_ORGANIZATION: "per organization (--organization)",
 }
 
