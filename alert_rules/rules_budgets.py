@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rules_settings import BUDGET_EXHAUSTION, BUDGET_KEY, BUDGET_RATIO, PERIOD_AVERAGE, seconds
+from rules_settings import (
+    BUDGET_EXHAUSTION,
+    BUDGET_KEY,
+    BUDGET_RATIO,
+    PERIOD_AVERAGE,
+    RESET_GUARD,
+    seconds,
+)
 from rules_templates import Links, level_rules, percent, q, runs_out, scope_noun, selector, when
 
 
@@ -91,12 +98,14 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         f"    {used_now} and on (organization) ({start_now} > time() - {window_s})"
     )
     # a new period's timestamps came before its usage reset (two queries, two
-    # scrapes): the old period's usage over the new period's seconds is no pace
+    # scrapes): the old period's usage over the new period's seconds is no pace.
+    # Over RESET_GUARD, not the window: a scrape or two apart, and resets() reads
+    # every sample of every budget in its range at every evaluation.
     not_reset_yet = (
-        f"max by ({key}) (resets(credit_budget_used_credits[{window}])) == 0\n"
+        f"max by ({key}) (resets(credit_budget_used_credits[{RESET_GUARD}])) == 0\n"
         "    and on (organization)\n"
         "    max by (organization) "
-        f"(changes(credit_billing_period_start_timestamp_seconds[{window}])) > 0"
+        f"(changes(credit_billing_period_start_timestamp_seconds[{RESET_GUARD}])) > 0"
     )
     rules: list[dict[str, Any]] = [
         {

@@ -37,6 +37,9 @@ POOL_EXHAUSTION = "organization_pool:credit_pool_exhaustion:seconds"
 BURN_LABEL = "burn"
 PERIOD_AVERAGE = "period_average"
 PARTIAL_WINDOW = "partial_window"
+# How long after a new period's timestamps a budget's usage may still be the old
+# period's (the exporter reports them from two queries, a scrape or two apart).
+RESET_GUARD = "30m"
 BUDGET_KEY = ("organization", "scope", "scope_id")
 # How a budget scope reads in a sentence where its label value does not read as
 # a word ("the API key budget ci-bot of acme"); other scopes (department,
