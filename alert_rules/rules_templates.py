@@ -20,10 +20,8 @@ def q(
     ``%[n]q`` for the n-th, are filled, Go-quoted, from the alert's labels, or from
     a literal given as ``'"late"'``) and prints its first value and ``unit``, or
     ``missing`` when the query returns nothing."""
-    assert '"' not in expr and "{{" not in expr and "}}" not in expr, expr
-    args = "".join(f" {arg}" if arg.startswith('"') else f" $labels.{arg}" for arg in labels)
     return (
-        f'{{{{ with printf "{expr}"{args} | query }}}}'
+        f"{_query(expr, labels)}"
         f"{{{{ . | first | value | {fmt} }}}}{unit}{{{{ else }}}}{missing}{{{{ end }}}}"
     )
 
@@ -31,10 +29,14 @@ def q(
 def when(expr: str, labels: Sequence[str], then: str, otherwise: str) -> str:
     """Template text: ``then`` when the instant query ``expr`` (filled as in ``q``)
     returns anything, else ``otherwise``."""
+    return f"{_query(expr, labels)}{then}{{{{ else }}}}{otherwise}{{{{ end }}}}"
+
+
+def _query(expr: str, labels: Sequence[str]) -> str:
+    """``{{ with <expr filled from labels and literals> | query }}``, for ``q`` and ``when``."""
     assert '"' not in expr and "{{" not in expr and "}}" not in expr, expr
-    args = "".join(f" $labels.{arg}" for arg in labels)
-    head = f'{{{{ with printf "{expr}"{args} | query }}}}'
-    return f"{head}{then}{{{{ else }}}}{otherwise}{{{{ end }}}}"
+    args = "".join(f" {arg}" if arg.startswith('"') else f" $labels.{arg}" for arg in labels)
+    return f'{{{{ with printf "{expr}"{args} | query }}}}'
 
 
 def runs_out(series: str, labels: Sequence[str], missing: str, bases: Mapping[str, str]) -> str:
@@ -95,24 +97,36 @@ def level_rules(
     levels: Mapping[str, Any],
     summaries: Mapping[str, str],
     who: str,
-    description: Callable[[float], str],
+    description: Callable[[str, str], str],
     dashboard: str,
     links: Links,
+    threshold_of: Callable[[str], tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One alert per threshold level (UsageHigh, AlmostExhausted, Exhausted) on a ratio."""
+    """One alert per threshold level (UsageHigh, AlmostExhausted, Exhausted) on a ratio.
+
+    The threshold is the level's ``threshold`` setting, also carried as the label
+    ``threshold``; or, with ``threshold_of``, (the PromQL the ratio is compared
+    with, template text printing it) for a level, without the label: a threshold
+    that depends on the alerting series (a ladder from the billing database).
+    ``description`` gets the level and the text printing its threshold."""
     rules = []
     for level, spec in levels.items():
-        threshold = spec["threshold"]
         name = f"{prefix}{level}"
+        labels = {"severity": spec["severity"]}
+        if threshold_of is None:
+            bound, shown = ratio_literal(spec["threshold"]), f"{percent(spec['threshold'])}%"
+            labels["threshold"] = percent(spec["threshold"])
+        else:
+            bound, shown = threshold_of(level)
         rules.append(
             {
                 "alert": name,
-                "expr": f"{ratio} >= {ratio_literal(threshold)}\n",
+                "expr": f"{ratio} >= {bound}\n",
                 "for": spec["for"],
-                "labels": {"severity": spec["severity"], "threshold": percent(threshold)},
+                "labels": labels,
                 "annotations": {
-                    "summary": summaries[level].format(t=percent(threshold), who=who),
-                    "description": description(threshold),
+                    "summary": summaries[level].format(t=shown, who=who),
+                    "description": description(level, shown),
                     "runbook_url": links.runbook(name),
                     "dashboard_url": dashboard,
                 },

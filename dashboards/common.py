@@ -305,6 +305,8 @@ def timeseries(title: str, description: str, targets: Sequence[g.Target], unit: 
                links: list | None = None, seeds: str = "", paid_only: bool = False,
                decimals: int | None = None) -> Viz:  # fmt: skip
     """A time series; ``interval`` is the panel's min interval (the bucket for bars)."""
+    if any(GROWTH_MARK in getattr(t, "expr", "") for t in targets):
+        description = f"{description} {FIRST_BAR_NOTE}"
     custom = {
         "drawStyle": "bars" if bars else "line",
         "lineWidth": 1,
@@ -795,6 +797,14 @@ def average_rating(selector: str, by: str = "") -> str:
     )
     total = f"increase(credit_ratings_total{{{selector}}}[$__range])"
     return f"sum{group} ({weighted}) / sum{group} ({total})"
+
+
+GROWTH_MARK = " offset $__interval, 0)"  # what growth_between_boundaries() writes
+FIRST_BAR_NOTE = (
+    "A series counts from the first bar boundary at which it exists: in the bar where "
+    "it first appears (a new agent, model or user; the first day of Prometheus's "
+    "history) its growth is left out, so that bar reads low rather than spike."
+)
 
 
 def growth_between_boundaries(selector: str, window: str = "$__interval") -> str:

@@ -51,7 +51,7 @@ def variables() -> list[dict]:
         prometheus_variable(),
         query_variable(
             "job", "Job", "label_values(credit_build_info, job)", multi=True,
-            include_all=True, all_value=".*",
+            include_all=True,  # All: these jobs, not every target of the Prometheus
             description="Prometheus job(s) scraping credit-exporter.",
         ),
         query_variable(

@@ -1,12 +1,14 @@
 """Render each dashboard's panels from a live Prometheus into one PNG per dashboard.
 
     python -m dashboards.preview --prometheus http://127.0.0.1:9090 --output preview/ \\
-        [--postgres postgresql://...] [--range 6h] [--dashboard credit-usage ...]
+        [--postgres postgresql://...] [--range 6h] [--dashboard credit-usage ...] \\
+        [--var credit-agent-analytics:agent=sales-outreach ...] [--note "text under the title"]
 
 A reviewer's look at what every view shows, without a Grafana server: panels
 are placed on Grafana's 24-column grid, queries run with the dashboards'
 default variables (resolved against that Prometheus, as Grafana would), and
-each panel type is drawn the way Grafana draws it, roughly. PostgreSQL panels
+each panel type is drawn the way Grafana draws it, roughly. Without --range each
+dashboard is drawn over its own default time range (its ``time.from``). PostgreSQL panels
 run when --postgres is given (read-only), else they say so. Needs matplotlib.
 """
 
@@ -81,9 +83,11 @@ class Source:
                    dashboard: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
         step = max(self.range_seconds // 120, 15)
         interval = panel.panel.get("interval")
-        if interval:  # the bucket, unless the range is too short to show one
+        if interval:  # Grafana's min interval: never under range/120 (30 days at a 30s
+            # interval is more points than Prometheus returns: 400 Bad Request); the
+            # bucket itself unless the range is shorter than one
             bucket = seconds(values[interval[1:]] if interval[0] == "$" else interval)
-            step = bucket if bucket * 4 <= self.range_seconds else step
+            step = max(bucket, step) if bucket <= self.range_seconds else step
         # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape
         # interval), the scrape interval taken as 15 s; a fixed 1m left a 24 h range
         # with a point every 12 min rating one-minute windows: gaps, not a line
@@ -319,8 +323,10 @@ def draw_timeseries(ax: Any, panel: dict[str, Any], frames: list) -> None:
         ys = [v for _, v in points]
         color = PALETTE[i % len(PALETTE)]
         if custom.get("drawStyle") == "bars" or stacked:
-            ax.step(xs, ys, where="post", color=color, label=name[:28], linewidth=1)
-            ax.fill_between(xs, ys, step="post", alpha=0.25, color=color)
+            # barAlignment -1: a bar ends at its time (the bucket before it), as Grafana
+            where = "pre" if custom.get("barAlignment") == -1 else "post"
+            ax.step(xs, ys, where=where, color=color, label=name[:28], linewidth=1)
+            ax.fill_between(xs, ys, step=where, alpha=0.25, color=color)
         else:
             ax.plot(xs, ys, color=color, label=name[:28], linewidth=1)
     unit = panel["fieldConfig"]["defaults"].get("unit", "")
@@ -388,13 +394,48 @@ def variable_text(variable: dict[str, Any], value: Any) -> str:
     return " + ".join(str(texts.get(v, v)) for v in picked) or "(none)"
 
 
-def title_text(dashboard: dict[str, Any], values: dict[str, Any]) -> str:
+def title_text(dashboard: dict[str, Any], values: dict[str, Any], note: str = "") -> str:
     """The figure title: the dashboard, its uid and each variable shown as ``name = value``
-    (data source variables left out: they only pick the connection)."""
+    (data source variables left out: they only pick the connection), and ``note``, if
+    any, on a second line."""
     shown = [f"{name} = {variable_text(var, values[name])}"
              for name, var in variables(dashboard).items()
              if var["type"] != "datasource" and name in values]  # fmt: skip
-    return "   ".join([f"{dashboard['title']}  ({dashboard['uid']})", *shown])
+    title = "   ".join([f"{dashboard['title']}  ({dashboard['uid']})", *shown])
+    return f"{title}\n{note}" if note else title
+
+
+def default_range(dashboard: dict[str, Any], now: float) -> int:
+    """Seconds from the dashboard's default ``time.from`` to ``now``: ``now-30d`` is
+    30 days, ``now/M`` (and ``/d``, ``/w``, ``/y``) the start of that calendar unit in UTC
+    (Grafana's weeks start on Monday)."""
+    start = dashboard["time"]["from"]
+    if start.startswith("now-"):
+        return seconds(start[4:])
+    at = datetime.fromtimestamp(now, UTC)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    floors = {"d": day, "w": day - timedelta(days=day.weekday()), "M": day.replace(day=1),
+              "y": day.replace(month=1, day=1)}  # fmt: skip
+    if start.startswith("now/") and start[4:] in floors:
+        return int(now - floors[start[4:]].timestamp())
+    raise ValueError(f"{dashboard['uid']}: unsupported time.from {start!r}")
+
+
+def override(values: dict[str, Any], options: dict[str, list[str]],
+             assignments: list[str], uid: str = "") -> dict[str, Any]:  # fmt: skip
+    """``values`` with each ``name=value`` of ``assignments`` set, for variables this
+    dashboard has (``uid:name=value``: on that dashboard only); a value that is not one
+    of a query variable's options is refused (a typo would draw every panel empty)."""
+    out = dict(values)
+    for assignment in assignments:
+        target, _, value = assignment.partition("=")
+        only, _, name = target.rpartition(":")
+        if name not in out or (only and only != uid):
+            continue  # a variable of another dashboard
+        if name in options and options[name] and value not in options[name]:
+            raise ValueError(f"--var {assignment}: {value!r} is not one of {options[name]}")
+        out[name] = value
+    return out
 
 
 def sql_cell(value: Any) -> str:
@@ -416,18 +457,24 @@ def sql_cell(value: Any) -> str:
 
 
 def render(dashboard: dict[str, Any], source: Source, output: Path,
-           errors: list[str] | None = None) -> Path:  # fmt: skip
-    """Draw one dashboard into ``output/<uid>.png``; panel failures go to ``errors``."""
+           errors: list[str] | None = None, assignments: list[str] | None = None,
+           note: str = "") -> Path:  # fmt: skip
+    """Draw one dashboard into ``output/<uid>.png``; panel failures go to ``errors``;
+    ``assignments`` (``name=value``) replace variable defaults; ``note`` goes under
+    the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     values, options = resolve_defaults(dashboard, source.series)
+    values = override(values, options, assignments or [], dashboard["uid"])
     grid_rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dashboard["panels"])
-    fig = plt.figure(figsize=(WIDTH_INCH, grid_rows * ROW_INCH + 0.6))
-    top = grid_rows * ROW_INCH / (grid_rows * ROW_INCH + 0.6)
-    fig.suptitle(title_text(dashboard, values), fontsize=11, x=0.01, ha="left", y=0.995)
+    head = 0.8 if note else 0.6  # inches above the grid for the title (and the note)
+    fig = plt.figure(figsize=(WIDTH_INCH, grid_rows * ROW_INCH + head))
+    top = grid_rows * ROW_INCH / (grid_rows * ROW_INCH + head)
+    fig.suptitle(title_text(dashboard, values, note), fontsize=11, x=0.01, ha="left",
+                 y=0.995, va="top")  # fmt: skip
     by_id = {p.panel["id"]: p for p in panels(dashboard)}
     for raw in dashboard["panels"]:
         pos = raw["gridPos"]
@@ -502,16 +549,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus", required=True, help="Prometheus base URL")
     parser.add_argument("--output", required=True, type=Path, help="directory for the PNGs")
     parser.add_argument("--postgres", help="billing database DSN (read-only) for SQL panels")
-    parser.add_argument("--range", default="6h", help="time range to show (default 6h)")
+    parser.add_argument("--range", help="time range to show (default: each dashboard's own)")
     parser.add_argument("--dashboard", action="append", help="only these uids")
+    parser.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable's value instead of its default, [UID:]NAME=VALUE (repeatable)",
+    )
+    parser.add_argument("--note", default="", help="a line of text under each title")
     args = parser.parse_args(argv)
-    source = Source(args.prometheus, args.postgres, seconds(args.range))
     errors: list[str] = []
     for path in sorted(GENERATED.glob("*.json")):
         dashboard = json.loads(path.read_text())
         if args.dashboard and dashboard["uid"] not in args.dashboard:
             continue
-        print(render(dashboard, source, args.output, errors))
+        now = time.time()
+        span = seconds(args.range) if args.range else default_range(dashboard, now)
+        source = Source(args.prometheus, args.postgres, span)
+        source.now = now
+        print(render(dashboard, source, args.output, errors, args.var, args.note))
     for error in errors:
         print(f"panel failed: {error}", file=sys.stderr)
     return 1 if errors else 0

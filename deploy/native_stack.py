@@ -3,12 +3,14 @@
 embedded PostgreSQL:
 
     embedded PostgreSQL + demo data (credit-exporter demo-data --days N)
-    -> backfill of the history into Prometheus's data directory (promtool blocks)
+    -> backfill of the history into Prometheus's data directory (promtool blocks;
+       with --state-history also the demo's balance and budget gauges)
     -> webhook receiver, Alertmanager (the example routing, receivers to the webhook),
        credit-exporter run, live demo traffic, Prometheus (alert + recording rules)
-    -> the recording rules over the last backfilled day (promtool, from Prometheus)
+    -> the recording rules over the recent backfilled tier (promtool, from Prometheus)
 
     .venv/bin/python deploy/native_stack.py [--days 90] [--workdir DIR] [--fast-alerts]
+        [--backfill-recent-days 1] [--backfill-recent-step 1m]
 
 Needs the package installed (scripts/demo or pip install -e .), and Debian's
 ``prometheus`` (prometheus, promtool) and ``prometheus-alertmanager``. Prometheus
@@ -31,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,12 +41,14 @@ from typing import Any
 DEPLOY = Path(__file__).resolve().parent
 sys.path.insert(0, str(DEPLOY))
 
-import stack_config  # noqa: E402  (a sibling file, not a package)
+import demo_state_history  # noqa: E402  (sibling files, not a package)
+import stack_config  # noqa: E402
 
 REPO = stack_config.REPO
 EXAMPLE_CONFIG = REPO / "config.example.yaml"
 DATABASE = "billing"
 OWN_MARKER = ".credit-exporter-native-stack"  # what may be emptied at the next start
+STATE_STEP_SECONDS = 300  # --state-history: within the 5m lookback rules evaluate with
 FAST_FOR = "1s"  # --fast-alerts: every alert's `for`, so a demo shows notifications now
 
 
@@ -161,6 +166,7 @@ def backfill_series(env: dict[str, str], args: argparse.Namespace, data: Path,
         env={**os.environ, **env, "BACKFILL_OUTPUT": str(data),
              "CREDIT_EXPORTER_CONFIG": str(EXAMPLE_CONFIG), "BACKFILL_DAYS": str(args.days),
              "BACKFILL_STEP": args.backfill_step, "BACKFILL_RECENT_STEP": args.backfill_recent_step,
+             "BACKFILL_RECENT_DAYS": str(args.backfill_recent_days),
              "BACKFILL_INSTANCE": instance,
              # the credit-exporter command of this interpreter's environment
              "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
@@ -169,7 +175,7 @@ def backfill_series(env: dict[str, str], args: argparse.Namespace, data: Path,
 
 
 def backfill_rules(prometheus_url: str, data: Path, log_path: Path) -> None:
-    """deploy/compose/backfill-rules.sh: the recording rules over the last backfilled day,
+    """deploy/compose/backfill-rules.sh: the recording rules over the recent backfilled tier,
     evaluated by the running Prometheus; it loads the blocks within a minute. promtool
     logs a line per rule and group: that goes to ``log_path``, not the console."""
     rules = " ".join(str(path) for path in stack_config.RULE_FILES)
@@ -202,10 +208,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--webhook-port", type=int, default=stack_config.WEBHOOK_PORT)
     parser.add_argument("--postgres-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--scrape-interval", default="15s", help="and rule evaluation interval")
-    parser.add_argument("--backfill-step", default="1h", help="history older than a day")
+    parser.add_argument("--backfill-step", default="1h",
+                        help="history older than --backfill-recent-days")  # fmt: skip
+    parser.add_argument(
+        "--backfill-recent-days", type=int, default=1,
+        help="the recent tier, at --backfill-recent-step, with the recording rules "
+        "backfilled over it (default 1)",
+    )  # fmt: skip
     parser.add_argument(
         "--backfill-recent-step", default="1m",
-        help="the last day; at most 5m, the lookback the recording rules are evaluated with",
+        help="the recent tier; at most 5m, the lookback the recording rules are evaluated with",
+    )  # fmt: skip
+    parser.add_argument(
+        "--state-history", action="store_true",
+        help="also backfill the demo's balance and budget gauges over the recent tier "
+        "(deploy/demo_state_history.py; the exporter's backfill writes counters only)",
     )  # fmt: skip
     parser.add_argument("--live-speed", type=float, default=1.0, help="live traffic multiplier")
     parser.add_argument(
@@ -215,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error(f"--days: must be at least 1, got {args.days}")
+    if args.backfill_recent_days < 1:
+        parser.error(f"--backfill-recent-days: must be at least 1, got {args.backfill_recent_days}")
     work = args.workdir
     if work.exists() and any(work.iterdir()) and not (work / OWN_MARKER).exists():
         parser.error(f"--workdir {work}: not empty and not a native stack's; refusing to "
@@ -250,6 +269,15 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
                        env={**os.environ, **env}, check=True)  # fmt: skip
         print("Backfilling the history into Prometheus's data directory ...", flush=True)
         backfill_series(env, args, work / "prometheus", at["exporter"])
+        if args.state_history:
+            end = datetime.now(UTC)
+            written = demo_state_history.backfill(
+                dsn, EXAMPLE_CONFIG, work / "prometheus",
+                end - timedelta(days=min(args.days, args.backfill_recent_days)), end,
+                timedelta(seconds=STATE_STEP_SECONDS),
+                {"job": stack_config.JOB, "instance": at["exporter"]},
+            )  # fmt: skip
+            print(f"Backfilled {written:,} samples of balance and budget gauges", flush=True)
 
         rules = rule_files(work, args.fast_alerts)
         hosts = stack_config.Hosts(
@@ -285,7 +313,8 @@ def run(args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
         stack.wait_ready("alertmanager", f"http://{at['alertmanager']}/-/ready")
         stack.wait_ready("exporter", f"http://{at['exporter']}/-/ready", timeout=300)
         stack.wait_ready("prometheus", f"http://{at['prometheus']}/-/ready")
-        print("Backfilling the recording rules over the last day ...", flush=True)
+        print(f"Backfilling the recording rules over the last {args.backfill_recent_days} "
+              "day(s) ...", flush=True)  # fmt: skip
         backfill_rules(
             f"http://{at['prometheus']}", work / "prometheus", work / "logs" / "backfill-rules.log"
         )

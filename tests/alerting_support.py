@@ -154,6 +154,19 @@ def alerts(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [rule for rule in rules(document) if "alert" in rule]
 
 
+BUDGET_THRESHOLD = "organization_scope_scope_id_level:credit_budget_alert_threshold:ratio"
+
+
+def threshold_record(document: Mapping[str, Any], level: str) -> str:
+    """The expression recording a budget level's effective threshold (ladders of
+    the billing database, else the settings' default)."""
+    return next(
+        rule["expr"]
+        for rule in rules(document)
+        if rule.get("record") == BUDGET_THRESHOLD and rule["labels"] == {"level": level}
+    )
+
+
 # --------------------------------------------------------------------------
 # Alertmanager and a webhook receiver
 # --------------------------------------------------------------------------
@@ -287,6 +300,35 @@ def _levels(levels: Mapping[str, Any], ratio: float) -> list[tuple[str, Mapping[
     return [(name, spec) for name, spec in levels.items() if ratio >= spec["threshold"] / 100]
 
 
+def budget_thresholds(
+    samples: Samples, settings: Mapping[str, Any], labels: Mapping[str, str]
+) -> dict[str, float]:
+    """The thresholds (shares of the limit) a budget alerts at, computed here apart
+    from PromQL: level by level the budget's ladder in the billing database, else
+    its organization's, else the settings' level of its scope (a value at or below
+    0 is no level); then each no higher than the next level's."""
+    org = labels["organization"]
+    own = {
+        dict(key)["level"]: value
+        for key, value in select(samples, "credit_budget_alert_threshold_ratio", **labels).items()
+        if value > 0
+    }
+    organization = {
+        dict(key)["level"]: value
+        for key, value in select(
+            samples, "credit_organization_budget_alert_threshold_ratio", organization=org
+        ).items()
+        if value > 0
+    }
+    defaults = settings["budget_levels_by_scope"].get(labels["scope"], settings["budget_levels"])
+    thresholds: dict[str, float] = {}
+    higher = float("inf")
+    for level in reversed(LEVELS):
+        found = own.get(level, organization.get(level, defaults[level]["threshold"] / 100))
+        thresholds[level] = higher = min(found, higher)
+    return thresholds
+
+
 def expected_alerts(samples: Samples, settings: Mapping[str, Any]) -> Expected:
     """Independent of PromQL: the threshold, balance and quota alerts the exported
     values must raise (counters are flat in a static database, so no runaway and
@@ -296,9 +338,9 @@ def expected_alerts(samples: Samples, settings: Mapping[str, Any]) -> Expected:
 
     def add(kind: str, crossed: list[tuple[str, Mapping[str, Any]]], labels: dict[str, str]):
         for index, (level, spec) in enumerate(crossed):
-            threshold = f"{spec['threshold']:g}"
-            alert = key({**labels, "alertname": f"{kind}{level}",
-                         "severity": spec["severity"], "threshold": threshold})  # fmt: skip
+            extra = {} if kind == "CreditBudget" else {"threshold": f"{spec['threshold']:g}"}
+            alert = key({**labels, **extra, "alertname": f"{kind}{level}",
+                         "severity": spec["severity"]})  # fmt: skip
             firing.add(alert)
             if index == len(crossed) - 1:
                 delivered.add(alert)
@@ -307,7 +349,13 @@ def expected_alerts(samples: Samples, settings: Mapping[str, Any]) -> Expected:
         labels = dict(labels_key)
         limit = next(iter(select(samples, "credit_budget_limit_credits", **labels).values()))
         if limit > 0:
-            add("CreditBudget", _levels(settings["budget_levels"], used / limit), labels)
+            levels = settings["budget_levels_by_scope"].get(
+                labels["scope"], settings["budget_levels"]
+            )
+            thresholds = budget_thresholds(samples, settings, labels)
+            crossed = [(name, spec) for name, spec in levels.items()
+                       if used / limit >= thresholds[name]]  # fmt: skip
+            add("CreditBudget", crossed, labels)
     balances: dict[str, float] = {}
     allocations: dict[str, float] = {}
     for labels_key, allocation in select(samples, "credit_allocation_credits").items():

@@ -23,6 +23,7 @@ from alerting_support import (
     promql_metric_names,
     rules,
     template_queries,
+    threshold_record,
 )
 from conftest import require_binary
 from dashboard_support import REPO  # noqa: F401 (puts the repository on sys.path)
@@ -31,6 +32,7 @@ from credit_exporter import catalog
 from monitoring import generate as monitoring_generate
 
 generate = load_generator()
+BUDGET_RATIO = "organization_scope_scope_id:credit_budget_usage:ratio"
 DOCUMENT = yaml.safe_load(RULES_FILE.read_text())
 SETTINGS = generate.load_settings()
 DASHBOARD_UIDS = set(SETTINGS["dashboards"].values())
@@ -88,15 +90,62 @@ def test_thresholds_and_severities_come_from_the_settings(tmp_path: Path) -> Non
     )  # fmt: skip
     document = yaml.safe_load(generate.render(settings))
     by_name = {rule["alert"]: rule for rule in alerts(document)}
-    assert by_name["CreditBudgetUsageHigh"]["expr"].strip().endswith(">= 0.8")
-    assert by_name["CreditBudgetUsageHigh"]["labels"] == {"severity": "info", "threshold": "80"}
-    assert by_name["CreditBudgetAlmostExhausted"]["expr"].strip().endswith(">= 0.95")
-    assert (
-        "alert threshold 95%"
-        in by_name["CreditBudgetAlmostExhausted"]["annotations"]["description"]
+    # the default of a budget without a ladder in the billing database
+    assert f"0.8 * group by (organization, scope, scope_id) ({BUDGET_RATIO})" in (
+        threshold_record(document, "UsageHigh")
     )
+    assert f"0.95 * group by (organization, scope, scope_id) ({BUDGET_RATIO})" in (
+        threshold_record(document, "AlmostExhausted")
+    )
+    assert by_name["CreditBudgetUsageHigh"]["labels"] == {"severity": "info"}
     # pools keep their own settings
     assert by_name["CreditPoolUsageHigh"]["expr"].strip().endswith(">= 0.75")
+    assert by_name["CreditPoolUsageHigh"]["labels"] == {"severity": "warning", "threshold": "75"}
+
+
+def _scope_levels_test() -> dict[str, Any]:
+    """A department budget of acme and one of globex at 65%; globex's ladder in the
+    billing database says 70% for UsageHigh."""
+    budgets = [("acme", "eng"), ("globex", "ops")]
+    series = [
+        {
+            "series": "credit_organization_budget_alert_threshold_ratio"
+            '{organization="globex",level="UsageHigh"}',
+            "values": "0.7x20",
+        }
+    ]
+    series += [
+        {
+            "series": f'credit_budget_{kind}_credits{{organization="{org}",'
+            f'scope="department",scope_id="{scope_id}"}}',
+            "values": f"{value}x20",
+        }
+        for org, scope_id in budgets
+        for kind, value in (("used", 650), ("limit", 1000))
+    ]
+    acme = 'organization="acme",scope="department",scope_id="eng",severity="info"'
+    return {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series, "promql_expr_test": [
+            {"expr": 'ALERTS{alertname=~"CreditBudget.*"}', "eval_time": f"{minute}m",
+             "exp_samples": [{"value": 1, "labels": (
+                 f'ALERTS{{alertname="CreditBudgetUsageHigh",alertstate="{state}",{acme}}}')}]}
+            for minute, state in ((4, "pending"), (5, "firing"))
+        ]}]}  # fmt: skip
+
+
+def test_scope_levels_apply_where_the_billing_database_has_no_ladder(tmp_path: Path) -> None:
+    """The scope's levels (60/85/100, for 5m) page acme's department at 65%; the
+    organization's ladder (70%) beats them for globex's."""
+    levels = {
+        "UsageHigh": {"threshold": 60, "severity": "info", "for": "5m"},
+        "AlmostExhausted": {"threshold": 85, "severity": "high", "for": "5m"},
+        "Exhausted": {"threshold": 100, "severity": "critical", "for": "5m"},
+    }
+    settings = generate.with_overrides(SETTINGS, {"budget_levels_by_scope": {"department": levels}})
+    (tmp_path / "rules.yml").write_text(generate.render(settings))
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(_scope_levels_test()))
+    result = _promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --------------------------------------------------------------------------
@@ -212,8 +261,12 @@ def test_alert_names_labels_and_annotations() -> None:
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}
         if name.startswith(("CreditBudget", "CreditPool")) and "Projected" not in name:
-            assert re.fullmatch(r"\d+(\.\d+)?", rule["labels"]["threshold"]), name
             assert "{{ $value | humanizePercentage }}" in annotations["description"], name
+        if name.startswith("CreditPool") and "Projected" not in name:
+            assert re.fullmatch(r"\d+(\.\d+)?", rule["labels"]["threshold"]), name
+        if name.startswith("CreditBudget"):
+            # a budget's threshold may come from the billing database: no static label
+            assert "threshold" not in rule["labels"], name
 
 
 def test_dashboard_links_use_known_uids_and_variables() -> None:
@@ -276,7 +329,7 @@ def test_amtool_check_config() -> None:
     result = _amtool("check-config", str(ALERTMANAGER_EXAMPLE))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert "5 inhibit rules" in result.stdout
+    assert "6 inhibit rules" in result.stdout
 
 
 ROUTES = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from alerting_support import (
 )
 from conftest import require_binary
 from stream_support import SPEND_TABLE
-from support import http_get, start_exporter, start_prometheus, wait_until
+from support import http_get, select, start_exporter, start_prometheus, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO / "config.example.yaml"
@@ -70,31 +71,31 @@ POOL = "CreditPool"
 # (alert, muted by the example configuration, muted by a naive configuration)
 CASES = [
     (_alert(f"{BUDGET}Exhausted", organization="acme", scope="user", scope_id="u1@acme",
-            severity="critical", threshold="100"), False, False),
+            severity="critical"), False, False),
     (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="user", scope_id="u1@acme",
-            severity="warning", threshold="75"), True, True),
+            severity="warning"), True, True),
     (_alert(f"{BUDGET}AlmostExhausted", organization="acme", scope="user", scope_id="u1@acme",
-            severity="high", threshold="90"), True, True),
+            severity="high"), True, True),
     # another user, another organization, another scope with the same id: not muted
     (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="user", scope_id="u2@acme",
-            severity="warning", threshold="75"), False, False),
+            severity="warning"), False, False),
     (_alert(f"{BUDGET}UsageHigh", organization="globex", scope="user", scope_id="u1@acme",
-            severity="warning", threshold="75"), False, False),
+            severity="warning"), False, False),
     (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="project", scope_id="u1@acme",
-            severity="warning", threshold="75"), False, False),
+            severity="warning"), False, False),
     # a gateway's team and virtual key: the exhausted team mutes its own 75%,
     # not the 75% of a key that happens to share its id
     (_alert(f"{BUDGET}Exhausted", organization="acme", scope="team", scope_id="ml-research",
-            severity="critical", threshold="100"), False, False),
+            severity="critical"), False, False),
     (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="team", scope_id="ml-research",
-            severity="warning", threshold="75"), True, True),
+            severity="warning"), True, True),
     (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="api_key", scope_id="ml-research",
-            severity="warning", threshold="75"), False, False),
+            severity="warning"), False, False),
     # 90% mutes 75% of the organization budget
     (_alert(f"{BUDGET}AlmostExhausted", organization="acme", scope="organization",
-            scope_id="acme", severity="high", threshold="90"), False, False),
+            scope_id="acme", severity="high"), False, False),
     (_alert(f"{BUDGET}UsageHigh", organization="acme", scope="organization", scope_id="acme",
-            severity="warning", threshold="75"), True, True),
+            severity="warning"), True, True),
     # pools: the exhausted plan pool mutes its own lower levels only
     (_alert(f"{POOL}Exhausted", organization="acme", pool="plan", severity="critical",
             threshold="100"), False, False),
@@ -107,9 +108,9 @@ CASES = [
      False, True),
     # a budget query mapped without scope_id: both sides empty, not "the same scope"
     (_alert(f"{BUDGET}Exhausted", organization="initech", scope="organization",
-            severity="critical", threshold="100"), False, False),
+            severity="critical"), False, False),
     (_alert(f"{BUDGET}UsageHigh", organization="initech", scope="organization",
-            severity="warning", threshold="75"), False, True),
+            severity="warning"), False, True),
     # the exporter: a failing query mutes its own staleness (the naive rules
     # mute the cause by its symptom, and by any other organization-less alert)
     (_alert("CreditExporterQueryFailing", instance="exporter:9187", query="budgets",
@@ -126,6 +127,16 @@ CASES = [
             severity="warning"), True, True),
     (_alert("CreditExporterReconcileStale", instance="exporter:9187", query="messages",
             severity="warning"), False, True),
+    # a stalled source mutes its own failing and staleness alerts (the stall is the
+    # cause), not another source's
+    (_alert("CreditExporterSourceStalled", instance="exporter:9187", query="credit_pools",
+            severity="high"), False, False),
+    (_alert("CreditExporterQueryFailing", instance="exporter:9187", query="credit_pools",
+            severity="warning"), True, True),
+    (_alert("CreditExporterDataStale", instance="exporter:9187", query="credit_pools",
+            severity="high"), True, False),
+    (_alert("CreditExporterDataStale", instance="exporter:9188", query="credit_pools",
+            severity="high"), False, False),
 ]  # fmt: skip
 
 # The rule most configurations start from: by severity, equal on the scope.
@@ -294,6 +305,35 @@ def test_demo_alerts_reach_on_call_once_per_scope_and_resolve(
         )
         assert text in initech["annotations"]["description"], initech["annotations"]
 
+        # Ladders of the billing database: umbrella's organization budget (about 60%,
+        # under the default 75%) is paged at its organization's 50%; the umbrella
+        # budget with a ladder of its own (60/90/100, at about 85%) is at UsageHigh
+        # where its organization's ladder would say AlmostExhausted (80%).
+        umbrella = _delivered(firing, organization="umbrella", scope="organization")
+        ratio = _ratio(exporter, organization="umbrella", scope="organization")
+        assert 0.5 <= ratio < 0.75, ratio
+        assert umbrella["labels"]["alertname"] == "CreditBudgetUsageHigh", umbrella["labels"]
+        assert umbrella["annotations"]["summary"].startswith("Credit budget past 50%:")
+        assert (
+            "alert threshold 50%, its organization's ladder in the billing database"
+            in umbrella["annotations"]["description"]
+        ), umbrella["annotations"]
+        own_ladder = {
+            name: value
+            for name, value in next(iter(select(
+                exporter.samples(), "credit_budget_alert_threshold_ratio", organization="umbrella"
+            )))
+            if name != "level"
+        }  # fmt: skip
+        assert own_ladder["scope"] != "organization", own_ladder
+        own = _delivered(firing, **own_ladder)
+        assert 0.8 <= _ratio(exporter, **own_ladder) < 0.9
+        assert own["labels"]["alertname"] == "CreditBudgetUsageHigh", own["labels"]
+        assert (
+            "alert threshold 60%, its own ladder in the billing database"
+            in own["annotations"]["description"]
+        ), own["annotations"]
+
         # 2. Resolved: raise every budget limit of the three organizations.
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
@@ -317,10 +357,59 @@ def test_demo_alerts_reach_on_call_once_per_scope_and_resolve(
         assert {
             a for a in expected.firing if dict(a)["alertname"].startswith("CreditPool")
         } <= still
+
+        # 3. One page per crossing: umbrella's organization budget moves past the
+        # 80% of its ladder. AlmostExhausted pages; the UsageHigh notified in step 1
+        # is muted from then on: neither a second notification nor a resolution.
+        used = exporter.value(
+            "credit_budget_used_credits", organization="umbrella", scope="organization"
+        )
+        assert used is not None
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE budgets SET monthly_limit = round(%s / 0.85, 6) WHERE scope ="
+                " 'organization' AND organization_id = (SELECT id FROM organizations"
+                " WHERE slug = 'umbrella')",
+                (Decimal(repr(used)),),
+            )
+        scope = {"organization": "umbrella", "scope": "organization", "scope_id": "umbrella"}
+        almost = key({**scope, "alertname": "CreditBudgetAlmostExhausted", "severity": "high"})
+        usage_high = key({**scope, "alertname": "CreditBudgetUsageHigh", "severity": "warning"})
+        wait_for_notifications(receiver, "firing", {almost}, timeout=30)
+
+        def muted() -> bool:
+            states = {key(a["labels"]): a["status"] for a in manager.alerts()}
+            return usage_high in states and states[usage_high]["state"] == "suppressed"
+
+        wait_until(muted, 15, "Alertmanager to mute umbrella's UsageHigh", step=0.2)
+        settle(3)
+        assert usage_high in _firing_in_prometheus(prometheus)
+        pages = [(path, alert["status"]) for path, alert in receiver.alerts()
+                 if key(alert["labels"]) in (almost, usage_high)]  # fmt: skip
+        assert sorted(pages) == [("pager-high", "firing"), ("team-channel", "firing")], pages
         assert time.monotonic() - started < 90
     finally:
         for process in reversed(stack):
             process.stop()
+
+
+def _delivered(firing: list[tuple[str, dict[str, Any]]], **labels: str) -> dict[str, Any]:
+    """The one budget alert on-call got for a budget."""
+    found = [
+        alert
+        for _, alert in firing
+        if alert["labels"]["alertname"].startswith("CreditBudget")
+        and all(alert["labels"].get(name) == value for name, value in labels.items())
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _ratio(exporter: Any, **labels: str) -> float:
+    used = exporter.value("credit_budget_used_credits", **labels)
+    limit = exporter.value("credit_budget_limit_credits", **labels)
+    assert used is not None and limit, labels
+    return used / limit
 
 
 # --------------------------------------------------------------------------

@@ -262,6 +262,15 @@ def test_dashboards_have_the_required_variables() -> None:
     assert not variables(DASHBOARDS["credit-agent-analytics"])["agent"]["multi"]
 
 
+def test_health_job_variable_all_means_the_jobs_of_credit_exporter_not_every_target() -> None:
+    """Panels read `up{job=~"$job"}`: a catch-all All value (".*") would list every
+    target of a shared Prometheus. Without one, Grafana's All is the regex of the
+    jobs that export credit_build_info."""
+    job = variables(DASHBOARDS["credit-exporter-health"])["job"]
+    assert job["includeAll"] and "allValue" not in job
+    assert job["query"] == "label_values(credit_build_info, job)"
+
+
 def test_every_variable_is_used_by_a_panel_or_another_variable() -> None:
     for uid, dashboard in DASHBOARDS.items():
         text = json.dumps([dashboard["panels"], [v.get("query") for v in variables(
@@ -957,8 +966,10 @@ def test_preview_renders_every_dashboard_png_without_panel_errors(stack: Stack, 
         skip_or_fail("matplotlib is not installed (pip install matplotlib)")
     from dashboards import preview
 
+    # each dashboard over its own default range, as the committed previews are drawn
+    # (30 days at a panel's 1m min interval once asked Prometheus for too many points)
     code = preview.main(["--prometheus", stack.prometheus.url, "--postgres", stack.dsn,
-                         "--output", str(tmp_path), "--range", "10m"])  # fmt: skip
+                         "--output", str(tmp_path)])  # fmt: skip
     assert code == 0
     for uid in DASHBOARDS:
         png = tmp_path / f"{uid}.png"
@@ -997,3 +1008,47 @@ def test_preview_sql_table_cells_show_times_to_the_second_and_numbers_plainly() 
     started = datetime(2026, 11, 23, 5, 30, 7, 313123, tzinfo=UTC)
     row = (started, "Chat", 14, Decimal("2.50"), None)
     assert [preview.sql_cell(c) for c in row] == ["2026-11-23 05:30:07", "Chat", "14", "2.5", ""]
+
+
+def test_preview_default_range_is_each_dashboards_own_time_from() -> None:
+    from dashboards import preview
+
+    now = datetime(2026, 12, 4, 6, 0, tzinfo=UTC).timestamp()
+    assert preview.default_range(DASHBOARDS["credit-usage"], now) == 30 * 86400
+    assert preview.default_range(DASHBOARDS["credit-exporter-health"], now) == 6 * 3600
+    # now/M: from the start of the month (UTC), 3 days and 6 hours here
+    assert preview.default_range(DASHBOARDS["credit-org-analytics"], now) == 3 * 86400 + 6 * 3600
+
+
+def test_preview_variable_override_replaces_the_default_and_refuses_an_unknown_value() -> None:
+    from dashboards import preview
+
+    values = {"organization": "acme", "agent": "billing-bot"}
+    options = {"organization": ["acme"], "agent": ["billing-bot", "sales-outreach"]}
+    assert preview.override(values, options, ["agent=sales-outreach"]) == {
+        "organization": "acme", "agent": "sales-outreach"}  # fmt: skip
+    # uid:name=value: that dashboard's variable only
+    assert preview.override(values, options, ["credit-usage:agent=sales-outreach"],
+                            "credit-agent-analytics")["agent"] == "billing-bot"  # fmt: skip
+    with pytest.raises(ValueError, match="no-such-agent"):
+        preview.override(values, options, ["agent=no-such-agent"])
+
+
+def test_preview_title_puts_the_note_on_a_second_line() -> None:
+    from dashboards import preview
+
+    values = {"datasource": "prometheus", "organization": "acme", "job": ALL, "instance": ALL}
+    title = preview.title_text(DASHBOARDS["credit-exporter-health"], values, "7 days of history")
+    assert title.splitlines()[1] == "7 days of history"
+
+
+def test_bars_of_growth_between_boundaries_say_a_series_first_bar_reads_low() -> None:
+    from dashboards.common import FIRST_BAR_NOTE, GROWTH_MARK
+
+    found = 0
+    for dashboard in DASHBOARDS.values():
+        for panel in panels(dashboard):
+            if any(GROWTH_MARK in t.get("expr", "") for t in panel.targets):
+                found += 1
+                assert FIRST_BAR_NOTE in panel.panel["description"], panel
+    assert found >= 12

@@ -159,6 +159,11 @@ BUDGETS = [  # id, org, scope, scope_ref_id, monthly_limit
     (6, 2, "organization", 2, 1000),
     (7, 2, "project", 3, 800),
 ]
+BUDGET_ALERT_LEVELS = [  # org, budget (None: the org's ladder), level, percent
+    (1, None, "usage_high", 50), (1, None, "almost_exhausted", 80), (1, None, "exhausted", 100),
+    (1, 4, "usage_high", Decimal("62.5")),  # alice: her own first level only
+    (2, 7, "usage_high", 70), (2, 7, "almost_exhausted", 85), (2, 7, "exhausted", 95),
+]  # fmt: skip
 AUTO_RECHARGE = [(1, True, 100, 500), (2, False, Decimal("50.5"), 200)]
 PHONE_NUMBERS = [
     (1, 1, "+15550001", None),
@@ -244,6 +249,11 @@ def insert_dataset(dsn: str) -> None:
             [(*row, NOW) for row in CREDIT_POOLS],
         )
         put("budgets", "id, organization_id, scope, scope_ref_id, monthly_limit", BUDGETS)
+        put(
+            "budget_alert_levels",
+            "organization_id, budget_id, level, threshold_percent",
+            BUDGET_ALERT_LEVELS,
+        )
         put(
             "auto_recharge",
             "organization_id, enabled, threshold_credits, amount_credits",
@@ -452,6 +462,54 @@ def test_budget_with_missing_scope_row_is_skipped(billing_db: str) -> None:
             "VALUES (8, 1, 'department', 3, 100), (9, 1, 'user', 999, 100)"
         )  # department 3 belongs to globex; user 999 does not exist
     assert len(series(billing_db, "credit_budget_used_credits")) == len(BUDGETS)
+
+
+def test_organization_alert_ladder_is_exported_as_ratios_by_alert_level(billing_db: str) -> None:
+    assert series(billing_db, "credit_organization_budget_alert_threshold_ratio") == {
+        ("acme", "UsageHigh"): 0.5,
+        ("acme", "AlmostExhausted"): 0.8,
+        ("acme", "Exhausted"): 1.0,
+    }
+
+
+def test_budget_ladders_are_exported_by_the_budgets_scope_and_scope_id(billing_db: str) -> None:
+    assert series(billing_db, "credit_budget_alert_threshold_ratio") == {
+        ("acme", "user", "alice@acme.test", "UsageHigh"): 0.625,
+        ("globex", "project", "helpdesk", "UsageHigh"): 0.7,
+        ("globex", "project", "helpdesk", "AlmostExhausted"): 0.85,
+        ("globex", "project", "helpdesk", "Exhausted"): 0.95,
+    }
+
+
+def test_budget_ladder_of_a_budget_with_missing_scope_row_is_skipped(billing_db: str) -> None:
+    with psycopg.connect(billing_db) as conn:
+        conn.execute(
+            "INSERT INTO budgets (id, organization_id, scope, scope_ref_id, monthly_limit) "
+            "VALUES (8, 1, 'department', 3, 100)"
+        )  # department 3 belongs to globex
+        conn.execute(
+            "INSERT INTO budget_alert_levels (organization_id, budget_id, level, threshold_percent)"
+            " VALUES (1, 8, 'usage_high', 10)"
+        )
+    assert len(series(billing_db, "credit_budget_alert_threshold_ratio")) == 4
+
+
+def test_a_budget_ladder_naming_another_organization_is_refused(billing_db: str) -> None:
+    with psycopg.connect(billing_db) as conn, pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute(
+            "INSERT INTO budget_alert_levels (organization_id, budget_id, level, threshold_percent)"
+            " VALUES (2, 4, 'exhausted', 90)"
+        )  # budget 4 is acme's
+
+
+def test_a_second_threshold_for_one_level_of_a_ladder_is_refused(billing_db: str) -> None:
+    for budget in ("NULL", "4"):
+        with psycopg.connect(billing_db) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "INSERT INTO budget_alert_levels"
+                " (organization_id, budget_id, level, threshold_percent)"
+                f" VALUES (1, {budget}, 'usage_high', 55)"
+            )
 
 
 def test_slots_and_seats_count_active_agents_and_users(billing_db: str) -> None:

@@ -6,8 +6,10 @@ committed config and rule files (not stale, and accepted by promtool)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -159,6 +161,24 @@ def test_the_config_comes_from_the_configmap_and_the_dsn_from_a_secret() -> None
         assert "dsn" not in database, f"databases.{name}: a literal DSN in a ConfigMap"
         variable = database["dsn_env"]
         assert "secretKeyRef" in env[variable]["valueFrom"], variable
+
+
+def test_the_report_cronjob_runs_an_image_built_with_the_report_extra() -> None:
+    """`report --format pdf` needs matplotlib, which only the report extra installs:
+    the CronJob's image must be the one the Dockerfile builds with EXTRAS=report."""
+    job = one("CronJob", "credit-report-monthly")
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert "--format pdf" in " ".join(container["args"])
+    image = container["image"]
+    text = (KUBE / "report-cronjob.yaml").read_text()
+    assert f"--build-arg EXTRAS=report -t {image} ." in text, image
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'ARG EXTRAS=""' in dockerfile
+    assert re.search(r"^RUN pip wheel .* \"\.\$\{EXTRAS:\+\[\$EXTRAS\]\}\"$", dockerfile, re.M)
+    report_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["report"]
+    assert any(requirement.startswith("matplotlib") for requirement in report_extra)
 
 
 def test_the_generated_files_are_not_stale() -> None:

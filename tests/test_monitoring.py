@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from alerting_support import threshold_record
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -46,8 +47,12 @@ def budget_steps(output: Path) -> list[list[dict[str, Any]]]:
     return found
 
 
+def rules_document(output: Path) -> dict[str, Any]:
+    return yaml.safe_load((output / "alert_rules" / "credit-exporter.rules.yml").read_text())
+
+
 def alerts(output: Path) -> dict[str, dict[str, Any]]:
-    document = yaml.safe_load((output / "alert_rules" / "credit-exporter.rules.yml").read_text())
+    document = rules_document(output)
     found: dict[str, dict[str, Any]] = {}
     for rule in (r for g in document["groups"] for r in g["rules"] if "alert" in r):
         found.setdefault(rule["alert"], rule)  # the default levels come first
@@ -94,8 +99,7 @@ def test_changing_the_first_level_recolours_dashboards_and_rules(tmp_path: Path)
     assert done.returncode == 0, done.stderr
     steps = budget_steps(tmp_path / "build")
     assert steps and all([s["value"] for s in st[1:]] == [70, 90, 100] for st in steps)
-    rule = alerts(tmp_path / "build")["CreditBudgetUsageHigh"]
-    assert ">= 0.7\n" in rule["expr"] and rule["labels"]["threshold"] == "70"
+    assert "0.7 * group by" in threshold_record(rules_document(tmp_path / "build"), "UsageHigh")
 
 
 def test_a_wrong_metric_name_fails_the_build(tmp_path: Path) -> None:
@@ -112,7 +116,7 @@ def test_the_worked_example_overrides_levels_links_panels_and_alerts(tmp_path: P
     done = build_with(EXAMPLE, output)
     assert done.returncode == 0, done.stderr
     built = alerts(output)
-    assert built["CreditBudgetUsageHigh"]["labels"]["threshold"] == "70"
+    assert "0.7 * group by" in threshold_record(rules_document(output), "UsageHigh")
     assert built["CreditExporterDown"]["annotations"]["runbook_url"].startswith(
         "https://wiki.example.internal/credit-exporter/runbooks#"
     )
@@ -150,7 +154,7 @@ def test_the_worked_example_gives_departments_levels_of_their_own(tmp_path: Path
             "exp_samples": [{"value": 1, "labels": (
                 'ALERTS{alertname="CreditBudgetUsageHigh", alertstate="firing", '
                 'organization="acme", scope="department", scope_id="sales", '
-                'severity="info", threshold="50"}')}],
+                'severity="info"}')}],
         }]}],
     }))  # fmt: skip
     done = subprocess.run(["promtool", "test", "rules", str(unit)], capture_output=True,

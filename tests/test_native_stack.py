@@ -81,12 +81,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeStack]:
          *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))),
          # at most the 5m lookback, or the recorded rules can miss every sample (test_compose)
          "--backfill-step", "1h", "--backfill-recent-step", "5m",
-         "--scrape-interval", "2s", "--fast-alerts"],
+         "--scrape-interval", "2s", "--fast-alerts", "--state-history"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     output: list[str] = []
     assert process.stdout is not None
-    watchdog = threading.Timer(150, process.kill)  # a start that hangs fails, not blocks
+    watchdog = threading.Timer(240, process.kill)  # a start that hangs fails, not blocks
     watchdog.start()
     dsn = None
     for line in process.stdout:
@@ -134,6 +134,33 @@ def test_backfilled_value_two_days_ago_equals_the_sql_total_up_to_then(
     assert len(expected) > 50
     assert exported == {key: float(value) for key, value in expected.items()}
     assert {r["metric"]["job"] for r in result} == {"credit-exporter"}
+
+
+@pytest.mark.slow
+def test_state_history_budget_used_half_a_day_ago_is_the_periods_usage_up_to_then(
+    stack: NativeStack,
+) -> None:
+    """--state-history: the organization budgets' used credits at a past 5m step, as
+    Prometheus serves them, equal the SQL sum of the period's rows up to that time,
+    and carry the labels of the live series (which continue them)."""
+    at = (int(time.time()) - 43200) // 300 * 300
+    past = {r["metric"]["scope_id"]: Decimal(r["value"][1]) for r in stack.query(
+        'credit_budget_used_credits{scope="organization"}', at=at)}  # fmt: skip
+    with psycopg.connect(stack.dsn) as conn:
+        expected = dict(conn.execute(
+            "SELECT o.slug, coalesce(sum(ue.credits), 0) FROM organizations o "
+            "JOIN billing_periods bp ON bp.organization_id = o.id "
+            " AND bp.starts_at <= %(t)s AND %(t)s < bp.ends_at "
+            "JOIN budgets b ON b.organization_id = o.id AND b.scope = 'organization' "
+            "LEFT JOIN usage_events ue ON ue.organization_id = o.id AND NOT ue.playground "
+            " AND ue.occurred_at >= bp.starts_at AND ue.occurred_at <= %(t)s GROUP BY o.slug",
+            {"t": datetime.fromtimestamp(at, UTC)}).fetchall())  # fmt: skip
+    assert expected and past == expected
+    labels = [frozenset(r["metric"].items()) for r in stack.query(
+        'credit_budget_used_credits{scope="organization"}', at=at)]  # fmt: skip
+    live = {frozenset(r["metric"].items()) for r in stack.query(
+        'credit_budget_used_credits{scope="organization"}')}  # fmt: skip
+    assert set(labels) <= live
 
 
 @pytest.mark.slow

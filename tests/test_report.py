@@ -386,3 +386,21 @@ def test_json_period_says_whether_it_runs_to_date(demo_db: str, tmp_path: Path) 
     past = report_json(config, tmp_path, "--period", _month(now.replace(day=1) - timedelta(days=1)))
     assert current["period"]["to_date"] is True
     assert past["period"]["to_date"] is False
+
+
+def test_pdf_prints_a_cheap_models_credits_per_prompt_to_three_significant_digits(
+    demo_db: str, demo_report: Any, tmp_path: Path
+) -> None:
+    """An embedding model at 0.1x costs about a thousandth of a credit per prompt:
+    "0.00" would read as free."""
+    document, start, end = demo_report
+    models = document["tables"]["models"]
+    cheap = [m for m in models if 0 < Decimal(str(m["average_credits_per_prompt"])) < 0.01]
+    assert cheap, "the demo must have a model under 0.01 credits per prompt"
+    pages = _pdf_text(demo_db, tmp_path, "--from", _iso(start), "--to", _iso(end))
+    (page,) = [page for page in pages if "Usage, response time and success" in page]
+    for model in cheap:
+        exact = Decimal(str(model["average_credits_per_prompt"]))
+        three_digits = f"{exact:.{2 - exact.adjusted()}f}"
+        row = page[page.index(f" {model['model']} {model['tier']} ") :][:120]
+        assert f" {three_digits} " in row, (three_digits, row)

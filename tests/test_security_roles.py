@@ -22,7 +22,7 @@ from test_dashboards import DASHBOARDS, SQL_TARGETS, _sql_defaults, _time_range
 
 DOC = REPO / "docs" / "security.md"
 EXAMPLE = REPO / "config.example.yaml"
-SCHEMA = REPO / "exporter" / "credit_exporter" / "demo" / "migrations" / "001_reference_schema.sql"
+MIGRATIONS = REPO / "exporter" / "credit_exporter" / "demo" / "migrations"
 BLOCK = re.compile(r"<!-- sql:(?P<name>[\w-]+) -->\s*```sql\n(?P<sql>.*?)```", re.S)
 GRANT_SELECT = re.compile(r"GRANT SELECT ON TABLE\s+(?P<tables>[\w,\s]+?)\s+TO\s", re.S)
 DOC_ROLES = {"exporter-role": "credit_exporter_reader", "grafana-role": "credit_grafana_reader"}
@@ -40,7 +40,8 @@ def granted_tables(sql: str) -> set[str]:
 
 
 def tables_read(sql: str) -> set[str]:
-    tables = set(re.findall(r"CREATE TABLE (\w+)", SCHEMA.read_text()))
+    schema = "\n".join(path.read_text() for path in sorted(MIGRATIONS.glob("*.sql")))
+    tables = set(re.findall(r"CREATE TABLE (\w+)", schema))
     return {t for t in tables if re.search(rf"\b(?:FROM|JOIN)\s+{t}\b", sql, re.I)}
 
 

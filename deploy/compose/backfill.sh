@@ -2,11 +2,12 @@
 # One-shot (Compose service "backfill", exporter image): write the demo database's
 # history into Prometheus's data volume before Prometheus starts, with the job
 # and instance labels of the live scrape so the live samples continue the same
-# series. Older history at BACKFILL_STEP (default 1h), the last day at
-# BACKFILL_RECENT_STEP (default 1m): 90 days at 1m would be ~125 GB of transient
-# OpenMetrics (docs/backfill.md). BACKFILL_RECENT_STEP at most 5m: backfill-rules.sh
+# series. Older history at BACKFILL_STEP (default 1h), the last BACKFILL_RECENT_DAYS
+# (default 1) at BACKFILL_RECENT_STEP (default 1m): 90 days at 1m would be ~125 GB of
+# transient OpenMetrics (docs/backfill.md). BACKFILL_RECENT_STEP at most 5m: backfill-rules.sh
 # evaluates the recording rules over the last day, and a coarser step leaves the
-# 5-minute lookback empty at the evaluation times for some start times. Runs once
+# 5-minute lookback empty at the evaluation times for some start times; the
+# recording rules are backfilled over the recent tier only. Runs once
 # per data volume (marker file, which also tells backfill-rules.sh the last day's
 # range and step).
 # deploy/native_stack.py runs this same script with the paths and the instance
@@ -22,7 +23,7 @@ fi
 days="${BACKFILL_DAYS:-90}"
 recent_step="${BACKFILL_RECENT_STEP:-1m}"
 end=$(date +%s)
-day_ago=$((end - 86400))
+day_ago=$((end - ${BACKFILL_RECENT_DAYS:-1} * 86400))
 start=$((end - days * 86400))
 rfc3339() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
 backfill() {

@@ -279,6 +279,21 @@ METRICS: tuple[Metric, ...] = (
        "api_key) for its current period; absent when the scope has no limit.",
        (ORG, "scope", "scope_id"), ST, Group.STATE,
        10_071, "same scopes as credit_budget_used_credits"),
+    _m("credit_organization_budget_alert_threshold_ratio", G, "ratio",
+       "An organization's alert ladder for all its budgets: the share of a budget's limit "
+       "(0.5 = 50%) at which the alert of a level (UsageHigh, AlmostExhausted, Exhausted) "
+       "fires; absent for a level the organization has not set (the alert rules' default "
+       "applies).",
+       (ORG, "level"), ST, Group.STATE,
+       3, "3 levels"),
+    _m("credit_budget_alert_threshold_ratio", G, "ratio",
+       "One budget's own alert ladder: the share of its limit (0.5 = 50%) at which the alert "
+       "of a level (UsageHigh, AlmostExhausted, Exhausted) fires, over its organization's "
+       "ladder (credit_organization_budget_alert_threshold_ratio); absent for a level the "
+       "budget has not set. Scopes as for credit_budget_used_credits.",
+       (ORG, "scope", "scope_id", "level"), ST, Group.STATE,
+       300, "3 levels x 100 budgets with a ladder of their own (the exception: a ladder for "
+       "all budgets is the organization's)"),
     _m("credit_agent_slots_used", G, "",
        "Agent (chatbot) slots in use.",
        (ORG,), ST, Group.STATE,

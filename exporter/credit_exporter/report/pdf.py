@@ -8,6 +8,7 @@ cut short says so ("top 20 of 31"); the CSV and JSON always hold every row.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 from datetime import datetime
@@ -47,6 +48,16 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _per_prompt(value: float | None) -> str:
+    """Credits per prompt: 2 decimals from 1 up, three significant digits below, so
+    that a cheap model's 0.00115 does not print as a free 0.00."""
+    if value is None:
+        return "-"
+    if value == 0 or abs(value) >= 1:
+        return _num(value)
+    return f"{value:.{2 - math.floor(math.log10(abs(value)))}f}"
 
 
 def _multiplier(value: Decimal | None) -> str:
@@ -142,7 +153,7 @@ def _summary_page(report: Report) -> Figure:
         ("Credits refunded", _credits(s.credits_refunded)),
         (_remaining_label(report), _credits(s.credits_remaining)),
         ("Prompts", f"{s.prompts:,}"),
-        ("Average credits per prompt", _num(s.average_credits_per_prompt, 3)),
+        ("Average credits per prompt", _per_prompt(s.average_credits_per_prompt)),
         ("Peak day", f"{s.peak_day} ({_credits(s.peak_day_credits)} credits)"),
         (
             "Peak hour (UTC)",
@@ -212,7 +223,7 @@ def _models_page(report: Report) -> Figure:
         [
             m.model, m.tier or "-", _multiplier(m.multiplier),
             f"{m.prompts:,}", _credits(m.credits), _pct(m.share),
-            _num(m.average_credits_per_prompt), _num(m.average_response_seconds),
+            _per_prompt(m.average_credits_per_prompt), _num(m.average_response_seconds),
             _pct(m.success_rate), _num(m.average_rating),
         ]
         for m in models[:MODEL_ROWS]
@@ -230,7 +241,7 @@ def _users_page(report: Report) -> Figure:
     users = report.tables["users"]
     rows = [
         [u.user, f"{u.prompts:,}", u.top_model, _credits(u.credits),
-         _num(u.average_credits_per_prompt)]
+         _per_prompt(u.average_credits_per_prompt)]
         for u in users[:20]
     ]  # fmt: skip
     title = f"Users by credits ({_top(len(rows), len(users), 'users')})"
@@ -368,7 +379,7 @@ def _efficiency_page(report: Report) -> Figure:
     shown = [e for e in efficiency if e.rank <= per_kind]
     rows = [
         [str(e.rank), e.service_type or "-", e.task_category, e.model, f"{e.prompts:,}",
-         _num(e.average_credits_per_prompt, 3), _pct(e.success_rate)]
+         _per_prompt(e.average_credits_per_prompt), _pct(e.success_rate)]
         for e in shown
     ]  # fmt: skip
     fig.text(

@@ -5,9 +5,17 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from decimal import Decimal
 from operator import itemgetter
 
-from credit_exporter.demo.generator.reference import BUDGET_TARGETS, MS_PER_HOUR, MS_PER_MINUTE
+from credit_exporter.demo.generator.reference import (
+    ALERT_LEVELS,
+    BUDGET_ALERT_LADDER,
+    BUDGET_TARGETS,
+    MS_PER_HOUR,
+    MS_PER_MINUTE,
+    ORG_ALERT_LADDERS,
+)
 from credit_exporter.demo.generator.sampling import format_cents, format_credits, from_ms
 from credit_exporter.demo.generator.timeline import Timeline
 from credit_exporter.demo.generator.world import Org, World
@@ -177,3 +185,43 @@ def _budgets(
                 limit = max(1, -(-micro * 1000 // target // 1_000_000))
                 rows.append((org.id, scope, ref, f"{limit}.000000"))
     return [(n, *row) for n, row in enumerate(rows, start=1)]
+
+
+def _alert_levels(world: World, usage: PeriodUsage, budgets: list[tuple]) -> list[tuple]:
+    """budget_alert_levels rows: the organizations' ladders of ORG_ALERT_LADDERS and
+    the budget ladder of BUDGET_ALERT_LADDER. Deterministic (no draw from the seed's
+    random stream), so every other table stays as it was without ladders."""
+
+    def ladder(org_id: int, budget_id: int | None, percents: tuple[int | None, ...]):
+        return [
+            (org_id, budget_id, level, f"{percent}.000")
+            for level, percent in zip(ALERT_LEVELS, percents, strict=True)
+            if percent is not None
+        ]
+
+    by_slug = {org.slug: org for org in world.orgs}
+    rows = [
+        row
+        for slug, percents in ORG_ALERT_LADDERS.items()
+        if slug in by_slug
+        for row in ladder(by_slug[slug].id, None, percents)
+    ]
+    slug, below_milli, percents = BUDGET_ALERT_LADDER
+    if slug not in by_slug:
+        return rows
+    org_id = by_slug[slug].id
+    used = {
+        (scope, ref): micro
+        for (org, scope), refs in usage.by_scope.items()
+        if org == org_id
+        for ref, micro in refs
+    }
+    ratios = [
+        (used.get((scope, ref), 0) * 1000 / (Decimal(limit) * 1_000_000), budget_id)
+        for budget_id, org, scope, ref, limit in budgets
+        if org == org_id and scope != "organization"
+    ]
+    below = [(ratio, budget_id) for ratio, budget_id in ratios if ratio < below_milli]
+    if below:
+        rows += ladder(org_id, max(below)[1], percents)
+    return rows

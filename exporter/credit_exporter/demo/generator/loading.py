@@ -20,6 +20,7 @@ from credit_exporter.demo import pgbinary
 from credit_exporter.demo.generator.allocations import (
     Allocation,
     PeriodUsage,
+    _alert_levels,
     _allocate,
     _auto_recharge,
     _budgets,
@@ -37,8 +38,8 @@ from credit_exporter.progress import ProgressBar
 ALL_TABLES = (
     "plans", "plan_quotas", "organizations", "billing_periods", "departments", "projects",
     "users", "models", "agents", "service_types", "pricing_rules", "task_categories", "channels",
-    "credit_pools", "budgets", "auto_recharge", "topups", "phone_numbers", "visitors",
-    "conversations", "messages", "feedback", "paid_agent_subscriptions",
+    "credit_pools", "budgets", "budget_alert_levels", "auto_recharge", "topups", "phone_numbers",
+    "visitors", "conversations", "messages", "feedback", "paid_agent_subscriptions",
     "paid_agent_transactions", "usage_events",
 )  # fmt: skip
 SERIAL_TABLES = ("topups", "visitors", "conversations", "messages", "feedback",
@@ -350,6 +351,8 @@ def _finish(
         ("auto_recharge", "organization_id, enabled, threshold_credits, amount_credits",
          _auto_recharge(world, allocations)),
         ("budgets", "id, organization_id, scope, scope_ref_id, monthly_limit", budgets),
+        ("budget_alert_levels", "organization_id, budget_id, level, threshold_percent",
+         _alert_levels(world, usage, budgets)),
     ):  # fmt: skip
         _copy_rows(cur, table, columns, rows)
     for table in SERIAL_TABLES:

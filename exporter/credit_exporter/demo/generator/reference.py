@@ -347,3 +347,14 @@ UNANSWERED = 0.03
 FEEDBACK = 0.15  # chance a (non-call) conversation gets a rating
 REFUND_EVERY = (3_000, 11_000)  # events between two refunds or corrections
 BUDGET_TARGETS = (770, 920, 1020, 600, 450, 300, 850)  # used / limit x 1000
+# Alert ladders (budget_alert_levels, percent of the limit per level; None: no
+# row, the monitoring's default applies). A cautious customer alerted from 50 %,
+# and one that only wants its first warning earlier (a partial ladder).
+ORG_ALERT_LADDERS: dict[str, tuple[int | None, int | None, int | None]] = {
+    "umbrella": (50, 80, 100),
+    "northwind": (40, None, None),
+}
+# One budget with a ladder of its own, over its organization's: the scoped budget
+# of this organization with the highest usage ratio below this one (x 1000).
+BUDGET_ALERT_LADDER = ("umbrella", 900, (60, 90, 100))
+ALERT_LEVELS = ("usage_high", "almost_exhausted", "exhausted")  # lowest first
