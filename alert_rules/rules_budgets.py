@@ -14,6 +14,8 @@ from rules_settings import (
     BUDGET_THRESHOLD,
     LEVELS,
     ORGANIZATION_LADDER,
+    PERIOD_AVERAGE,
+    RESET_GUARD,
     seconds,
 )
 from rules_templates import (
@@ -129,9 +131,42 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
                 f"{burn}{sel}",
                 BUDGET_KEY,
                 f"never: not burning (no spend in the last {window})",
-                f"unknown (less than {window} of usage in this billing period)",
+                when(
+                    f"max(credit_budget_used_credits{sel}) <= 0",
+                    BUDGET_KEY,
+                    "never: not burning (nothing used this billing period)",
+                    "unknown (no usage or billing period data)",
+                ),
             ),
         ),
+        bases={
+            window: f"at the burn of the last {window}",
+            PERIOD_AVERAGE: "at the billing period's average pace (less than "
+            f"{window} of this period's usage is known)",
+        },
+    )
+    used_now = f"max by ({key}) (credit_budget_used_credits)"
+    start_now = "max by (organization) (credit_billing_period_start_timestamp_seconds)"
+    remaining = f"((max by ({key}) (credit_budget_limit_credits > 0) - {used_now}) > 0)"
+    # the period's average pace, credits/second
+    pace = f"{used_now} / on (organization) group_left () (time() - {start_now})"
+    # the burn of the window cannot be known: Prometheus holds no sample from a
+    # window ago, or the period is younger than the window
+    used_then = f"max by ({key}) (credit_budget_used_credits offset {window})"
+    window_unknown = (
+        f"{used_now} unless on ({key}) {used_then}\n"
+        f"    or on ({key})\n"
+        f"    {used_now} and on (organization) ({start_now} > time() - {window_s})"
+    )
+    # a new period's timestamps came before its usage reset (two queries, two
+    # scrapes): the old period's usage over the new period's seconds is no pace.
+    # Over RESET_GUARD, not the window: a scrape or two apart, and resets() reads
+    # every sample of every budget in its range at every evaluation.
+    not_reset_yet = (
+        f"max by ({key}) (resets(credit_budget_used_credits[{RESET_GUARD}])) == 0\n"
+        "    and on (organization)\n"
+        "    max by (organization) "
+        f"(changes(credit_billing_period_start_timestamp_seconds[{RESET_GUARD}])) > 0"
     )
     rules: list[dict[str, Any]] = [
         {
@@ -163,18 +198,20 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
             ),
         },
         {
-            # Seconds until the limit at that burn: none for a budget that is not
-            # burning (no or unknown burn) or is already at or over its limit.
+            # Seconds until the limit, labelled with the burn it assumes: `burn` =
+            # the window when the whole window lies in the period and Prometheus
+            # holds it, else PERIOD_AVERAGE. None for a budget that is not burning
+            # or is already at or over its limit, and none in the scrape where a new
+            # period's timestamps or usage came alone (not_reset_yet, the burn's >= 0).
             "record": BUDGET_EXHAUSTION,
             "expr": (
-                "(\n"
-                "  (\n"
-                f"      max by ({key}) (credit_budget_limit_credits > 0)\n"
-                "    -\n"
-                f"      max by ({key}) (credit_budget_used_credits)\n"
-                "  ) > 0\n"
-                ")\n"
-                f"/ ({burn} > 0)\n"
+                f"label_replace(\n  {remaining}\n  / ({burn} > 0),\n"
+                f'  "burn", "{window}", "", ""\n)\n'
+                "or\n"
+                f"label_replace(\n  {remaining}\n  / ({pace} > 0)\n"
+                f"  and on ({key}) ({window_unknown})\n"
+                f"  unless on ({key}) ({not_reset_yet}),\n"
+                f'  "burn", "{PERIOD_AVERAGE}", "", ""\n)\n'
             ),
         },
     ]
@@ -254,10 +291,13 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
     rules.append(
         {
             "alert": name,
-            # Value: hours until the limit at the burn of the last window.
+            # Value: hours until the limit at the burn of the last window. Only that
+            # basis pages: the period's average pace over a young period's first
+            # hours is a guess, and a label that changed with the basis would
+            # restart the alert's `for`.
             "expr": (
                 "(\n"
-                f"    {BUDGET_EXHAUSTION}\n"
+                f'    max without (burn) ({BUDGET_EXHAUSTION}{{burn="{window}"}})\n'
                 "  < on (organization) group_left ()\n"
                 "    (max by (organization) (credit_billing_period_end_timestamp_seconds)"
                 " - time())\n"

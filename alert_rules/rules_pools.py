@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rules_settings import POOL_EXHAUSTION, POOL_KEY, POOL_RATIO
+from rules_settings import PARTIAL_WINDOW, POOL_EXHAUSTION, POOL_KEY, POOL_RATIO
 from rules_templates import Links, level_rules, q, runs_out, selector, when
 
 
@@ -14,13 +14,20 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
     sel = selector(POOL_KEY)
     balance = q(f"max(credit_balance_credits{sel})", POOL_KEY)
     allocation = q(f"max(credit_allocation_credits{sel})", POOL_KEY)
-    spend = q(
-        f"3600 * sum(max by (pool) (rate(credit_spent_by_pool_credits_total{sel}[1d])))",
-        POOL_KEY,
-        unit=" credits/hour",
-        missing="unknown (no credit_spent_by_pool_credits_total)",
-    )
     window = settings["projection"]["window"]
+    # the spend rate the time to exhaustion assumes (POOL_EXHAUSTION's two bases)
+    spent_sel = f"credit_spent_by_pool_credits_total{sel}"
+    spend = q(
+        f"3600 * max(rate({spent_sel}[{window}])) and max({spent_sel} offset {window})",
+        [*POOL_KEY, *POOL_KEY],
+        unit=f" credits/hour over the last {window}",
+        missing=q(
+            f"3600 * max(deriv({spent_sel}[{window}]))",
+            POOL_KEY,
+            unit=f" credits/hour since Prometheus has data (less than {window})",
+            missing="unknown (no credit_spent_by_pool_credits_total)",
+        ),
+    )
     spend_rate = f"max by ({key}) (rate(credit_spent_by_pool_credits_total[{window}]))"
     runs_out_text = runs_out(
         f"{POOL_EXHAUSTION}{sel}",
@@ -36,6 +43,10 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
                 "unknown (no credit_spent_by_pool_credits_total)",
             ),
         ),
+        bases={
+            window: f"at the spend rate of the last {window}",
+            PARTIAL_WINDOW: f"at the spend rate since Prometheus has data (less than {window})",
+        },
     )
     recharge = (
         '{{ with printf "max(credit_auto_recharge_enabled{organization=%q})" '
@@ -44,6 +55,11 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
     )
     who = "the {{ $labels.pool }} pool of {{ $labels.organization }}"
     who_capital = "The" + who.removeprefix("the")
+    balance_now = f"max by ({key}) (credit_balance_credits > 0)"
+    spent = "credit_spent_by_pool_credits_total"
+    held = f"max by ({key}) ({spent} offset {window})"
+    spend_slope = f"max by ({key}) (deriv({spent}[{window}]))"
+    resets = f"max by ({key}) (resets({spent}[{window}]))"
     rules: list[dict[str, Any]] = [
         {
             "record": POOL_RATIO,
@@ -58,10 +74,23 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
             ),
         },
         {
-            # Seconds until the balance reaches 0 at the pool's spend rate over the
-            # projection window: none for a pool that is not spending or is empty.
+            # Seconds until the balance reaches 0 at the pool's spend rate, labelled
+            # with the rate it assumes: `burn` = the window when Prometheus holds a
+            # sample from a window ago (rate() over the window); else PARTIAL_WINDOW,
+            # the slope (deriv) of the samples it holds, since rate() would divide
+            # their increase by the whole window; none across a counter reset there.
+            # None for a pool that is not spending or is empty.
             "record": POOL_EXHAUSTION,
-            "expr": (f"max by ({key}) (credit_balance_credits > 0)\n/\n  ({spend_rate} > 0)\n"),
+            "expr": (
+                f"label_replace(\n  {balance_now} / ({spend_rate} > 0)\n"
+                f"  and on ({key}) {held},\n"
+                f'  "burn", "{window}", "", ""\n)\n'
+                "or\n"
+                f"label_replace(\n  {balance_now} / ({spend_slope} > 0)\n"
+                f"  unless on ({key}) {held}\n"
+                f"  unless on ({key}) ({resets} > 0),\n"
+                f'  "burn", "{PARTIAL_WINDOW}", "", ""\n)\n'
+            ),
         },
     ]
     summaries = {
@@ -76,7 +105,7 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
         lambda _level, threshold: (
             f"{who_capital} has {balance} of its {allocation} credits left "
             f"({{{{ $value | humanizePercentage }}}} used; alert threshold "
-            f"{threshold}). Spend from this pool over the last day: "
+            f"{threshold}). Spend from this pool: "
             f"{spend}. Runs out: {runs_out_text}. Auto-recharge is {recharge}."
         ),
         links.dashboard("budgets", "organization"), links,

@@ -25,10 +25,21 @@ DASHBOARD_KEYS = ("usage", "org_analytics", "agent_analytics", "models_users", "
 # Recording rules: level:metric:operations.
 BUDGET_RATIO = "organization_scope_scope_id:credit_budget_usage:ratio"
 POOL_RATIO = "organization_pool:credit_pool_usage:ratio"
-# Seconds until a budget reaches its limit / a pool's balance reaches 0 at the
-# burn of the projection window; no series when not burning or already exhausted.
+# Seconds until a budget reaches its limit / a pool's balance reaches 0; no series
+# when not burning or already exhausted. The one time-to-exhaustion series that the
+# alerts, the Budgets dashboard and `credit-exporter report --prometheus` read.
+# Its `burn` label names the burn it assumes: the projection window (e.g. "1d")
+# when Prometheus holds the whole window of the current period, else
+# PERIOD_AVERAGE (budgets: used / time since the period began) or PARTIAL_WINDOW
+# (pools: the spend rate over the part of the window Prometheus holds).
 BUDGET_EXHAUSTION = "organization_scope_scope_id:credit_budget_exhaustion:seconds"
 POOL_EXHAUSTION = "organization_pool:credit_pool_exhaustion:seconds"
+BURN_LABEL = "burn"
+PERIOD_AVERAGE = "period_average"
+PARTIAL_WINDOW = "partial_window"
+# How long after a new period's timestamps a budget's usage may still be the old
+# period's (the exporter reports them from two queries, a scrape or two apart).
+RESET_GUARD = "30m"
 BUDGET_KEY = ("organization", "scope", "scope_id")
 # The effective alert threshold of each budget and level (label ``level``: the
 # alert level name), as a share of the limit: the budget's ladder in the billing

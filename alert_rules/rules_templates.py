@@ -39,11 +39,15 @@ def _query(expr: str, labels: Sequence[str]) -> str:
     return f'{{{{ with printf "{expr}"{args} | query }}}}'
 
 
-def runs_out(series: str, labels: Sequence[str], missing: str) -> str:
-    """Template text: "in <duration> (at <time>)" from a recorded time-to-exhaustion
-    series in seconds (``series`` with its selector), or ``missing``."""
+def runs_out(series: str, labels: Sequence[str], missing: str, bases: Mapping[str, str]) -> str:
+    """Template text: "in <duration> (at <time>), <basis>" from a recorded
+    time-to-exhaustion series in seconds (``series`` with its selector), the basis
+    read from its `burn` label through ``bases`` (label value -> text), or ``missing``."""
     at = q(f"time() + {series}", labels, fmt="humanizeTimestamp")
-    return q(series, labels, fmt="humanizeDuration", unit=f" (at {at})", missing=missing)
+    branches = [f'if eq . "{value}" }}}}, {text}' for value, text in bases.items()]
+    basis = '{{ with . | first | label "burn" }}{{ ' + "{{ else ".join(branches)
+    basis += "{{ end }}{{ end }}"
+    return q(series, labels, fmt="humanizeDuration", unit=f" (at {at}){basis}", missing=missing)
 
 
 def scope_noun() -> str:

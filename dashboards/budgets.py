@@ -39,6 +39,7 @@ from dashboards.common import (
     timeseries,
     value_map,
 )
+from monitoring import config
 
 UID = UID_BUDGETS
 TITLE = "Budgets and plan health"
@@ -58,8 +59,20 @@ ORG_PROJECTED = f"{ORG_USED} / {ELAPSED} * {LENGTH}"
 SCOPE_PROJECTED = (
     f"{USED} / on (organization) group_left () {ELAPSED} * on (organization) group_left () {LENGTH}"
 )
-BURN = f"max by ({SCOPE}) (deriv({USED_RAW}[$burn_window]))"
-HOURS_TO_LIMIT = f"clamp_min({LIMIT} - {USED}, 0) / ({BURN} > 0) / 3600"
+# Time to exhaustion: the series the alert rules record (alert_rules/rules_budgets.py,
+# rules_pools.py), so that the dashboard, the alerts' "Runs out" and `credit-exporter
+# report --prometheus` show one number. Its `burn` label says which burn it assumes.
+RULES = config.rule_names()
+BURN = RULES.BURN_LABEL
+WINDOW = config.settings()["projection"]["window"]
+BASES = (
+    f"{BURN}={WINDOW}: at the burn of the last {WINDOW}; "
+    f"{BURN}={RULES.PERIOD_AVERAGE}: at the billing period's average pace, while less "
+    f"than {WINDOW} of the period is known (a young period, or a Prometheus younger than "
+    f"{WINDOW})"
+)
+HOURS_TO_LIMIT = f"max by ({SCOPE}, {BURN}) ({RULES.BUDGET_EXHAUSTION}{{{BSEL}}}) / 3600"
+HOURS_TO_EMPTY = f"max by (pool, {BURN}) ({RULES.POOL_EXHAUSTION}{{{ORG}}}) / 3600"
 HOURS_STEPS = steps(("red", None), ("orange", 24), ("yellow", 72), ("green", 168))
 # Budget scopes of the contract (catalog.BUDGET_SCOPES, in its order; a test
 # compares them), as (shown, label value): a scope whose value is not a word is
@@ -96,12 +109,6 @@ def variables() -> list[dict]:
             multi=True, include_all=True, all_value=".*",
             description="Department, project slug or user e-mail of a budget; for a gateway, "
             "the team alias (else its id) or the API key alias (else the start of its hash).",
-        ),
-        custom_variable(
-            "burn_window", "Burn rate over",
-            [("1h", "1h"), ("6h", "6h"), ("24h", "24h"), ("7d", "7d")], default=["24h"],
-            description="Window of the 'current burn' behind the hours-until-exhaustion "
-            "figures (24h evens out the hour-of-day pattern).",
         ),
     ]  # fmt: skip
 
@@ -180,11 +187,13 @@ def items() -> list:
         ),
         stat(
             "Hours until credits run out",
-            "The remaining balance of both pools divided by the current burn (credits per "
-            "hour over the 'Burn rate over' window). Red under a day.",
-            [prom(f"clamp_min(sum(credit_balance_credits{{{ORG}}}), 0) / "
-                  f"(sum(rate(credit_spent_credits_total{{{ORG}}}[$burn_window])) * 3600)",
-                  "hours left")],
+            "Per credit pool, the hours until its balance is 0 at its spend rate: the "
+            f"time to exhaustion the alert rules record ({RULES.POOL_EXHAUSTION}), the "
+            "one the pool alerts' 'Runs out' and the report show. The name says the rate "
+            f"it assumes: {BURN}={WINDOW} over the last {WINDOW}, "
+            f"{BURN}={RULES.PARTIAL_WINDOW} over the less than {WINDOW} Prometheus holds. "
+            "A pool that is not spending or is empty is not listed. Red under a day.",
+            [prom(HOURS_TO_EMPTY, f"{{{{pool}}}} ({{{{{BURN}}}}})")],
             HOURS, thresholds=HOURS_STEPS, decimals=0, width=5, height=7,
             seeds="004 forecasting when you'll need to top up",
         ),
@@ -208,10 +217,11 @@ def items() -> list:
         ),
         bargauge(
             "Hours until budget limit by scope",
-            "At each scope's current burn (derivative of its used credits over the burn "
-            "window), the hours until it reaches its limit. Scopes that are not spending "
-            "are not listed.",
-            [prom(f"sort({HOURS_TO_LIMIT})", "{{scope}}: {{scope_id}}")],
+            "Hours until each budget reaches its limit: the time to exhaustion the alert "
+            f"rules record ({RULES.BUDGET_EXHAUSTION}), the one the budget alerts' 'Runs "
+            f"out' and the report show. The name ends with the burn it assumes: {BASES}. "
+            "Budgets that are not spending or are already over their limit are not listed.",
+            [prom(f"sort({HOURS_TO_LIMIT})", f"{{{{scope}}}}: {{{{scope_id}}}} ({{{{{BURN}}}}})")],
             HOURS, thresholds=HOURS_STEPS, max_value=None, decimals=0, width=12, height=12,
             seeds="003 hours until exhaustion per budget",
         ),
@@ -219,11 +229,12 @@ def items() -> list:
             "Budgets by scope",
             "Every budget of every scope (organization, department, project, user, team, "
             "API key): credits used this period, the limit (empty when it has none), the "
-            "share used (coloured 75/90/100%), the projected end-of-period use and hours "
-            "until the limit at the current burn.",
+            "share used (coloured 75/90/100%), the projected end-of-period use and the "
+            "hours until the limit of 'Hours until budget limit by scope' (which names "
+            "the burn each assumes).",
             [prom(USED, ref="A"), prom(LIMIT, ref="B"),
              prom(f"100 * {USED} / {LIMIT}", ref="C"), prom(SCOPE_PROJECTED, ref="D"),
-             prom(HOURS_TO_LIMIT, ref="E")],
+             prom(f"max without ({BURN}) ({HOURS_TO_LIMIT})", ref="E")],
             CREDITS,
             transformations=table_columns(
                 {"scope": "Scope", "scope_id": "Budget", "Value #A": "Used",

@@ -110,7 +110,7 @@ ITEMS: tuple[Item, ...] = (
          ("Budget used by scope", "Budgets by scope", "Firing budget alerts", "$scope")),
         ("projected end-of-period spend", ("Projected end-of-period spend",)),
         ("hours until exhaustion at the current burn",
-         ("Hours until credits run out", "Hours until budget limit by scope", "$burn_window")),
+         ("Hours until credits run out", "Hours until budget limit by scope", "Budgets by scope")),
         ("plan-health tile: text queries", ("Text queries",)),
         ("plan-health tile: voice minutes", ("Voice minutes",)),
         ("plan-health tile: concurrent calls", ("Concurrent calls",)),

@@ -738,7 +738,9 @@ def metric_names(expr: str) -> set[str]:
 def known_metric_names() -> set[str]:
     from credit_exporter import catalog
 
-    return catalog.all_series_names() | {rule.name for rule in recording.RULES}
+    rules = config.rule_names()  # the alert rules' records a dashboard may read
+    recorded = {rules.BUDGET_EXHAUSTION, rules.POOL_EXHAUSTION}
+    return catalog.all_series_names() | {rule.name for rule in recording.RULES} | recorded
 
 
 def with_overrides(uid: str, items: Sequence[g.RowPanel | Viz]) -> list[g.RowPanel | Viz]:

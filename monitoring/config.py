@@ -50,6 +50,13 @@ def rule_generator() -> ModuleType:
     return module
 
 
+def rule_names() -> ModuleType:
+    """``alert_rules/rules_settings``: the recording rules' names (the time to
+    exhaustion the dashboards read) and their ``burn`` label values."""
+    rule_generator()  # puts alert_rules/ on sys.path
+    return importlib.import_module("rules_settings")
+
+
 def overrides_path() -> Path | None:
     value = os.environ.get(OVERRIDES_VARIABLE, "")
     return Path(value) if value else None

@@ -54,6 +54,25 @@ def load_generator() -> ModuleType:
     return module
 
 
+def recording_rules_only(interval: str) -> str:
+    """The generated rules file's recording rules without its alerts, each group
+    evaluated every ``interval``: the series (time to exhaustion, burn) that the
+    dashboards and ``credit-exporter report --prometheus`` read, for a Prometheus
+    that should not also raise this project's alerts."""
+    groups = []
+    for group in yaml.safe_load(RULES_FILE.read_text())["groups"]:
+        rules = [rule for rule in group["rules"] if "record" in rule]
+        if rules:
+            groups.append({"name": group["name"], "interval": interval, "rules": rules})
+    return yaml.safe_dump({"groups": groups}, sort_keys=False)
+
+
+def recorded_names() -> set[str]:
+    """Every series name the generated rules file records."""
+    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+
+
 # --------------------------------------------------------------------------
 # PromQL metric names
 # --------------------------------------------------------------------------

@@ -42,7 +42,6 @@ SENTINELS = {
     "$__rate_interval": "7001s",
     "$__interval": "7002s",
     "$__range": "7003s",
-    "$burn_window": "7004s",
 }
 SENTINEL_SECONDS = {int(v[:-1]): k for k, v in SENTINELS.items()}
 
@@ -74,9 +73,6 @@ def offline_expr(expr: str, dashboard: dict[str, Any]) -> str:
     """The expression with sentinel durations, ready for an offline parser."""
     builtins = {**SENTINELS, "$__range_s": "7003", "$__interval_ms": "7002000"}
     values = offline_values(dashboard)
-    # $burn_window is a dashboard variable: give it its sentinel as well
-    if "burn_window" in values:
-        values["burn_window"] = SENTINELS["$burn_window"]
     return interpolate(expr, dashboard, values, builtins)
 
 

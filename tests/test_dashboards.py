@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from alerting_support import recorded_names, recording_rules_only
 from conftest import require_binary, skip_or_fail
 from dashboard_support import (
     ALL,
@@ -76,10 +77,9 @@ BUDGET_STEPS = [(step["color"], step["value"]) for step in config.budget_thresho
 RATE_FUNCTIONS = {"rate", "irate", "increase"}
 # Which Grafana interval a range function may use (no literal windows anywhere).
 ALLOWED_RANGES = {
-    "rate": {"$__rate_interval", "$burn_window"},
+    "rate": {"$__rate_interval"},
     "irate": {"$__rate_interval"},
     "increase": {"$__range", "$__interval", "$__rate_interval"},
-    "deriv": {"$burn_window"},
     "sum_over_time": {"$__range", "$__interval"},
 }
 # A counter's growth between the samples at a bucket's two ends (daily bars):
@@ -126,7 +126,7 @@ def _paid_only() -> set[tuple[str, str]]:
 
 
 def _known_names() -> set[str]:
-    return catalog.all_series_names() | _rule_names()
+    return catalog.all_series_names() | _rule_names() | recorded_names()
 
 
 def _rule_names() -> set[str]:
@@ -407,7 +407,7 @@ def test_range_selectors_use_grafana_intervals() -> None:
                 bad.append((str(panel), selector.function, used))
     assert not bad, bad
     rates = [t["expr"] for _, t in PROM_TARGETS if "rate(" in t["expr"]]
-    assert rates and all("$__rate_interval" in e or "$burn_window" in e for e in rates)
+    assert rates and all("$__rate_interval" in e for e in rates)
 
 
 def test_recording_rules_pass_promtool_and_use_catalogue_metrics() -> None:
@@ -522,6 +522,8 @@ TEST_ALERT_RULES = {
         }],
     }],
 }  # fmt: skip
+# The recorded time to exhaustion that the Budgets dashboard reads (alert_rules/).
+EXHAUSTION = [config.rule_names().BUDGET_EXHAUSTION, config.rule_names().POOL_EXHAUSTION]
 # After new usage is written every counter must have moved before queries run.
 MOVED = ["organization_agent:credit_spent_credits:increase1m", "credit_conversations_total",
          "credit_messages_total", "credit_visitors_total", "credit_ratings_total",
@@ -628,14 +630,17 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                        "exporter ready")  # fmt: skip
         alerts = work / "test_alerts.yml"
         alerts.write_text(yaml.safe_dump(TEST_ALERT_RULES))
-        # the recorded increases evaluated every second, like the scrapes here
+        # the recorded increases evaluated every second, like the scrapes here, and the
+        # alert rules' records (time to exhaustion) that the Budgets dashboard reads
         recording_rules = work / "recording_rules.yml"
         recording_rules.write_text(recording.render(interval="1s"))
+        alert_records = work / "alert_records.yml"
+        alert_records.write_text(recording_rules_only(interval="1s"))
         target = exporter.url.removeprefix("http://")
         history = backfill_history(exporter.config_path, dsn, work / "prometheus" / "data", target)
         prometheus = start_prometheus(
             work / "prometheus", [target, gateway_exporter.url.removeprefix("http://")],
-            rule_files=[recording_rules, alerts],
+            rule_files=[recording_rules, alert_records, alerts],
             extra_args=["--storage.tsdb.retention.time=3650d"],
         )  # fmt: skip
         try:
@@ -653,6 +658,9 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 f"sum({'sum_over_time' if ':' in m else 'increase'}({m}[1m])) > 0" for m in MOVED
             ]
             probes.append("max(deriv(credit_budget_used_credits[1m])) > 0")
+            # the time to exhaustion of budgets and pools: recorded by a rule evaluation
+            # after the scrapes above
+            probes += [f"count({name})" for name in EXHAUSTION]
             try:
                 wait_until(lambda: all(prometheus.query(p) for p in probes), 90,
                            "the new usage in every counter")  # fmt: skip
@@ -865,6 +873,39 @@ def test_budget_table_lists_team_and_api_key_budgets_with_their_limits(stack: St
     scope, scope_id, spent, _ = GATEWAY_UNLIMITED_KEY
     assert used[scope, scope_id] == spent
     assert (scope, scope_id) not in limit and (scope, scope_id) not in share
+
+
+def _recorded_at(prometheus: PrometheusProcess, query: str, at: float) -> list[dict[str, Any]]:
+    params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
+    return list(prometheus.api(f"/api/v1/query?{params}")["result"])
+
+
+def test_hours_until_exhaustion_panels_are_the_recorded_series_the_alerts_read(
+    stack: Stack,
+) -> None:
+    """The bars, the table column and the pools stat show the alert rules' time to
+    exhaustion in hours, basis included, for the same instant: one number everywhere."""
+    at = time.time()
+    org = '{organization="acme"}'
+
+    def hours(rows: list[dict[str, Any]], *key: str) -> dict[tuple[str, ...], float]:
+        return {tuple(r["metric"].get(k, "") for k in key): float(r["value"][1]) for r in rows}
+
+    key = ("scope", "scope_id", "burn")
+    budgets = hours(_recorded_at(stack.prometheus, EXHAUSTION[0] + org, at), *key)
+    assert budgets
+    expected = {k: v / 3600 for k, v in budgets.items()}
+    bars = _panel("credit-budgets", "Hours until budget limit by scope")
+    assert hours(_instant(stack.prometheus, bars, "A", at), *key) == pytest.approx(expected)
+    table = _panel("credit-budgets", "Budgets by scope")
+    column = hours(_instant(stack.prometheus, table, "E", at), "scope", "scope_id")
+    assert column == pytest.approx({k[:2]: v for k, v in expected.items()})
+    pools = hours(_recorded_at(stack.prometheus, EXHAUSTION[1] + org, at), "pool", "burn")
+    assert pools
+    stat = _panel("credit-budgets", "Hours until credits run out")
+    assert hours(_instant(stack.prometheus, stat, "A", at), "pool", "burn") == pytest.approx(
+        {k: v / 3600 for k, v in pools.items()}
+    )
 
 
 def test_scope_variable_narrows_the_budget_panels_to_one_gateway_scope(stack: Stack) -> None:

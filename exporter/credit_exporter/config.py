@@ -424,6 +424,9 @@ class ReportConfig(_Strict):
     peak_start_hour: int = Field(default=9, ge=0, le=23)
     peak_end_hour: int = Field(default=17, ge=1, le=24)
     min_latency_increase: float = Field(default=0.2, ge=0)
+    # Runs out of budgets and pools: the Prometheus that evaluates alert_rules/
+    # (its recorded time to exhaustion); --prometheus overrides it
+    prometheus: str | None = Field(default=None, pattern=r"^https?://[^/\s]+")
 
     @model_validator(mode="after")
     def _peak_hours_ordered(self) -> ReportConfig:

@@ -109,12 +109,22 @@ class BudgetRow:
     projected_credits: Decimal | None
     projected_ratio: float | None
     status: str  # over, at_risk, on_track
+    # Time to exhaustion (report.exhaustion): None without --prometheus
+    runs_out_status: str | None = None  # exhaustion.STATUSES
+    runs_out_at: datetime | None = None
+    runs_out_in_seconds: float | None = None
+    runs_out_basis: str | None = None  # the series' burn label: 1d, period_average, ...
 
 
 @dataclass(frozen=True)
 class BalanceRow:
     pool: str
     balance_credits: Decimal
+    # Time to exhaustion (report.exhaustion): None without --prometheus
+    runs_out_status: str | None = None  # exhaustion.STATUSES
+    runs_out_at: datetime | None = None
+    runs_out_in_seconds: float | None = None
+    runs_out_basis: str | None = None  # the series' burn label: 1d, period_average, ...
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,15 @@ class OffPeakRow:
     message: str
 
 
+@dataclass(frozen=True)
+class ExhaustionSource:
+    """Where the budgets' and pools' Runs out came from, or why there is none."""
+
+    prometheus: str | None  # the URL read; None: not asked for
+    read_at: datetime | None  # None: not read
+    note: str
+
+
 @dataclass
 class Report:
     generated_at: datetime
@@ -171,12 +190,23 @@ class Report:
     source: str
     summary: Summary
     tables: dict[str, list[Any]] = field(default_factory=dict)
+    time_to_exhaustion: ExhaustionSource = field(
+        default_factory=lambda: ExhaustionSource(None, None, _NOT_REQUESTED)
+    )
 
     @property
     def to_date(self) -> bool:
         """The period had not ended when the report was made: figures run to generated_at."""
         return self.generated_at < self.period_end
 
+
+_NOT_REQUESTED = (
+    "No time to exhaustion: it comes from Prometheus, not the billing database. Give "
+    "--prometheus URL (or report.prometheus in the config) to read the series the alert "
+    "rules record (organization_scope_scope_id:credit_budget_exhaustion:seconds, "
+    "organization_pool:credit_pool_exhaustion:seconds), the figures the Budgets dashboard "
+    "and the alerts' 'Runs out' show."
+)
 
 # table name -> row type: the stable order and column names of CSV and JSON
 TABLES: dict[str, type] = {

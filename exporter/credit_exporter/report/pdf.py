@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
+from credit_exporter.report.exhaustion import runs_out_text
 from credit_exporter.report.model import Report
 
 A4 = (8.27, 11.69)
@@ -32,6 +33,7 @@ TIER_COLORS = {"premium": "#e15759", "standard": "#4e79a7", "economy": "#59a14f"
 STATUS_COLORS = {"over": "#f8d7da", "at_risk": "#fff3cd"}
 STATUS_TEXT = {"over": "over limit", "at_risk": "at risk", "on_track": "on track"}
 BUDGET_ROWS_PER_PAGE = 50
+BUDGET_ROW_HEIGHT = 0.0141  # of the page, a row of the budgets table (size 7, scale 1)
 MODEL_ROWS = 20
 EFFICIENCY_ROWS = 45
 
@@ -281,7 +283,39 @@ def _budget_notes(report: Report) -> list[str]:
             "These are today's budgets, not of the report's period: the billing schema "
             "keeps no history of budgets.",
         )
+    notes.append(report.time_to_exhaustion.note)
     return notes
+
+
+def _reads_exhaustion(report: Report) -> bool:
+    """The Runs out column is there when --prometheus was given."""
+    return report.time_to_exhaustion.prometheus is not None
+
+
+def _pools_height(report: Report) -> float:
+    """Page height the Credit pools table takes (it is there with a Runs out only)."""
+    pools = report.tables["balances"]
+    if not pools or not _reads_exhaustion(report):
+        return 0.0
+    return 0.03 + 0.018 * (len(pools) + 1) + 0.015
+
+
+def _pools_table(report: Report, fig: Figure, y: float) -> float:
+    """Credit pools (balance now, Runs out) under the notes; the y below it."""
+    height = _pools_height(report)
+    if not height:
+        return y
+    rows = [[b.pool, _credits(b.balance_credits), runs_out_text(b)]
+            for b in report.tables["balances"]]  # fmt: skip
+    ax = fig.add_axes((0.06, y - height + 0.015, 0.88, height - 0.015))
+    _table(ax, ["pool", "balance now", "runs out (UTC)"], rows, "Credit pools", size=7.5,
+           row_scale=1.0, col_widths=(0.15, 0.2, 0.4))  # fmt: skip
+    return y - height
+
+
+def _rows_that_fit(y: float) -> int:
+    """Budget rows a table from ``y`` down to the page's foot holds (title included)."""
+    return max(5, min(BUDGET_ROWS_PER_PAGE, int((y - 0.09) / BUDGET_ROW_HEIGHT)))
 
 
 def _budget_pages(report: Report) -> list[Figure]:
@@ -289,34 +323,48 @@ def _budget_pages(report: Report) -> list[Figure]:
     budgets = report.tables["budgets"]
     header = ["organization", "scope", "scope id", "used", "limit", "used %", "projected",
               "proj. %", "status"]  # fmt: skip
+    runs_out = _reads_exhaustion(report)
+    widths: tuple[float, ...] = ()
+    if runs_out:
+        header.append("runs out (UTC)")
+        widths = (0.09, 0.085, 0.175, 0.07, 0.07, 0.055, 0.075, 0.065, 0.065, 0.25)
+    notes = [line for note in _budget_notes(report) for line in textwrap.wrap(note, 120)]
+    top = 0.905 - 0.014 * len(notes) - 0.02 - _pools_height(report)
+    chunks: list[list[Any]] = []
+    rest = list(budgets)
+    while rest or not chunks:
+        size = _rows_that_fit(top if not chunks else 0.905)
+        chunks.append(rest[:size])
+        rest = rest[size:]
     pages = []
-    chunks = [
-        budgets[i : i + BUDGET_ROWS_PER_PAGE] for i in range(0, len(budgets), BUDGET_ROWS_PER_PAGE)
-    ] or [[]]
+    shown = 0
     for number, chunk in enumerate(chunks):
-        first = number * BUDGET_ROWS_PER_PAGE + 1
+        first = shown + 1
+        shown += len(chunk)
         title = "Budgets" if number == 0 else f"Budgets (continued, {first} to "
         if number:
-            title += f"{first + len(chunk) - 1} of {len(budgets)})"
+            title += f"{shown} of {len(budgets)})"
         fig = _page(report, title)
         y = 0.905
         if number == 0:
-            for note in _budget_notes(report):
-                for line in textwrap.wrap(note, 120):
-                    fig.text(0.06, y, line, fontsize=8, color="#333")
-                    y -= 0.014
+            for line in notes:
+                fig.text(0.06, y, line, fontsize=8, color="#333")
+                y -= 0.014
             y -= 0.02
+            y = _pools_table(report, fig, y)
         rows = [
             [b.organization, b.scope, b.scope_id, _credits(b.used_credits),
              _credits(b.limit_credits), _pct(b.used_ratio), _credits(b.projected_credits),
              _pct(b.projected_ratio), STATUS_TEXT.get(b.status, b.status)]
+            + ([runs_out_text(b)] if runs_out else [])
             for b in chunk
         ]  # fmt: skip
         ax = fig.add_axes((0.06, 0.05, 0.88, y - 0.05 - 0.01))
         _table(
-            ax, header, rows, _budget_title(report, budgets), size=7,
+            ax, header, rows, _budget_title(report, budgets), size=6.5 if runs_out else 7,
             empty="no budget query configured" if not budgets else "no budgets",
             shading=[STATUS_COLORS.get(b.status) for b in chunk], row_scale=1.0,
+            col_widths=widths,
         )  # fmt: skip
         pages.append(fig)
     return pages

@@ -62,6 +62,12 @@ def add_report_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> No
         "csv to credit-report-<period>.pdf / credit-report-<period>/",
     )
     report.add_argument("--webhook", help="also POST the JSON document to this http(s) URL")
+    report.add_argument(
+        "--prometheus", metavar="URL",
+        help="read each budget's and pool's time to exhaustion (Runs out) from this "
+        "Prometheus, which evaluates alert_rules/ (default: report.prometheus in the config; "
+        "without either the report has no Runs out)",
+    )  # fmt: skip
     report.set_defaults(func=func)
 
 
@@ -79,7 +85,7 @@ def _has_matplotlib() -> bool:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from credit_exporter.report import build, data, writers
+    from credit_exporter.report import build, data, exhaustion, writers
 
     try:
         config = load_config(args.config)
@@ -90,6 +96,9 @@ def run_report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.webhook is not None and not writers.is_http_url(args.webhook):
         return _fail(f"--webhook: {args.webhook!r} is not an http:// or https:// URL")
+    prometheus = args.prometheus or config.report.prometheus
+    if prometheus is not None and not writers.is_http_url(prometheus):
+        return _fail(f"--prometheus: {prometheus!r} is not an http:// or https:// URL")
     if args.format == "pdf" and not _has_matplotlib():
         return _fail(PDF_NEEDS)
     now = datetime.now(UTC)
@@ -108,6 +117,14 @@ def run_report(args: argparse.Namespace) -> int:
     except psycopg.Error as error:
         return _fail(f"database: {str(error).strip().splitlines()[0]}", 1)
     report = build.build(raw, period, args.granularity, config.report, now)
+    if prometheus is not None:
+        recorded = None
+        if exhaustion.is_current(report):
+            try:
+                recorded = exhaustion.read(prometheus, args.organization, now)
+            except exhaustion.PrometheusError as error:
+                return _fail(f"--prometheus: {error}", 1)
+        exhaustion.attach(report, prometheus, recorded)
     suffix = f"-{args.organization}" if args.organization else ""
     default = Path(f"credit-report-{period.label}{suffix}")
     try:

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from credit_exporter.report.model import TABLES, Summary
+from credit_exporter.report.model import TABLES, ExhaustionSource, Summary
 from credit_exporter.report.serialize import SCHEMA_VERSION
 
 DECIMAL = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{6}$"}
@@ -60,7 +60,7 @@ def schema() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "required": ["schema_version", "generated_at", "period", "organization", "source",
-                     "summary", "tables"],
+                     "summary", "time_to_exhaustion", "tables"],
         "properties": {
             "schema_version": {"const": SCHEMA_VERSION},
             "generated_at": time,
@@ -79,6 +79,7 @@ def schema() -> dict[str, Any]:
             "organization": {"type": ["string", "null"]},
             "source": {"enum": ["database"]},
             "summary": _object(Summary),
+            "time_to_exhaustion": _object(ExhaustionSource),
             "tables": {
                 "type": "object",
                 "additionalProperties": False,

@@ -9,7 +9,7 @@ from typing import Any
 
 from credit_exporter.report.model import TABLES, Report, columns
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MICRO = Decimal("0.000001")  # the credit precision: numeric(18, 6) in the reference schema
 _WIDE = Context(prec=60)  # quantize never overflows the default 28 digits
 
@@ -48,6 +48,7 @@ def to_document(report: Report) -> dict[str, Any]:
         "organization": report.organization,
         "source": report.source,
         "summary": row_dict(report.summary),
+        "time_to_exhaustion": row_dict(report.time_to_exhaustion),
         "tables": {name: [row_dict(row) for row in report.tables.get(name, [])] for name in TABLES},
     }
 
