@@ -9,7 +9,8 @@ configuration, in dependency order; needs no database and no running exporter.
 Order: docs/metrics.md (catalogue) -> alert rules (settings) -> the dashboards'
 recording rules, dashboard JSON and panel reference -> the alert table of
 docs/alerts.md (from the generated rules) -> deploy/kubernetes (from both rule
-files and config.example.yaml).
+files and config.example.yaml) -> deploy/compose (the example Prometheus and
+Alertmanager configs with the Compose hosts).
 """
 
 from __future__ import annotations
@@ -134,15 +135,26 @@ def alerts_doc() -> dict[Path, str]:
     return {ALERTS_DOC: head + alert_table() + tail}
 
 
-def kubernetes() -> dict[Path, str]:
+def _deploy_module(name: str) -> Any:
     import importlib.util
 
-    path = REPO / "deploy" / "kubernetes" / "generate.py"
-    spec = importlib.util.spec_from_file_location("kubernetes_generate", path)
+    path = REPO / "deploy" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location("deploy_" + name.replace("/", "_"), path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module.outputs()
+    return module
+
+
+def kubernetes() -> dict[Path, str]:
+    return _deploy_module("kubernetes/generate").outputs()
+
+
+def compose_configs() -> dict[Path, str]:
+    """deploy/compose/*.yml: the example Alertmanager config (and the Prometheus
+    config) with the Compose stack's hosts."""
+    return _deploy_module("stack_config").compose_files()
 
 
 STEPS: tuple[tuple[str, Callable[[], Mapping[Path, str]]], ...] = (
@@ -151,6 +163,7 @@ STEPS: tuple[tuple[str, Callable[[], Mapping[Path, str]]], ...] = (
     ("dashboards and recording rules", dashboards),
     ("alert table", alerts_doc),
     ("kubernetes manifests", kubernetes),
+    ("compose configs", compose_configs),
 )
 
 
