@@ -74,6 +74,29 @@ BASES = (
 HOURS_TO_LIMIT = f"max by ({SCOPE}, {BURN}) ({RULES.BUDGET_EXHAUSTION}{{{BSEL}}}) / 3600"
 HOURS_TO_EMPTY = f"max by (pool, {BURN}) ({RULES.POOL_EXHAUSTION}{{{ORG}}}) / 3600"
 HOURS_STEPS = steps(("red", None), ("orange", 24), ("yellow", 72), ("green", 168))
+
+
+def alert_thresholds() -> str:
+    """The threshold (in %) of each firing budget or pool level alert: a budget's is
+    its recorded level (its ladder from the billing database, else the default,
+    so its alerts carry no threshold label), a pool's its configured level."""
+    settings = config.settings()
+
+    def firing(alertname: str) -> str:
+        return f'ALERTS{{alertstate="firing", {ORG}, alertname=~"{alertname}"}}'
+
+    levels = "|".join(settings["budget_levels"])
+    named = f"CreditBudget({levels})"
+    budget = (
+        f'max without (level) (\n    label_replace({firing(named)}, "level", "$1", '
+        f'"alertname", "CreditBudget(.+)") * 0\n  + on (organization, scope, scope_id, level) '
+        f"group_left () (100 * {RULES.BUDGET_THRESHOLD})\n)"
+    )
+    pools = [f"{firing(f'CreditPool{level}')} * 0 + {spec['threshold']:g}"
+             for level, spec in settings["pool_levels"].items()]  # fmt: skip
+    return "\n  or\n  ".join([budget, *pools])
+
+
 # Budget scopes of the contract (catalog.BUDGET_SCOPES, in its order; a test
 # compares them), as (shown, label value): a scope whose value is not a word is
 # spelt out in the variable and in the tables' Scope column.
@@ -301,15 +324,19 @@ def items() -> list:
             "Firing budget alerts",
             "Alerts firing now for this organization (Prometheus ALERTS series of the rules "
             "in alert_rules/: budgets, pools, quotas, runaway agents): which scope and which "
-            "threshold. Pending alerts (still in their for: window) are not listed.",
-            [prom(f'ALERTS{{alertstate="firing", {ORG}}}')],
+            "threshold: a budget's level from its ladder in the billing database, or the "
+            "default. Pending alerts (still in their for: window) are not listed.",
+            [prom(f'ALERTS{{alertstate="firing", {ORG}}}', ref="A"),
+             prom(alert_thresholds(), ref="B")],
             NONE,
             transformations=table_columns(
-                {"alertname": "Alert", "severity": "Severity", "threshold": "Threshold",
+                {"alertname": "Alert", "severity": "Severity", "Value #B": "Threshold",
                  "scope": "Scope", "scope_id": "Budget", "pool": "Pool", "quota": "Quota",
                  "project": "Project", "agent": "Agent"},
-                hide=("__name__", "alertstate", "Value", "instance", "job", "organization")),
-            overrides=[override("byName", "Scope", mappings=SCOPE_NAMES)],
+                hide=("__name__", "alertstate", "Value #A", "instance", "job", "organization",
+                      "threshold")),
+            overrides=[override("byName", "Scope", mappings=SCOPE_NAMES),
+                       override("byName", "Threshold", unit=PERCENT, decimals=0)],
             width=24, height=7, seeds="003 Usage alerts at 75%, 90% and 100%",
         ),
     ]  # fmt: skip

@@ -54,14 +54,16 @@ def load_generator() -> ModuleType:
     return module
 
 
-def recording_rules_only(interval: str) -> str:
-    """The generated rules file's recording rules without its alerts, each group
-    evaluated every ``interval``: the series (time to exhaustion, burn) that the
-    dashboards and ``credit-exporter report --prometheus`` read, for a Prometheus
-    that should not also raise this project's alerts."""
+def recording_rules_only(interval: str, alerts: str = "") -> str:
+    """The generated rules file's recording rules, each group evaluated every
+    ``interval``: the series (time to exhaustion, burn, levels) that the dashboards
+    and ``credit-exporter report --prometheus`` read. Of its alerts only those whose
+    name fully matches the regex ``alerts``, firing without their ``for``."""
     groups = []
     for group in yaml.safe_load(RULES_FILE.read_text())["groups"]:
-        rules = [rule for rule in group["rules"] if "record" in rule]
+        rules = [rule for rule in group["rules"] if "record" in rule
+                 or (alerts and re.fullmatch(alerts, rule["alert"]))]  # fmt: skip
+        rules = [{k: v for k, v in rule.items() if k != "for"} for rule in rules]
         if rules:
             groups.append({"name": group["name"], "interval": interval, "rules": rules})
     return yaml.safe_dump({"groups": groups}, sort_keys=False)

@@ -512,16 +512,9 @@ def test_recent_activity_has_no_cost_column_and_newest_first(demo_db: str) -> No
 # PromQL against a real Prometheus scraping the exporter on demo data
 # --------------------------------------------------------------------------
 
-TEST_ALERT_RULES = {
-    "groups": [{
-        "name": "dashboard-test-stand-in-for-alert-rules",
-        "rules": [{
-            "alert": "CreditBudgetExhaustedTest",
-            "expr": "credit_budget_used_credits / credit_budget_limit_credits >= 1",
-            "labels": {"severity": "critical", "threshold": "100"},
-        }],
-    }],
-}  # fmt: skip
+# The generated rules' budget and pool level alerts, firing without their `for`, so
+# that the alert panels have ALERTS to show and join with the recorded levels.
+LEVEL_ALERTS = "Credit(Budget|Pool)(UsageHigh|AlmostExhausted|Exhausted)"
 # The recorded time to exhaustion that the Budgets dashboard reads (alert_rules/).
 EXHAUSTION = [config.rule_names().BUDGET_EXHAUSTION, config.rule_names().POOL_EXHAUSTION]
 # After new usage is written every counter must have moved before queries run.
@@ -628,19 +621,18 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         for process in started:
             wait_until(lambda p=process: http_get(p.url + "/-/ready")[0] == 200, 60,
                        "exporter ready")  # fmt: skip
-        alerts = work / "test_alerts.yml"
-        alerts.write_text(yaml.safe_dump(TEST_ALERT_RULES))
         # the recorded increases evaluated every second, like the scrapes here, and the
-        # alert rules' records (time to exhaustion) that the Budgets dashboard reads
+        # alert rules' records (time to exhaustion, levels) that the Budgets dashboard
+        # reads, with the level alerts
         recording_rules = work / "recording_rules.yml"
         recording_rules.write_text(recording.render(interval="1s"))
         alert_records = work / "alert_records.yml"
-        alert_records.write_text(recording_rules_only(interval="1s"))
+        alert_records.write_text(recording_rules_only(interval="1s", alerts=LEVEL_ALERTS))
         target = exporter.url.removeprefix("http://")
         history = backfill_history(exporter.config_path, dsn, work / "prometheus" / "data", target)
         prometheus = start_prometheus(
             work / "prometheus", [target, gateway_exporter.url.removeprefix("http://")],
-            rule_files=[recording_rules, alert_records, alerts],
+            rule_files=[recording_rules, alert_records],
             extra_args=["--storage.tsdb.retention.time=3650d"],
         )  # fmt: skip
         try:
@@ -661,6 +653,8 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             # the time to exhaustion of budgets and pools: recorded by a rule evaluation
             # after the scrapes above
             probes += [f"count({name})" for name in EXHAUSTION]
+            # ... and a level alert firing on them (an over-limit budget of acme's)
+            probes.append(f'count(ALERTS{{alertstate="firing", alertname=~"{LEVEL_ALERTS}"}})')
             try:
                 wait_until(lambda: all(prometheus.query(p) for p in probes), 90,
                            "the new usage in every counter")  # fmt: skip
@@ -855,6 +849,31 @@ def test_firing_alerts_panel_lists_budget_alerts_of_the_organization(stack: Stac
     rows = _instant(stack.prometheus, _panel("credit-budgets", "Firing budget alerts"))
     assert rows and {r["metric"]["organization"] for r in rows} == {"acme"}
     assert all(r["metric"]["alertstate"] == "firing" for r in rows)
+
+
+def test_firing_alerts_panel_shows_each_level_alerts_threshold(stack: Stack) -> None:
+    """Budget alerts carry no threshold label (a ladder in the billing database may
+    set it): query B gives it, joined to the alert's row, for budgets and pools."""
+    panel = _panel("credit-budgets", "Firing budget alerts")
+    alerts = _instant(stack.prometheus, panel, "A")
+    thresholds = {_row_key(r): float(r["value"][1]) for r in _instant(stack.prometheus, panel, "B")}
+    settings = config.settings()
+    levels = {**settings["budget_levels"], **settings["pool_levels"]}
+    level_alerts = [r for r in alerts
+                    if re.fullmatch(r"Credit(Budget|Pool)(\w+)", r["metric"]["alertname"])
+                    and r["metric"]["alertname"].removeprefix("CreditBudget")
+                    .removeprefix("CreditPool") in levels]  # fmt: skip
+    assert any(r["metric"]["alertname"].startswith("CreditBudget") for r in level_alerts)
+    for row in level_alerts:
+        level = row["metric"]["alertname"].removeprefix("CreditBudget").removeprefix("CreditPool")
+        # the demo's acme has no ladder: its budgets alert at the default levels
+        assert thresholds[_row_key(row)] == levels[level]["threshold"], row["metric"]
+    assert len(thresholds) == len(level_alerts)
+
+
+def _row_key(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The labels Grafana's merge joins a table's queries on."""
+    return tuple(sorted((k, v) for k, v in row["metric"].items() if k != "__name__"))
 
 
 def _by_scope(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
