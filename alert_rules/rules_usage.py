@@ -6,8 +6,40 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rules_settings import AGENT_KEY
+from rules_settings import AGENT_KEY, PARTIAL_WINDOW, POOL_EXHAUSTION
 from rules_templates import Links, q, selector
+
+
+def low_balance_spend(window: str) -> str:
+    """Template text: the organization's spend from all its pools per hour, over
+    ``window`` when Prometheus holds a sample from a window ago, else the slope of
+    what it holds (rate() over the window would divide a few hours' spend by it)."""
+    spent = "credit_spent_by_pool_credits_total{organization=%q}"
+    return q(
+        f"3600 * sum(max by (pool) (rate({spent}[{window}])))"
+        f" and on () count(max by (pool) ({spent} offset {window}))",
+        ["organization", "organization"],
+        unit=f" credits/hour over the last {window}",
+        missing=q(
+            f"3600 * sum(max by (pool) (deriv({spent}[{window}])))",
+            ["organization"],
+            unit=f" credits/hour since Prometheus has data (less than {window})",
+            missing="unknown (no credit_spent_by_pool_credits_total)",
+        ),
+    )
+
+
+def first_pool_out() -> str:
+    """Template text: the organization's pool with the least recorded time to
+    exhaustion (POOL_EXHAUSTION), when and at which burn."""
+    series = f"bottomk(1, {POOL_EXHAUSTION}{{organization=%q}})"
+    return (
+        f'{{{{ range printf "{series}" $labels.organization | query }}}}'
+        "its {{ .Labels.pool }} pool in {{ .Value | humanizeDuration }}"
+        '{{ if eq .Labels.burn "' + PARTIAL_WINDOW + '" }} (at the spend rate since '
+        "Prometheus has data){{ end }}"
+        "{{ else }}no pool with credits left is being spent{{ end }}"
+    )
 
 
 def organization_anomaly_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
@@ -157,14 +189,10 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
                     )
                     + " (its auto-recharge threshold, else "
                     + f"{low['fallback_ratio']:.0%} of its allocation), and auto-recharge is "
-                    "off: nothing tops it up before usage stops. Spend over the last day: "
-                    + q(
-                        "3600 * sum(max by (pool) "
-                        f"(rate(credit_spent_by_pool_credits_total{org_sel}[1d])))",
-                        ["organization"],
-                        unit=" credits/hour",
-                        missing="unknown (no credit_spent_by_pool_credits_total)",
-                    )
+                    "off: nothing tops it up before usage stops. Spend: "
+                    + low_balance_spend(settings["projection"]["window"])
+                    + ". First to run out: "
+                    + first_pool_out()
                     + "."
                 ),
                 "runbook_url": links.runbook("CreditBalanceLowAutoRechargeOff"),
