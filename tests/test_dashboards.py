@@ -646,20 +646,26 @@ def stack(make_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             live_from = time.time()
             time.sleep(2.5)
             added = write_fresh_usage(dsn)
-            probes = [
-                f"sum({'sum_over_time' if ':' in m else 'increase'}({m}[1m])) > 0" for m in MOVED
-            ]
-            probes.append("max(deriv(credit_budget_used_credits[1m])) > 0")
             # the time to exhaustion of budgets and pools: recorded by a rule evaluation
-            # after the scrapes above
-            probes += [f"count({name})" for name in EXHAUSTION]
-            # ... and a level alert firing on them (an over-limit budget of acme's)
-            probes.append(f'count(ALERTS{{alertstate="firing", alertname=~"{LEVEL_ALERTS}"}})')
+            # after the scrapes above; and a level alert firing on them (an over-limit
+            # budget of acme's)
+            others = [f"count({name})" for name in EXHAUSTION]
+            others.append(f'count(ALERTS{{alertstate="firing", alertname=~"{LEVEL_ALERTS}"}})')
+
+            def probes() -> list[str]:
+                # over the time since the live scrapes began (all after the backfilled
+                # history), not a fixed minute: on a loaded machine the last probe may
+                # pass more than a minute after the first
+                since = f"{int(time.time() - live_from) + 1}s"
+                moved = [f"sum({'sum_over_time' if ':' in m else 'increase'}({m}[{since}])) > 0"
+                         for m in MOVED]  # fmt: skip
+                return [*moved, f"max(deriv(credit_budget_used_credits[{since}])) > 0", *others]
+
             try:
-                wait_until(lambda: all(prometheus.query(p) for p in probes), 90,
+                wait_until(lambda: all(prometheus.query(p) for p in probes()), 90,
                            "the new usage in every counter")  # fmt: skip
             except AssertionError as exc:
-                still = [p for p in probes if not prometheus.query(p)]
+                still = [p for p in probes() if not prometheus.query(p)]
                 scraped = prometheus.query(
                     'sum(credit_conversations_total{job="credit-exporter"})[120s:5s]'
                 )
