@@ -25,13 +25,14 @@ from credit_exporter.server import Handlers
 from credit_exporter.sources.events import EventStream
 from credit_exporter.sources.state import StateQuery
 
-SOURCES = 18
 REPO = Path(__file__).resolve().parent.parent
+_EXAMPLE = yaml.safe_load((REPO / "config.example.yaml").read_text())
+SOURCES = len(_EXAMPLE["queries"]) + len(_EXAMPLE["streams"])  # 13 + 7
 
 
 def example_sources(dsn: str, interval: str = "1s") -> dict[str, Any]:
-    """config.example.yaml (11 state queries and 7 streams on one database), every
-    source polled each ``interval``."""
+    """config.example.yaml (its SOURCES state queries and streams on one database),
+    every source polled each ``interval``."""
     config = yaml.safe_load((REPO / "config.example.yaml").read_text())
     config["databases"]["billing"] = {"dsn": dsn, "connect_timeout": "1s", "pool_size": 4}
     for section in ("queries", "streams"):
@@ -94,7 +95,7 @@ def test_a_reload_storm_leaves_every_source_polling_and_reload_answering(
     exporter.process.send_signal(signal.SIGTERM)
     assert exporter.process.wait(20) == 0
     print(f"SIGTERM to exit: {time.monotonic() - started:.2f}s")
-    assert "shutting down: closing the HTTP server, stopping 18 sources" in exporter.log()
+    assert f"shutting down: closing the HTTP server, stopping {SOURCES} sources" in exporter.log()
     assert re.search(r"msg=\"?stopped in \d+\.\ds", exporter.log()), exporter.log()[-2000:]
 
 
