@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rules_settings import AGENT_KEY, PARTIAL_WINDOW, POOL_EXHAUSTION
-from rules_templates import Links, q, selector
+from rules_templates import Links, q, selector, when
 
 
 def low_balance_spend(window: str) -> str:
@@ -39,6 +39,36 @@ def first_pool_out() -> str:
         '{{ if eq .Labels.burn "' + PARTIAL_WINDOW + '" }} (at the spend rate since '
         "Prometheus has data){{ end }}"
         "{{ else }}no pool with credits left is being spent{{ end }}"
+    )
+
+
+def at_this_pace(window: str) -> str:
+    """Template text: when the alert's organization runs out of its organization
+    budget and of its pools' balance if it keeps the spend rate of the last
+    ``window`` (the anomaly's recorded organization rate), each as a duration and
+    a time, or why there is no such time."""
+    rate = f"max(organization:credit_spent_credits:rate{window}{{organization=%q}})"
+    org = ["organization", '"organization"']
+    budget = (
+        "(max(credit_budget_limit_credits{organization=%q,scope=%q})"
+        f" - max(credit_budget_used_credits{{organization=%q,scope=%q}})) / {rate} > 0"
+    )
+    balance = f"sum(max by (pool) (credit_balance_credits{{organization=%q}})) / {rate} > 0"
+
+    def runs_out_in(expr: str, labels: list[str], otherwise: str) -> str:
+        at = q(f"time() + ({expr})", labels, fmt="humanizeTimestamp")
+        duration = q(expr, labels, fmt="humanizeDuration", unit=f" (at {at})")
+        return when(expr, labels, f"runs out in {duration}", otherwise)
+
+    budget_text = runs_out_in(
+        budget, [*org, *org, "organization"], "has no credits left or no limit"
+    )
+    balance_text = runs_out_in(
+        balance, ["organization", "organization"], "has no credits left (or none is exported)"
+    )
+    return (
+        f"At the organization's spend of the last {window}, its organization budget "
+        f"{budget_text} and the balance of its pools {balance_text}."
     )
 
 
@@ -87,8 +117,9 @@ def organization_anomaly_rules(settings: Mapping[str, Any], links: Links) -> lis
                     f'{window}, {{{{ $value | printf "%.1f" }}}} times its {baseline} average of '
                     f"{q(f'3600 * {usual.replace(rate, rate + sel)}', ['organization'])} "
                     f"credits/hour (alert at {anomaly['factor']:g}x and "
-                    f"{anomaly['min_credits_per_hour']:g} credits/hour). Its top agents and "
-                    "users are on the Organization Analytics dashboard."
+                    f"{anomaly['min_credits_per_hour']:g} credits/hour). "
+                    + at_this_pace(window)
+                    + " Its top agents and users are on the Organization Analytics dashboard."
                 ),
                 "runbook_url": links.runbook("CreditOrganizationSpendAnomaly"),
                 "dashboard_url": links.dashboard("org_analytics", "organization"),
@@ -142,7 +173,9 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
                     f'{{{{ $value | printf "%.1f" }}}} times its {baseline} average of '
                     f"{q(f'3600 * {usual.replace(rate, rate + sel)}', AGENT_KEY)} credits/hour"
                     " (alert at "
-                    f"{runaway['factor']:g}x and {runaway['min_credits_per_hour']:g} credits/hour)."
+                    f"{runaway['factor']:g}x and {runaway['min_credits_per_hour']:g} "
+                    "credits/hour). "
+                    + at_this_pace(settings["organization_spend_anomaly"]["window"])
                 ),
                 "runbook_url": links.runbook("CreditAgentRunaway"),
                 "dashboard_url": links.dashboard("agent_analytics", "organization", "agent"),
