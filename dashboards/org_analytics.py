@@ -222,6 +222,8 @@ def items() -> list:
             ],
             overrides=[
                 override("byName", "Total cost", unit=CREDITS),
+                # increase() extrapolates to the range's edges: whole conversations
+                override("byName", "Conversations", decimals=0),
                 override("byName", "Agent", links=[link(
                     "Agent analytics", UID_AGENT,
                     "var-organization=${organization}&var-agent=${__data.fields.agent}")]),

@@ -136,12 +136,17 @@ def _duration(value: float) -> str:
     return f"{value * 1000:.0f} ms" if abs(value) < 1 else f"{value:.2f} s"
 
 
-def fmt(value: float, unit: str) -> str:
-    """A value the way Grafana's unit formats it, near enough."""
+def fmt(value: float, unit: str, decimals: int | None = None) -> str:
+    """A value the way Grafana's unit (and a field's ``decimals``) formats it, near
+    enough."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "NaN"
     if math.isinf(value):
         return "∞"
+    if decimals is not None:
+        value = round(value, decimals)
+        if unit == "percent":
+            return f"{value:.{decimals}f}%"
     if unit.startswith("count:"):
         return f"{_scaled(value)} {unit[6:]}"
     if unit.startswith("suffix:"):
@@ -378,8 +383,9 @@ def prometheus_table(panel: dict[str, Any], frames: list) -> tuple[list[str], li
         row[f"Value #{ref}"] = value
     order = list(renames) or key_labels
     columns = [c for c in order if any(c in r for r in rows.values()) and c not in hidden]
-    units = {c: field_config(panel, "", renames.get(c, c)).get("unit", "") for c in columns}
-    body = [[fmt(r[c], units[c]) if isinstance(r.get(c), float) else str(r.get(c, ""))[:24]
+    configs = {c: field_config(panel, "", renames.get(c, c)) for c in columns}
+    body = [[fmt(r[c], configs[c].get("unit", ""), configs[c].get("decimals"))
+             if isinstance(r.get(c), float) else str(r.get(c, ""))[:24]
              for c in columns] for r in rows.values()]  # fmt: skip
     return [renames.get(c, c) for c in columns], body
 

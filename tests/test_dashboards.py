@@ -1037,6 +1037,19 @@ def test_preview_sql_table_cells_show_times_to_the_second_and_numbers_plainly() 
     assert [preview.sql_cell(c) for c in row] == ["2026-11-23 05:30:07", "Chat", "14", "2.5", ""]
 
 
+def test_preview_formats_a_field_with_its_decimals_as_grafana_does() -> None:
+    """The Top 10 agents' conversations come from increase(), which extrapolates to
+    the range's edges (8.01): the column shows whole conversations."""
+    from dashboards import preview
+
+    assert preview.fmt(8.0137, "", decimals=0) == "8"
+    assert preview.fmt(90.0, "percent", decimals=0) == "90%"
+    assert preview.fmt(8.0137, "") == "8.01"
+    top = next(p for p in panels(DASHBOARDS["credit-org-analytics"]) if p.title == "Top 10 agents")
+    conversations = preview.field_config(top.panel, "", "Conversations")
+    assert conversations.get("decimals") == 0
+
+
 def test_preview_default_range_is_each_dashboards_own_time_from() -> None:
     from dashboards import preview
 
