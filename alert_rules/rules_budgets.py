@@ -161,12 +161,16 @@ def budget_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, An
     # a new period's timestamps came before its usage reset (two queries, two
     # scrapes): the old period's usage over the new period's seconds is no pace.
     # Over RESET_GUARD, not the window: a scrape or two apart, and resets() reads
-    # every sample of every budget in its range at every evaluation.
+    # every sample of every budget in its range at every evaluation. The start moved
+    # when its highest and lowest value in the range differ: changes() would say the
+    # same in Prometheus, but MetricsQL counts a series' first sample as a change
+    # (a fresh series would hide every young budget's time to exhaustion in vmalert).
+    start = "credit_billing_period_start_timestamp_seconds"
     not_reset_yet = (
         f"max by ({key}) (resets(credit_budget_used_credits[{RESET_GUARD}])) == 0\n"
         "    and on (organization)\n"
-        "    max by (organization) "
-        f"(changes(credit_billing_period_start_timestamp_seconds[{RESET_GUARD}])) > 0"
+        f"    max by (organization) (max_over_time({start}[{RESET_GUARD}])"
+        f" - min_over_time({start}[{RESET_GUARD}])) > 0"
     )
     rules: list[dict[str, Any]] = [
         {
