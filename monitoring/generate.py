@@ -135,7 +135,8 @@ def alerts_doc() -> dict[Path, str]:
     return {ALERTS_DOC: head + alert_table() + tail}
 
 
-def _deploy_module(name: str) -> Any:
+def deploy_module(name: str) -> Any:
+    """``deploy/<name>.py`` as a module (deploy is scripts, not a package)."""
     import importlib.util
 
     path = REPO / "deploy" / f"{name}.py"
@@ -148,13 +149,13 @@ def _deploy_module(name: str) -> Any:
 
 
 def kubernetes() -> dict[Path, str]:
-    return _deploy_module("kubernetes/generate").outputs()
+    return deploy_module("kubernetes/generate").outputs()
 
 
 def compose_configs() -> dict[Path, str]:
     """deploy/compose/*.yml: the example Alertmanager config (and the Prometheus
     config) with the Compose stack's hosts."""
-    return _deploy_module("stack_config").compose_files()
+    return deploy_module("stack_config").compose_files()
 
 
 STEPS: tuple[tuple[str, Callable[[], Mapping[Path, str]]], ...] = (

@@ -3,32 +3,20 @@ recomputed from the rows, against SQL written here and the live queries at now."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 
 import psycopg
 import yaml
+
+from monitoring import generate
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((REPO / "config.example.yaml").read_text())
 
 
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "demo_state_history", REPO / "deploy" / "demo_state_history.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-history = _module()
+history = generate.deploy_module("demo_state_history")
 
 
 def test_budgets_as_of_now_return_what_the_live_budgets_query_returns(demo_db: str) -> None:
