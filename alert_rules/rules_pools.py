@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rules_settings import PARTIAL_WINDOW, POOL_EXHAUSTION, POOL_KEY, POOL_RATIO
-from rules_templates import Links, level_rules, q, runs_out, selector, when
+from rules_templates import Links, level_rules, q, runs_out, selector, spend_per_hour, when
 
 
 def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]]:
@@ -17,17 +17,7 @@ def pool_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any]
     window = settings["projection"]["window"]
     # the spend rate the time to exhaustion assumes (POOL_EXHAUSTION's two bases)
     spent_sel = f"credit_spent_by_pool_credits_total{sel}"
-    spend = q(
-        f"3600 * max(rate({spent_sel}[{window}])) and max({spent_sel} offset {window})",
-        [*POOL_KEY, *POOL_KEY],
-        unit=f" credits/hour over the last {window}",
-        missing=q(
-            f"3600 * max(deriv({spent_sel}[{window}]))",
-            POOL_KEY,
-            unit=f" credits/hour since Prometheus has data (less than {window})",
-            missing="unknown (no credit_spent_by_pool_credits_total)",
-        ),
-    )
+    spend = spend_per_hour(spent_sel, POOL_KEY, window, lambda series: f"max({series})")
     spend_rate = f"max by ({key}) (rate(credit_spent_by_pool_credits_total[{window}]))"
     runs_out_text = runs_out(
         f"{POOL_EXHAUSTION}{sel}",

@@ -50,6 +50,27 @@ def runs_out(series: str, labels: Sequence[str], missing: str, bases: Mapping[st
     return q(series, labels, fmt="humanizeDuration", unit=f" (at {at}){basis}", missing=missing)
 
 
+def spend_per_hour(
+    spent: str, labels: Sequence[str], window: str, aggregate: Callable[[str], str]
+) -> str:
+    """Template text: credits per hour of the counter selector ``spent`` (filled from
+    ``labels``), ``aggregate``-d: over ``window`` when Prometheus holds a sample from a
+    window ago, else the slope of what it holds (rate() over the window would divide a
+    few hours' spend by the whole window)."""
+    return q(
+        f"3600 * {aggregate(f'rate({spent}[{window}])')}"
+        f" and on () {aggregate(f'{spent} offset {window}')}",
+        [*labels, *labels],
+        unit=f" credits/hour over the last {window}",
+        missing=q(
+            f"3600 * {aggregate(f'deriv({spent}[{window}])')}",
+            labels,
+            unit=f" credits/hour since Prometheus has data (less than {window})",
+            missing=f"unknown (no {spent.partition('{')[0]})",
+        ),
+    )
+
+
 def scope_noun() -> str:
     """Template text naming the alert's budget scope in a sentence (SCOPE_NOUNS)."""
     branches = [f'if eq $labels.scope "{value}" }}}}{noun}' for value, noun in SCOPE_NOUNS.items()]

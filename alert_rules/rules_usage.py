@@ -7,26 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rules_settings import AGENT_KEY, PARTIAL_WINDOW, POOL_EXHAUSTION
-from rules_templates import Links, q, selector, when
-
-
-def low_balance_spend(window: str) -> str:
-    """Template text: the organization's spend from all its pools per hour, over
-    ``window`` when Prometheus holds a sample from a window ago, else the slope of
-    what it holds (rate() over the window would divide a few hours' spend by it)."""
-    spent = "credit_spent_by_pool_credits_total{organization=%q}"
-    return q(
-        f"3600 * sum(max by (pool) (rate({spent}[{window}])))"
-        f" and on () count(max by (pool) ({spent} offset {window}))",
-        ["organization", "organization"],
-        unit=f" credits/hour over the last {window}",
-        missing=q(
-            f"3600 * sum(max by (pool) (deriv({spent}[{window}])))",
-            ["organization"],
-            unit=f" credits/hour since Prometheus has data (less than {window})",
-            missing="unknown (no credit_spent_by_pool_credits_total)",
-        ),
-    )
+from rules_templates import Links, q, selector, spend_per_hour, when
 
 
 def first_pool_out() -> str:
@@ -223,7 +204,12 @@ def usage_rules(settings: Mapping[str, Any], links: Links) -> list[dict[str, Any
                     + " (its auto-recharge threshold, else "
                     + f"{low['fallback_ratio']:.0%} of its allocation), and auto-recharge is "
                     "off: nothing tops it up before usage stops. Spend: "
-                    + low_balance_spend(settings["projection"]["window"])
+                    + spend_per_hour(
+                        "credit_spent_by_pool_credits_total{organization=%q}",
+                        ["organization"],
+                        settings["projection"]["window"],
+                        lambda series: f"sum(max by (pool) ({series}))",
+                    )
                     + ". First to run out: "
                     + first_pool_out()
                     + "."
